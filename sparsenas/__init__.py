@@ -1,0 +1,21 @@
+"""sparsenas: neural-architecture search for sparse networks.
+
+Light on import: torch and optuna load only when a function that needs them is called.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["search", "SearchConfig", "Arch", "Task", "__version__"]
+
+from .arch import Arch
+from .task import Task
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("search", "SearchConfig"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'sparsenas' has no attribute {name!r}")

@@ -1,0 +1,101 @@
+"""The Python API: what the CLI calls, and what users call from notebooks."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import optuna
+
+from .errors import SparseNASError
+from .tracking import DEFAULT_STORAGE, MULTI, SINGLE
+
+
+@dataclass
+class SearchConfig:
+    space: str = "sparse_mbv2"
+    strategy: str = "tpe"
+    dataset: str | None = None          # None: the space's default dataset
+    data_dir: str | None = None
+    input_size: int | None = None
+    trials: int = 12
+    epochs: int = 8
+    time_budget: float | None = None    # seconds of training per architecture
+    batch_size: int = 32
+    lr: float = 0.05
+    storage: str = DEFAULT_STORAGE
+    study: str | None = None            # None: derived from space, dataset and strategy
+    seed: int = 0
+    device: str = "cpu"
+    objective: str = "multi"            # "multi": (accuracy, latency); "accuracy": accuracy alone
+    max_latency_ms: float | None = None
+    latency: str = "measured"
+    timeout: float | None = None        # seconds for this run of the search
+    limit: int | None = None            # cap on training samples (quick runs, tests)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def study_name(self, dataset: str) -> str:
+        size = f"{self.input_size}" if self.input_size else ""
+        suffix = "" if self.objective == "multi" else "-acc"
+        return self.study or f"{self.space}-{dataset}{size}-{self.strategy}{suffix}"
+
+
+def _check(config: SearchConfig) -> None:
+    if config.objective not in ("multi", "accuracy"):
+        raise SparseNASError(f"unknown objective '{config.objective}'; allowed: multi, accuracy")
+    if config.max_latency_ms is not None and config.objective != "accuracy":
+        raise SparseNASError("--max-latency-ms applies to the single-objective form; add --objective accuracy "
+                             "(the multi-objective search already trades latency against accuracy)")
+    for name in ("trials", "epochs", "batch_size"):
+        if getattr(config, name) < 1:
+            raise SparseNASError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if config.device not in ("cpu", "cuda", "auto") and not config.device.startswith("cuda:"):
+        raise SparseNASError(f"unknown device '{config.device}'; allowed: cpu, cuda, cuda:N, auto")
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SparseNASError(f"--device {name} was asked for, but this machine has no CUDA device; use --device cpu")
+    return name
+
+
+def search(config: SearchConfig | None = None, *, progress: bool = True, **overrides: Any) -> optuna.Study:
+    """Run (or resume) a search and return its Optuna study.
+
+    ``sparsenas.search(space="sparse_mbv2", strategy="random", trials=10)``; any field of
+    :class:`SearchConfig` may be passed as a keyword.
+    """
+    from .data import load_dataset
+    from .evaluators import LATENCY, Evaluator, TrainBudget
+    from .progress import Progress
+    from .search_spaces import get_space
+    from .strategies import STRATEGIES
+    from .strategies.base import SearchContext
+    from .tracking import StudySpec, Tracker
+
+    config = SearchConfig(**{**(asdict(config) if config else {}), **overrides})
+    _check(config)
+    space = get_space(config.space)
+    strategy = STRATEGIES.get(config.strategy)()
+    latency = LATENCY.get(config.latency)()
+    device = _device(config.device)
+    data = load_dataset(config.dataset or space.default_dataset, data_dir=config.data_dir,
+                        input_size=config.input_size, seed=config.seed, limit=config.limit)
+    space.check_task(data.task)
+    objectives = MULTI if config.objective == "multi" else SINGLE
+    spec = StudySpec(space.name, space.version, data.task.dataset, data.task.to_dict(), objectives)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2) if objectives == SINGLE else None
+    tracker = Tracker(config.storage, config.study_name(data.task.dataset), spec, pruner=pruner,
+                      extra_attrs={"strategy": config.strategy, "config": asdict(config)})
+    budget = TrainBudget(epochs=config.epochs, seconds=config.time_budget, batch_size=config.batch_size, lr=config.lr)
+    evaluator = Evaluator(space, data, budget, latency, seed=config.seed, device=device)
+    with Progress(config.trials, enabled=progress, label=f"{config.strategy} on {space.name}") as bar:
+        bar.advance_to(len(tracker.finished()))
+        ctx = SearchContext(space=space, task=data.task, data=data, evaluator=evaluator, tracker=tracker,
+                            trials=config.trials, seed=config.seed, device=device, timeout=config.timeout,
+                            max_latency_ms=config.max_latency_ms, progress=bar, options=config.options)
+        strategy.run(ctx)
+    return tracker.study

@@ -1,0 +1,29 @@
+"""Sparse ops: masked training layers, mask rules, layer specs and inference kernels (DESIGN §2)."""
+from __future__ import annotations
+
+from .inference import Chooser, kernel_choices, kernel_inputs, measure_kernels, measured_choice, to_inference
+from .kernels import (
+    KERNELS, CsrConv1x1Kernel, CsrLinearKernel, DenseConv1x1Kernel, DenseConv2dKernel, DenseLinearKernel,
+    KernelImpl, ScipyCsrConv1x1Kernel, ScipyCsrLinearKernel, frozen_weight, is_pointwise, kernel_impl, make_kernel,
+)
+from .masks import (
+    CubicSparsitySchedule, InvalidSparsity, TopKStraightThrough, check_nm, check_sparsity, magnitude_mask,
+    nm_mask, score_mask,
+)
+from .sparse import (
+    MASK_KINDS, GradualPruner, SparseConv2d, SparseLinear, SparseMixin, apply_sparsity, sparse_modules,
+    update_masks,
+)
+from .spec import OPS, LayerSpec, trace_layers, trace_named_layers
+
+__all__ = [
+    "Chooser", "kernel_choices", "kernel_inputs", "measure_kernels", "measured_choice", "to_inference",
+    "KERNELS", "CsrConv1x1Kernel", "CsrLinearKernel", "DenseConv1x1Kernel", "DenseConv2dKernel",
+    "DenseLinearKernel", "KernelImpl", "ScipyCsrConv1x1Kernel", "ScipyCsrLinearKernel", "frozen_weight",
+    "is_pointwise", "kernel_impl", "make_kernel",
+    "CubicSparsitySchedule", "InvalidSparsity", "TopKStraightThrough", "check_nm", "check_sparsity",
+    "magnitude_mask", "nm_mask", "score_mask",
+    "MASK_KINDS", "GradualPruner", "SparseConv2d", "SparseLinear", "SparseMixin", "apply_sparsity",
+    "sparse_modules", "update_masks",
+    "OPS", "LayerSpec", "trace_layers", "trace_named_layers",
+]

@@ -1,0 +1,136 @@
+"""Mask computation: unstructured magnitude, N:M, learned scores, and the gradual-pruning schedule.
+
+Every mask is a float tensor of 0/1 with the weight's shape and dtype, so ``weight * mask`` is the
+weight a layer runs with. Ties are broken by flat index (a stable sort), so a mask is a function
+of the weight values alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..errors import SparseNASError
+
+__all__ = [
+    "InvalidSparsity", "check_sparsity", "check_nm", "magnitude_mask", "nm_mask", "score_mask",
+    "TopKStraightThrough", "CubicSparsitySchedule",
+]
+
+
+class InvalidSparsity(SparseNASError, ValueError):
+    """A sparsity level, mask kind or N:M pattern that is not allowed."""
+
+
+def check_sparsity(sparsity: float, *, name: str = "sparsity") -> float:
+    """Return ``sparsity`` as a float in [0, 1), or raise :class:`InvalidSparsity`."""
+    s = float(sparsity)
+    if not 0.0 <= s < 1.0:  # also rejects NaN
+        raise InvalidSparsity(f"{name} must be in [0, 1) (the fraction of zero weights), got {sparsity!r}")
+    return s
+
+
+def _num_zeros(numel: int, sparsity: float) -> int:
+    return min(numel, int(round(check_sparsity(sparsity) * numel)))
+
+
+def magnitude_mask(weight: Tensor, sparsity: float) -> Tensor:
+    """Mask with exactly ``round(sparsity * numel)`` zeros, at the smallest ``|weight|``.
+
+    Among equal magnitudes the lower flat index is pruned first (stable sort).
+    """
+    w = weight.detach()
+    k = _num_zeros(w.numel(), sparsity)
+    mask = torch.ones(w.numel(), dtype=w.dtype if w.is_floating_point() else torch.float32, device=w.device)
+    if k:
+        order = torch.argsort(w.abs().flatten(), stable=True)
+        mask[order[:k]] = 0
+    return mask.view_as(w)
+
+
+def nm_mask(weight: Tensor, n: int, m: int) -> Tensor:
+    """N:M mask: keep the ``n`` largest ``|w|`` in every ``m`` consecutive weights of a row.
+
+    A row is one output unit's weights flattened (in_features, or in_channels/groups * kh * kw),
+    as NVIDIA's 2:4 sparsity groups along the reduction dimension. Ties keep the lower index.
+    """
+    check_nm(n, m)
+    w = weight.detach()
+    rows = w.reshape(w.shape[0], -1) if w.dim() > 1 else w.reshape(1, -1)
+    if rows.shape[1] % m:
+        raise InvalidSparsity(
+            f"N:M sparsity {n}:{m} needs the row length (inputs per output unit) to be divisible by {m}; "
+            f"weight of shape {tuple(w.shape)} has rows of {rows.shape[1]}"
+        )
+    groups = rows.abs().reshape(rows.shape[0], -1, m)
+    keep = torch.argsort(groups, dim=-1, descending=True, stable=True)[..., :n]
+    mask = torch.zeros_like(groups, dtype=w.dtype if w.is_floating_point() else torch.float32)
+    mask.scatter_(-1, keep, 1.0)
+    return mask.view_as(w)
+
+
+def check_nm(n: int, m: int) -> None:
+    """Raise :class:`InvalidSparsity` unless ``1 <= n <= m`` are integers."""
+    if not (isinstance(n, int) and isinstance(m, int) and 1 <= n <= m):
+        raise InvalidSparsity(f"N:M sparsity needs integers 1 <= n <= m, got n={n!r}, m={m!r}")
+
+
+class TopKStraightThrough(torch.autograd.Function):
+    """Forward: hard mask keeping the largest ``|score|`` at the given sparsity.
+    Backward: the mask's gradient passes unchanged to the scores (HYDRA's GetSubnet, DASS)."""
+
+    @staticmethod
+    def forward(ctx, scores: Tensor, sparsity: float) -> Tensor:  # type: ignore[override]
+        return magnitude_mask(scores, sparsity)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return grad, None
+
+
+def score_mask(scores: Tensor, sparsity: float) -> Tensor:
+    """Hard top-k mask of ``|scores|`` that is differentiable (straight-through) in ``scores``."""
+    return TopKStraightThrough.apply(scores, sparsity)
+
+
+@dataclass(frozen=True)
+class CubicSparsitySchedule:
+    """Zhu & Gupta (2017), "To prune, or not to prune":
+    ``s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n Δt))**3`` for ``t0 <= t <= t0 + n Δt``,
+    with ``t0 = start_step``, ``n Δt = end_step - start_step`` and t rounded down to a multiple of
+    ``frequency`` (Δt) steps after t0; ``s_i`` before the start, ``s_f`` after the end.
+
+    Used by :class:`~sparsenas.ops.sparse.GradualPruner` with ``final=1.0`` its values are the
+    *fraction of each layer's target* reached (see there).
+    """
+
+    final: float
+    start_step: int
+    end_step: int
+    initial: float = 0.0
+    frequency: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("final", "initial"):
+            v = float(getattr(self, name))
+            if not 0.0 <= v <= 1.0:
+                raise InvalidSparsity(f"CubicSparsitySchedule: {name} must be in [0, 1], got {v}")
+        if self.end_step < self.start_step:
+            raise InvalidSparsity(
+                f"CubicSparsitySchedule: end_step ({self.end_step}) must be >= start_step ({self.start_step})"
+            )
+        if self.frequency < 1:
+            raise InvalidSparsity(f"CubicSparsitySchedule: frequency must be >= 1, got {self.frequency}")
+
+    def at(self, step: int) -> float:
+        if step < self.start_step:
+            return float(self.initial)
+        if step >= self.end_step:
+            return float(self.final)
+        t = self.start_step + (step - self.start_step) // self.frequency * self.frequency
+        progress = (t - self.start_step) / (self.end_step - self.start_step)
+        # Same formula written from s_i, so that it is exactly s_i at t0 and monotone under rounding.
+        s = self.initial + (self.final - self.initial) * (1.0 - (1.0 - progress) ** 3)
+        return float(min(max(s, min(self.initial, self.final)), max(self.initial, self.final)))
+

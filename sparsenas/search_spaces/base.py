@@ -1,0 +1,83 @@
+"""The SearchSpace interface every space implements."""
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+
+from ..arch import Arch
+from ..errors import InvalidArch, SparseNASError
+from ..task import Task
+
+if TYPE_CHECKING:  # keep optuna and torch off the import path of light commands
+    import optuna
+    from torch import nn
+
+    from ..ops.spec import LayerSpec
+
+
+class SearchSpace(ABC):
+    """A discrete space of architectures for a task.
+
+    Subclasses set ``name``/``version``/``description``/``default_dataset`` and implement
+    :meth:`choices` and :meth:`build`. Everything else (Optuna suggestion, sampling, validation,
+    the kernel list) is derived from those two, so a new space stays one short module.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    description: ClassVar[str] = ""
+    default_dataset: ClassVar[str] = "digits"
+    supernets: ClassVar[Mapping[str, type]] = {}
+
+    @abstractmethod
+    def choices(self, task: Task) -> dict[str, list]:
+        """Choice name -> allowed values (numbers or strings), in a fixed order."""
+
+    @abstractmethod
+    def build(self, arch: Arch, task: Task) -> "nn.Module":
+        """A standalone network for ``task``; input (B, *task.input_shape) -> logits (B, classes)."""
+
+    def check_task(self, task: Task) -> None:
+        """Raise SparseNASError when the space cannot serve ``task`` (wrong input rank, size...)."""
+
+    def suggest(self, trial: "optuna.Trial", task: Task) -> Arch:
+        return Arch(self.name, self.version,
+                    {k: trial.suggest_categorical(k, v) for k, v in self.choices(task).items()})
+
+    def sample(self, rng: random.Random, task: Task) -> Arch:
+        return Arch(self.name, self.version, {k: rng.choice(v) for k, v in self.choices(task).items()})
+
+    def validate(self, arch: Arch, task: Task) -> None:
+        if arch.space != self.name:
+            raise SparseNASError(f"architecture is for space '{arch.space}', not '{self.name}'")
+        if arch.version != self.version:
+            raise SparseNASError(f"architecture is for version {arch.version} of space '{self.name}'; "
+                                 f"this sparsenas has version {self.version}")
+        allowed = self.choices(task)
+        for key in arch.choices:
+            if key not in allowed:
+                raise InvalidArch(key, arch.choices[key], f"no such choice; known choices: {', '.join(allowed)}",
+                                  self.name)
+        for key, values in allowed.items():
+            if key not in arch.choices:
+                raise InvalidArch(key, None, values, self.name)
+            if arch.choices[key] not in values:
+                raise InvalidArch(key, arch.choices[key], values, self.name)
+
+    def layers(self, arch: Arch, task: Task, batch: int = 1) -> "list[LayerSpec]":
+        """The kernels the built network runs, in order: derived by tracing the real network, so the
+        latency table's keys can never drift from what ``build`` makes."""
+        from ..ops.spec import trace_layers
+
+        return trace_layers(self.build(arch, task), task.input_shape, batch=batch)
+
+    def size(self, task: Task) -> int:
+        n = 1
+        for v in self.choices(task).values():
+            n *= len(v)
+        return n
+
+    def describe(self, task: Task) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "description": self.description,
+                "choices": self.choices(task), "size": self.size(task)}

@@ -1,0 +1,96 @@
+"""sparse_mbv2: MobileNetV2 adapted to small inputs, with a sparse-or-dense choice per block.
+
+Choices, with ``sN`` a stage and ``sNbM`` a block of it:
+- ``downsample``: which stages start with a stride-2 block; how many is fixed by the input size
+  (8x8 -> 1, 16x16 -> 2, 32x32 -> 3) so every network ends at about 4x4;
+- ``sN_depth``, ``sN_width``: blocks in the stage and its width multiplier;
+- ``sNbM_expand``, ``sNbM_kernel``: MobileNetV2 expansion ratio and depthwise kernel;
+- ``sNbM_sparsity``: the op of the block's 1x1 convolutions, dense (0.0) or SparseConv2d at that
+  sparsity (DASS's operation choice); ``head_sparsity`` likewise for the final 1x1 conv.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+from ..arch import Arch
+from ..errors import SparseNASError
+from ..task import Task
+from . import SPACES
+from .base import SearchSpace
+
+STAGE_CHANNELS = (16, 24, 32, 64, 96)
+STAGE_MAX_DEPTH = (2, 3, 3, 3, 3)
+HEAD_CHANNELS = 320
+EXPANSIONS = [1, 3, 6]
+KERNELS = [3, 5, 7]
+SPARSITIES = [0.0, 0.5, 0.7, 0.8, 0.9, 0.95]
+WIDTHS = [0.5, 0.75, 1.0]
+
+
+def make_divisible(c: float, divisor: int = 4) -> int:
+    """Channels rounded to a multiple of 4 (keeps 2:4 patterns and SIMD lanes whole)."""
+    return max(divisor, int(c + divisor / 2) // divisor * divisor)
+
+
+def num_downsamplings(hw: int) -> int:
+    return max(1, min(4, round(math.log2(max(hw, 4) / 4))))
+
+
+def block_keys() -> list[tuple[int, int]]:
+    return [(s, b) for s in range(1, 6) for b in range(1, STAGE_MAX_DEPTH[s - 1] + 1)]
+
+
+@SPACES.register("sparse_mbv2")
+class SparseMBV2Space(SearchSpace):
+    name = "sparse_mbv2"
+    version = 1
+    description = ("MobileNetV2 for 8x8..32x32 images: per block expansion, kernel and dense/sparse 1x1 "
+                   "convs; per stage depth and width; downsampling placement")
+    default_dataset = "digits"
+
+    def check_task(self, task: Task) -> None:
+        if len(task.input_shape) != 3:
+            raise SparseNASError(f"space '{self.name}' needs image data (C, H, W); dataset '{task.dataset}' "
+                                 f"has input shape {task.input_shape}. Use an image dataset such as digits, "
+                                 "mnist, fashion_mnist or cifar10, or a space for sequences such as g2g_mlp")
+        if min(task.input_shape[1:]) < 4:
+            raise SparseNASError(f"space '{self.name}' needs inputs of at least 4x4, got {task.input_shape}")
+
+    def choices(self, task: Task) -> dict[str, list]:
+        self.check_task(task)
+        n_down = num_downsamplings(min(task.input_shape[1:]))
+        placements = ["+".join(f"s{s}" for s in combo) for combo in itertools.combinations(range(2, 6), n_down)]
+        c: dict[str, list] = {"downsample": placements}
+        for s in range(1, 6):
+            c[f"s{s}_depth"] = list(range(1, STAGE_MAX_DEPTH[s - 1] + 1))
+            c[f"s{s}_width"] = WIDTHS
+        for s, b in block_keys():
+            c[f"s{s}b{b}_expand"] = EXPANSIONS
+            c[f"s{s}b{b}_kernel"] = KERNELS
+            c[f"s{s}b{b}_sparsity"] = SPARSITIES
+        c["head_sparsity"] = SPARSITIES
+        return c
+
+    def default_arch(self, task: Task) -> Arch:
+        """MobileNetV2-like dense reference: full depth, width 1, t=6 (t=1 first), k=3."""
+        ch = self.choices(task)
+        picks = {k: v[-1] if k.endswith(("_depth", "_width")) else v[0] for k, v in ch.items()}
+        for s, b in block_keys():
+            picks[f"s{s}b{b}_expand"] = 1 if s == 1 else 6
+        picks["downsample"] = ch["downsample"][0]
+        return Arch(self.name, self.version, picks)
+
+    def build(self, arch: Arch, task: Task):
+        from ._mbv2_modules import MobileNetV2
+
+        self.validate(arch, task)
+        ch = arch.choices
+        down = set(ch["downsample"].split("+"))
+        stages = []
+        for s in range(1, 6):
+            width = ch[f"s{s}_width"]
+            blocks = [(ch[f"s{s}b{b}_expand"], ch[f"s{s}b{b}_kernel"], ch[f"s{s}b{b}_sparsity"])
+                      for b in range(1, ch[f"s{s}_depth"] + 1)]
+            stages.append((make_divisible(STAGE_CHANNELS[s - 1] * width), 2 if f"s{s}" in down else 1, blocks))
+        return MobileNetV2(task.input_shape[0], task.num_classes, stages, HEAD_CHANNELS, ch["head_sparsity"])

@@ -1,0 +1,38 @@
+"""The Strategy interface and what every strategy is handed."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..data import DataSplits
+from ..evaluators import Evaluator
+from ..progress import Progress
+from ..search_spaces.base import SearchSpace
+from ..task import Task
+from ..tracking import Tracker
+
+
+@dataclass
+class SearchContext:
+    space: SearchSpace
+    task: Task
+    data: DataSplits
+    evaluator: Evaluator
+    tracker: Tracker
+    trials: int                      # architectures to evaluate in total (a resumed study counts its own)
+    seed: int = 0
+    device: str = "cpu"
+    timeout: float | None = None     # seconds for this run; no new trial starts after it
+    max_latency_ms: float | None = None
+    progress: Progress = field(default_factory=Progress.disabled)
+    options: dict[str, Any] = field(default_factory=dict)  # strategy-specific flags
+
+
+class Strategy(ABC):
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def run(self, ctx: SearchContext) -> None:
+        """Evaluate architectures and record each one as a trial of ``ctx.tracker.study``."""

@@ -1,0 +1,92 @@
+"""Multi-trial strategies: an Optuna sampler proposes architectures; each trains standalone.
+
+random, tpe and nsga2 are the same loop (``suggest -> evaluate -> tell``) with another sampler.
+"""
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import optuna
+import torch
+
+from ..evaluators import TrainingDiverged
+from . import STRATEGIES
+from .base import SearchContext, Strategy
+
+
+class TrialFailed(Exception):
+    """One architecture could not be evaluated; the trial is FAIL and the search goes on."""
+
+
+class SamplerStrategy(Strategy):
+    @abstractmethod
+    def make_sampler(self, seed: int, ctx: SearchContext) -> optuna.samplers.BaseSampler:
+        """The Optuna sampler that proposes architectures."""
+
+    def run(self, ctx: SearchContext) -> None:
+        tracker = ctx.tracker
+        done = len(tracker.finished())
+        remaining = ctx.trials - done
+        if remaining <= 0:
+            return
+        # offset the seed by the trials already there, so a resumed search does not replay them
+        tracker.study.sampler = self.make_sampler(ctx.seed + len(tracker.study.trials), ctx)
+        evaluator, space, task = ctx.evaluator, ctx.space, ctx.task
+
+        def objective(trial: optuna.Trial) -> list[float]:
+            arch = space.suggest(trial, task)
+            tracker.record_arch(trial, arch, strategy=self.name)
+            ctx.progress.trial_started(trial.number, arch.digest())
+            model = evaluator.build(arch)
+            lat = evaluator.latency(arch, model, task)
+            trial.set_user_attr("latency_ms", lat.ms)
+            if ctx.max_latency_ms is not None and lat.ms > ctx.max_latency_ms:
+                trial.set_user_attr("pruned_reason", f"latency {lat.ms:.3f} ms > --max-latency-ms {ctx.max_latency_ms}")
+                raise optuna.TrialPruned()
+
+            def on_epoch(epoch: int, acc: float) -> None:
+                if tracker.record_epoch(trial, epoch, acc):
+                    trial.set_user_attr("pruned_reason", f"pruner stopped it after epoch {epoch}")
+                    raise optuna.TrialPruned()
+
+            try:
+                trained = evaluator.train(model, on_epoch=on_epoch, on_step=ctx.progress.trial_progress)
+            except (TrainingDiverged, torch.OutOfMemoryError, MemoryError) as e:
+                trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
+                raise TrialFailed(str(e)) from e
+            result = evaluator.result(arch, model, trained, lat)
+            tracker.record_result(trial, result)
+            return tracker.values(result)
+
+        def on_done(study: optuna.Study, ft: optuna.trial.FrozenTrial) -> None:
+            ctx.progress.trial_finished(ft)
+
+        tracker.study.optimize(objective, n_trials=remaining, timeout=ctx.timeout, catch=(TrialFailed,),
+                               callbacks=[on_done])
+
+
+@STRATEGIES.register("random")
+class RandomStrategy(SamplerStrategy):
+    name = "random"
+    description = "uniform random architectures (Optuna RandomSampler), each trained standalone: the honest baseline"
+
+    def make_sampler(self, seed: int, ctx: SearchContext) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.RandomSampler(seed=seed)
+
+
+@STRATEGIES.register("tpe")
+class TPEStrategy(SamplerStrategy):
+    name = "tpe"
+    description = "Optuna's TPE sampler (multivariate, multi-objective aware), each architecture trained standalone"
+
+    def make_sampler(self, seed: int, ctx: SearchContext) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=max(3, min(10, ctx.trials // 3)))
+
+
+@STRATEGIES.register("nsga2")
+class NSGA2Strategy(SamplerStrategy):
+    name = "nsga2"
+    description = "Optuna's NSGA-II evolutionary sampler for the accuracy/latency front, trained standalone"
+
+    def make_sampler(self, seed: int, ctx: SearchContext) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, ctx.trials // 4)))
