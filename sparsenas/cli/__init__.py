@@ -1,0 +1,45 @@
+"""`nas`: the command line. Thin: parse, build a config, call the Python API, print.
+
+One module per command group in this package, each with ``add(subparsers)``; listed in COMMANDS.
+torch/optuna are imported inside the command functions so `nas --help` starts fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from ..errors import SparseNASError
+
+COMMANDS = ("search", "listing", "dashboard")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nas", description="Neural-architecture search for sparse networks.")
+    parser.add_argument("--version", action="version", version="sparsenas 0.1.0")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except SparseNASError as e:
+        print(f"nas {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"nas {args.command}: interrupted; finished work is saved, re-run the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

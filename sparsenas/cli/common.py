@@ -1,0 +1,27 @@
+"""Argument types and output helpers shared by the commands."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+DEFAULT_STORAGE = "sqlite:///nas.db"  # as tracking.DEFAULT_STORAGE, without importing optuna at start-up
+
+
+def positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s}")
+    return v
+
+
+def fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_json(obj: Any) -> None:
+    """The machine-readable result: always one JSON object on the last line of stdout."""
+    print(json.dumps(obj, default=str))

@@ -1,0 +1,84 @@
+"""`nas search`: run or resume a search, then show the best architectures."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .common import DEFAULT_STORAGE, fmt, positive_float, print_json
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search a space for accurate, fast sparse networks",
+                       description="Run (or resume) a search. Every evaluated architecture is a trial of an Optuna "
+                                   "study in --storage; re-running the same command resumes it.")
+    p.add_argument("--space", default="sparse_mbv2", help="search space (see `nas spaces`; default sparse_mbv2)")
+    p.add_argument("--strategy", default="tpe", help="search strategy (see `nas strategies`; default tpe)")
+    p.add_argument("--dataset", default=None, help="digits, mnist1d, synthetic, cifar10, cifar100, mnist, fashion_mnist "
+                                                  "(default: the space's own, digits for image spaces)")
+    p.add_argument("--data-dir", default=None, help="folder with the dataset files (cifar*, mnist, fashion_mnist)")
+    p.add_argument("--input-size", type=int, default=None, help="resize images to SxS (digits default 16)")
+    p.add_argument("--trials", type=int, default=12, help="architectures to evaluate in total (default 12)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, default=8, help="training epochs per architecture (default 8)")
+    budget.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
+                        help="training seconds per architecture instead of an epoch count")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=positive_float, default=0.05, help="peak learning rate (SGD, cosine; default 0.05)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
+    p.add_argument("--study", default=None, help="study name (default: SPACE-DATASET-STRATEGY)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--objective", choices=["multi", "accuracy"], default="multi",
+                   help="multi: accuracy up and latency down (default); accuracy: accuracy alone, with pruning")
+    p.add_argument("--max-latency-ms", type=positive_float, default=None,
+                   help="with --objective accuracy: reject architectures slower than this before training them")
+    p.add_argument("--latency", default="measured", help="latency evaluator: measured (time the network here)")
+    p.add_argument("--timeout", type=positive_float, default=None, metavar="SECONDS",
+                   help="stop starting new trials after this many seconds")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many training samples")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
+    p.set_defaults(func=cmd_search)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from ..api import SearchConfig, search
+
+    fields = SearchConfig.__dataclass_fields__
+    config = SearchConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    study = search(config, progress=not args.no_progress)
+    return _print_front(study, args.storage, args.json)
+
+
+def _print_front(study: Any, storage: str, as_json: bool) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..tracking import pareto_front
+
+    front = pareto_front(study)
+    states: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    rows = [{"trial": t.number, "accuracy": t.values[0],
+             "latency_ms": t.values[1] if len(t.values) > 1 else t.user_attrs.get("latency_ms"),
+             "test_accuracy": t.user_attrs.get("test_accuracy"), "params": t.user_attrs.get("params"),
+             "nnz": t.user_attrs.get("nnz"), "effective_flops": t.user_attrs.get("effective_flops")} for t in front]
+    console = Console()
+    table = Table(title=f"study '{study.study_name}': best architectures ({', '.join(f'{k} {v}' for k, v in states.items())})")
+    for col in ("trial", "val acc", "test acc", "latency ms", "params", "non-zeros", "eff. MFLOPs"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["trial"]), f"{r['accuracy']:.4f}", fmt(r["test_accuracy"], ".4f"),
+                      fmt(r["latency_ms"], ".3f"), fmt(r["params"], ","), fmt(r["nnz"], ","),
+                      fmt((r["effective_flops"] or 0) / 1e6, ".2f"))
+    console.print(table)
+    if rows:
+        console.print(f"Open the dashboard:  nas dashboard --storage {storage}")
+        console.print(f"Export an architecture:  nas export --storage {storage} --study {study.study_name} "
+                      f"--trial {rows[0]['trial']} --out found/")
+    if as_json:
+        print_json({"study": study.study_name, "storage": storage, "states": states, "front": rows})
+    return 0
+
+
