@@ -29,9 +29,10 @@ class SearchConfig:
     objective: str = "multi"            # "multi": (accuracy, latency); "accuracy": accuracy alone
     max_latency_ms: float | None = None
     latency: str = "measured"
+    hw: str | None = None               # hardware profile file for the table latency evaluator
     timeout: float | None = None        # seconds for this run of the search
     limit: int | None = None            # cap on training samples (quick runs, tests)
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # strategy flags: target_sparsity, search_epochs, ...
 
     def study_name(self, dataset: str) -> str:
         size = f"{self.input_size}" if self.input_size else ""
@@ -80,7 +81,7 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     _check(config)
     space = get_space(config.space)
     strategy = STRATEGIES.get(config.strategy)()
-    latency = LATENCY.get(config.latency)()
+    latency = LATENCY.get(config.latency)(hw=config.hw)
     device = _device(config.device)
     data = load_dataset(config.dataset or space.default_dataset, data_dir=config.data_dir,
                         input_size=config.input_size, seed=config.seed, limit=config.limit)

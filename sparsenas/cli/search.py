@@ -33,6 +33,14 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-latency-ms", type=positive_float, default=None,
                    help="with --objective accuracy: reject architectures slower than this before training them")
     p.add_argument("--latency", default="measured", help="latency evaluator: measured (time the network here)")
+    p.add_argument("--hw", default=None, metavar="PROFILE.json", help="hardware profile for table latency")
+    s = p.add_argument_group("supernet strategies (dass, entangled, balanced)")
+    s.add_argument("--target-sparsity", type=float, default=None, help="sparsity the sparse ops are pruned to (dass: 0.9)")
+    s.add_argument("--latency-weight", type=float, default=None, help="weight of the expected-latency term in the loss")
+    s.add_argument("--search-epochs", type=int, default=None, help="epochs of supernet training")
+    s.add_argument("--retrain-epochs", type=int, default=None, help="epochs to retrain derived architectures")
+    s.add_argument("--retrain-top", type=int, default=None, help="how many of the best architectures to retrain")
+    s.add_argument("--supernets", type=int, default=None, help="balanced: number of supernets M (default 4)")
     p.add_argument("--timeout", type=positive_float, default=None, metavar="SECONDS",
                    help="stop starting new trials after this many seconds")
     p.add_argument("--limit", type=int, default=None, help="use at most this many training samples")
@@ -41,11 +49,15 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_search)
 
 
+STRATEGY_OPTIONS = ("target_sparsity", "latency_weight", "search_epochs", "retrain_epochs", "retrain_top", "supernets")
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from ..api import SearchConfig, search
 
     fields = SearchConfig.__dataclass_fields__
-    config = SearchConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    config = SearchConfig(**{k: v for k, v in vars(args).items() if k in fields},
+                          options={k: getattr(args, k) for k in STRATEGY_OPTIONS if getattr(args, k) is not None})
     study = search(config, progress=not args.no_progress)
     return _print_front(study, args.storage, args.json)
 
