@@ -63,15 +63,16 @@ def _device(name: str) -> str:
     return name
 
 
-def _latency_kind(config: SearchConfig, space: str, input_shape: tuple[int, ...]) -> str:
-    """``auto``: the profile's table when it is calibrated for this space and input shape (the shipped
-    profile covers sparse_mbv2 on digits), else measuring each network."""
+def _latency_kind(config: SearchConfig, space: str, task: Any) -> str:
+    """``auto``: the profile's table when it is calibrated for this space, input shape and class count
+    (the shipped profile covers sparse_mbv2 on digits at 16x16), else measuring each network."""
     if config.latency != "auto":
         return config.latency
     from .hwprofiles import LatencyTable, calibration_key
 
     table = LatencyTable.load(config.hw)  # a bad --hw file is an error, not a silent fallback
-    return "table" if calibration_key(space, input_shape) in table.data["calibrations"] else "measured"
+    cal = table.data["calibrations"].get(calibration_key(space, task.input_shape))
+    return "table" if cal is not None and cal.get("num_classes") == task.num_classes else "measured"
 
 
 def search(config: SearchConfig | None = None, *, progress: bool = True, **overrides: Any) -> optuna.Study:
@@ -96,7 +97,7 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     data = load_dataset(config.dataset or space.default_dataset, data_dir=config.data_dir,
                         input_size=config.input_size, seed=config.seed, limit=config.limit)
     space.check_task(data.task)
-    latency = LATENCY.get(_latency_kind(config, space.name, data.task.input_shape))(hw=config.hw)
+    latency = LATENCY.get(_latency_kind(config, space.name, data.task))(hw=config.hw)
     objectives = MULTI if config.objective == "multi" else SINGLE
     spec = StudySpec(space.name, space.version, data.task.dataset, data.task.to_dict(), objectives)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2) if objectives == SINGLE else None

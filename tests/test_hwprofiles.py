@@ -17,7 +17,7 @@ from sparsenas.hwprofiles import LatencyTable, MissingKernels, ProfileError, cal
 from sparsenas.hwprofiles.profile import new_profile, read_profile, write_json_atomic
 from sparsenas.hwprofiles.profiler import KernelTimer, cuda_semi_structured, partial_path, run_profile
 from sparsenas.hwprofiles.validate import validate
-from sparsenas.ops import (CsrConv1x1Kernel, DenseConv1x1Kernel, DenseLinearKernel, ScipyCsrLinearKernel,
+from sparsenas.ops import (CsrConv1x1Kernel, kernel_choices, DenseConv1x1Kernel, DenseLinearKernel, ScipyCsrLinearKernel,
                            SparseConv2d, SparseLinear, to_inference, trace_layers)
 from sparsenas.ops.spec import LayerSpec
 from sparsenas.search_spaces import get_space
@@ -144,7 +144,7 @@ class TinySpace(SearchSpace):
     name = "tiny_hw"
 
     def choices(self, task):
-        return {"width": [8, 12, 16], "sparsity": [0.0, 0.5, 0.9]}
+        return {"width": [8, 12, 16, 20], "sparsity": [0.0, 0.5, 0.9]}
 
     def build(self, arch, task):
         w = arch.choices["width"]
@@ -170,7 +170,7 @@ class Interrupting(KernelTimer):
 def test_tiny_real_profile_resumes_round_trips_and_validates(tmp_path):
     space, task = TinySpace(), Task("synthetic", (1, 6, 6), 3)
     specs = space.kernel_specs(task, patience=30)
-    assert {s.sparsity for s in specs} == {0.0, 0.5, 0.9} and len(specs) == 3 + 3 * 3 + 1
+    assert {s.sparsity for s in specs} == {0.0, 0.5, 0.9} and len(specs) == 4 + 4 * 3 + 1
     out = tmp_path / "tiny.json"
     first = Interrupting(stop_after=4)
     with pytest.raises(KeyboardInterrupt):
@@ -220,12 +220,10 @@ def test_shipped_profile_predicts_sparse_mbv2_on_digits():
     result = LATENCY.get("table")(hw=None)(arch, model, task)
     assert isinstance(result, LatencyResult) and result.source == f"table:{table.name}"
     assert result.ms == result.attrs["predicted_latency_ms"] > result.attrs["kernel_sum_ms"] > 0
-    inf = to_inference(model, task.input_shape, choose=table.choose)
-    from sparsenas.ops import kernel_choices
-    exported = list(kernel_choices(inf).values())
-    chosen = [k for k, s in zip(result.attrs["kernels"], trace_layers(model, task.input_shape))
-              if s.sparse_capable and s.sparsity > 0]
-    assert [k for k in exported if k != "dense"] == [k for k in chosen if k != "dense"]
+    exported = kernel_choices(to_inference(model, task.input_shape, choose=table.choose))
+    predicted = result.attrs["kernels"]
+    assert all(predicted[name] == impl for name, impl in exported.items())  # the predicted net is the exported net
+    assert all(predicted[name] == "native" for name in predicted if name not in exported)
     with pytest.raises(MissingKernels, match="--out my-cpu.json"):
         table.predict([LayerSpec("linear", 7, 3)], "sparse_mbv2", task.input_shape)
 

@@ -36,8 +36,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, metavar="FILE", help="profile to write (extended if it exists)")
     p.add_argument("--name", default=None, help="profile name (default: the file name)")
     p.add_argument("--repeats", type=_positive_int, default=100, help="timed calls per kernel (default 100)")
-    p.add_argument("--calibration-networks", type=int, default=60,
-                   help="random networks measured end to end to calibrate the table (default 60)")
+    p.add_argument("--calibration-networks", type=int, default=80,
+                   help="random networks measured end to end to calibrate the table (default 80)")
     p.add_argument("--network-repeats", type=_positive_int, default=100,
                    help="timed calls per network, calibration and validation (default 100)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
@@ -47,7 +47,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--validate", default=None, metavar="FILE", help="check this profile instead of writing one")
     v.add_argument("--n", type=_positive_int, default=50, help="random architectures to measure (default 50)")
     v.add_argument("--plot", default=None, metavar="PNG",
-                   help="scatter plot of predicted vs measured (default: FILE-validate-SPACE-SIZE.png beside FILE)")
+                   help="scatter plot of predicted vs measured (default: ./NAME-validate-SPACE-SIZE.png)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     p.set_defaults(func=cmd_profile)
@@ -74,9 +74,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
                              "check against networks measured end to end)")
     if args.validate is not None and args.out is not None:
         raise SparseNASError("give either --out FILE (write a profile) or --validate FILE (check one), not both")
-    if args.calibration_networks < 0 or 0 < args.calibration_networks < 5:
-        raise SparseNASError(f"--calibration-networks must be 0 (no calibration) or at least 5 (the calibration "
-                             f"has 4 coefficients), got {args.calibration_networks}")
+    if args.calibration_networks < 0 or 0 < args.calibration_networks < 20:
+        raise SparseNASError(f"--calibration-networks must be 0 (no calibration) or at least 20 (the calibration "
+                             f"fits 7 coefficients), got {args.calibration_networks}")
     if args.device == "cuda":
         import torch
 
@@ -127,8 +127,7 @@ def _validate(args: argparse.Namespace) -> int:
     console = Console()
     reports = []
     for space, task in _jobs(args):
-        stem = Path(args.validate).expanduser()
-        plot = args.plot or str(stem.with_name(f"{stem.stem}-validate-{space.name}-{task.input_shape[-1]}.png"))
+        plot = args.plot or f"{Path(args.validate).stem}-validate-{space.name}-{task.input_shape[-1]}.png"
         r = validate(table, space, task, n=args.n, seed=args.seed + 1, repeats=args.network_repeats, plot=plot,
                      log=lambda s: Console(stderr=True).print(s) if not args.no_progress else None)
         reports.append(r)

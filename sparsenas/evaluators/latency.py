@@ -47,23 +47,29 @@ class MeasuredLatency:
     def __init__(self, hw: str | None = None, repeats: int = 100) -> None:
         self.repeats = repeats
         self.hw = hw  # a profile is not needed to measure; when one loads, its prediction is recorded beside
+        self._table: "TableLatency | str | None" = None
 
     def __call__(self, arch: Arch, model: nn.Module, task: Task) -> LatencyResult:
         m = measure_latency(model, task, repeats=self.repeats)
-        m.update(_prediction_beside(self.hw, arch, model, task))
+        m.update(self._prediction(arch, model, task))
         return LatencyResult(m["measured_latency_ms"], "measured", m)
 
+    def _prediction(self, arch: Arch, model: nn.Module, task: Task) -> dict[str, Any]:
+        """The table's prediction next to the measurement, or why there is none (not an error:
+        measuring must not depend on a profile covering this space)."""
+        from ..errors import SparseNASError
 
-def _prediction_beside(hw: str | None, arch: Arch, model: nn.Module, task: Task) -> dict[str, Any]:
-    """The table's prediction next to a measurement, or why there is none (no error: measuring must
-    not depend on a profile covering this space)."""
-    from ..errors import SparseNASError
-
-    try:
-        t = TableLatency(hw)(arch, model, task)
-    except SparseNASError as e:
-        return {"predicted_latency_error": str(e)}
-    return {k: t.attrs[k] for k in ("predicted_latency_ms", "predicted_metric", "hw_profile")}
+        try:
+            if self._table is None:
+                self._table = TableLatency(self.hw)
+            if isinstance(self._table, str):
+                return {"predicted_latency_error": self._table}
+            t = self._table(arch, model, task)
+        except SparseNASError as e:
+            if self._table is None:
+                self._table = str(e)
+            return {"predicted_latency_error": str(e)}
+        return {k: t.attrs[k] for k in ("predicted_latency_ms", "predicted_metric", "hw_profile")}
 
 
 @LATENCY.register("table")
@@ -79,9 +85,11 @@ class TableLatency:
         self.table = LatencyTable.load(hw)
 
     def __call__(self, arch: Arch, model: nn.Module, task: Task) -> LatencyResult:
-        from ..ops import trace_layers
+        from ..ops import trace_named_layers
 
-        p = self.table.predict(trace_layers(model, task.input_shape), arch.space, task.input_shape)
+        named = trace_named_layers(model, task.input_shape)
+        p = self.table.predict([s for _, s in named], arch.space, task.input_shape)
         attrs = {"predicted_latency_ms": p.ms, "predicted_metric": p.metric, "hw_profile": p.profile,
-                 "hw_profile_path": self.table.path, "kernel_sum_ms": p.plain_sum_ms, "kernels": p.kernels}
+                 "hw_profile_path": self.table.path, "kernel_sum_ms": p.plain_sum_ms,
+                 "kernels": {name: impl for (name, _), impl in zip(named, p.kernels)}}
         return LatencyResult(p.ms, f"table:{p.profile}", attrs)

@@ -35,7 +35,10 @@ __all__ = ["SCHEMA", "FEATURES", "TIMING_FIELDS", "DEFAULT_PROFILE", "ProfileErr
 SCHEMA = "sparsenas-hwprofile/1"
 TIMING_FIELDS = ("wall_ms", "cpu_ms", "wall_iqr_ms", "cpu_iqr_ms", "repeats")
 DEFAULT_PROFILE = "cpu-x86-2core.json"  # shipped inside this package
-FEATURES = ("sum_ms", "layers", "act_melems", "one")  # calibration inputs (see table.py)
+# Calibration inputs (see table.py): kernel sum, layer counts (all, and per implementation: native,
+# then the names of sparsenas.ops.KERNELS), output activations in millions, constant.
+FEATURES = ("sum_ms", "layers", "layers_native", "layers_dense", "layers_torch_csr", "layers_scipy_csr",
+            "act_melems", "one")
 
 
 class ProfileError(SparseNASError):

@@ -36,6 +36,9 @@ from .table import NATIVE, LatencyTable, feature_vector, layer_impls
 __all__ = ["KernelTimer", "profile_space", "run_profile", "fit_calibration", "partial_path", "cuda_semi_structured"]
 
 SAVE_EVERY_S = 10.0
+# "layers" is left out: it is the sum of the per-implementation counts.
+CALIBRATION_FEATURES = ("sum_ms", "layers_native", "layers_dense", "layers_torch_csr", "layers_scipy_csr",
+                        "act_melems", "one")
 
 
 def partial_path(out: str | Path) -> Path:
@@ -156,7 +159,7 @@ def _start(out: Path, name: str | None, timer: KernelTimer, log: Callable[[str],
 
 
 def profile_space(data: dict[str, Any], space: Any, task: Task, *, timer: KernelTimer, saver: _Saver,
-                  calibration_networks: int = 60, calibration_repeats: int = 100, seed: int = 0,
+                  calibration_networks: int = 80, calibration_repeats: int = 100, seed: int = 0,
                   cuda: bool = False, progress: Any = None) -> dict[str, Any]:
     """Add ``space``'s kernels for ``task`` and its calibration to ``data`` (a profile dict)."""
     t0 = time.monotonic()
@@ -202,7 +205,8 @@ def _calibrate(data: dict[str, Any], space: Any, task: Task, n: int, repeats: in
         progress.update(bar, description=f"{space.name} {task.input_shape}: time {n} networks end to end")
     timings = measure_networks([n.inference for n in nets], task.input_shape, repeats=repeats)
     preds = [table.predict(n.layers) for n in nets]
-    feats = np.array([p.features for p in preds])
+    cols = [FEATURES.index(f) for f in CALIBRATION_FEATURES]
+    feats = np.array([p.features for p in preds])[:, cols]
     metric = data["timing"]["metric"]
     measured = np.array([getattr(t, metric) for t in timings])
     coef = fit_calibration(feats, measured)
@@ -211,18 +215,19 @@ def _calibrate(data: dict[str, Any], space: Any, task: Task, n: int, repeats: in
     for i in range(len(nets)):  # leave-one-out: how well the model predicts a network it was not fitted on
         keep = np.arange(len(nets)) != i
         loo[i] = feats[i] @ np.array(fit_calibration(feats[keep], measured[keep]))
-    networks = [{"arch": a.to_dict(), "digest": a.digest(), "features": p.features, "kernels": p.kernels,
+    networks = [{"arch": a.to_dict(), "digest": a.digest(), "features": dict(zip(FEATURES, p.features)),
+                 "kernels": p.kernels,
                  "measured": {k: v for k, v in t.to_dict().items()}, "predicted_ms": float(f)}
                 for a, p, t, f in zip(archs, preds, timings, fitted)]
     return {"space": space.name, "input_shape": list(task.input_shape), "num_classes": task.num_classes,
-            "features": list(FEATURES), "coef": coef, "metric": metric, "model": "nnls-relative",
+            "features": list(CALIBRATION_FEATURES), "coef": coef, "metric": metric, "model": "nnls-relative",
             "fit": _fit_report(fitted, measured), "leave_one_out": _fit_report(loo, measured),
             "plain_sum": _fit_report(feats[:, 0], measured), "repeats": repeats,
             "load_avg": machine_info(1)["load_avg"], "date": now(), "networks": networks}
 
 
 def run_profile(jobs: list[tuple[Any, Task]], out: str | Path, *, name: str | None = None,
-                timer: KernelTimer | None = None, calibration_networks: int = 60, calibration_repeats: int = 100,
+                timer: KernelTimer | None = None, calibration_networks: int = 80, calibration_repeats: int = 100,
                 seed: int = 0, cuda: bool = False, progress: bool = True,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Profile every (space, task) of ``jobs`` into ``out`` (resuming ``out.partial``, extending ``out``)."""
