@@ -35,7 +35,8 @@ def fidelity(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
 
     predicted, measured = np.asarray(predicted, float), np.asarray(measured, float)
     err = predicted / measured - 1.0
-    rho = float(spearmanr(predicted, measured)[0]) if len(measured) > 1 else float("nan")
+    varied = len(measured) > 1 and np.ptp(predicted) > 0 and np.ptp(measured) > 0
+    rho = float(spearmanr(predicted, measured)[0]) if varied else float("nan")  # undefined for constant inputs
     return {"mape": float(np.mean(np.abs(err))), "within_10": float(np.mean(np.abs(err) <= 0.10)),
             "spearman": rho, "median_ratio": float(np.median(predicted / measured)),
             "max_abs_error": float(np.max(np.abs(err)))}
