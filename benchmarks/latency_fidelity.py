@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--dataset", default=None)
     ap.add_argument("--input-size", type=int, default=None)
     ap.add_argument("--n", type=int, default=50, help="random architectures (default 50)")
-    ap.add_argument("--repeats", type=int, default=100, help="timed calls per network (default 100)")
+    ap.add_argument("--repeats", type=int, default=200, help="timed calls per network (default 200)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--plot", default="latency_fidelity.png", help="scatter plot path")
     ap.add_argument("--json", action="store_true", help="print all figures as one JSON object on the last line")

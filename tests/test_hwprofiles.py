@@ -243,3 +243,14 @@ def test_cuda_semi_structured_only_on_a_gpu():
         assert set(got) == {"cuda_dense", "cuda_semi_2:4"}
     else:
         assert got == {}
+
+
+def test_validate_cli_prints_figures_and_writes_the_plot(tmp_path, capsys):
+    plot = tmp_path / "v.png"
+    assert main(["profile", "--validate", str(default_profile_path()), "--space", "sparse_mbv2", "--n", "2",
+                 "--network-repeats", "3", "--plot", str(plot), "--no-progress", "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    report = json.loads(out[-1])["reports"][0]
+    assert report["n"] == 2 and report["metric"] == "cpu_ms" and report["input_shape"] == [1, 16, 16]
+    assert set(report["calibrated"]) >= {"mape", "within_10", "spearman"} and report["drift"] > 0
+    assert plot.stat().st_size > 1000

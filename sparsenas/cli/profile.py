@@ -38,8 +38,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=_positive_int, default=100, help="timed calls per kernel (default 100)")
     p.add_argument("--calibration-networks", type=int, default=80,
                    help="random networks measured end to end to calibrate the table (default 80)")
-    p.add_argument("--network-repeats", type=_positive_int, default=100,
-                   help="timed calls per network, calibration and validation (default 100)")
+    p.add_argument("--network-repeats", type=_positive_int, default=200,
+                   help="timed calls per network, calibration and validation (default 200: on a shared machine "
+                        "the median of 100 calls still moved by ~5%%)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cuda: also time dense vs 2:4 semi-structured kernels on the GPU")
     p.add_argument("--seed", type=int, default=0)
@@ -129,6 +130,7 @@ def _validate(args: argparse.Namespace) -> int:
     for space, task in _jobs(args):
         plot = args.plot or f"{Path(args.validate).stem}-validate-{space.name}-{task.input_shape[-1]}.png"
         r = validate(table, space, task, n=args.n, seed=args.seed + 1, repeats=args.network_repeats, plot=plot,
+                     drift_networks=min(16, args.n),
                      log=lambda s: Console(stderr=True).print(s) if not args.no_progress else None)
         reports.append(r)
         t = Table(title=f"{table.name} on {space.name} {task.input_shape}: {r['n']} random networks, "

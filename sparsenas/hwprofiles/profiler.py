@@ -159,7 +159,7 @@ def _start(out: Path, name: str | None, timer: KernelTimer, log: Callable[[str],
 
 
 def profile_space(data: dict[str, Any], space: Any, task: Task, *, timer: KernelTimer, saver: _Saver,
-                  calibration_networks: int = 80, calibration_repeats: int = 100, seed: int = 0,
+                  calibration_networks: int = 80, calibration_repeats: int = 200, seed: int = 0,
                   cuda: bool = False, progress: Any = None) -> dict[str, Any]:
     """Add ``space``'s kernels for ``task`` and its calibration to ``data`` (a profile dict)."""
     t0 = time.monotonic()
@@ -227,7 +227,7 @@ def _calibrate(data: dict[str, Any], space: Any, task: Task, n: int, repeats: in
 
 
 def run_profile(jobs: list[tuple[Any, Task]], out: str | Path, *, name: str | None = None,
-                timer: KernelTimer | None = None, calibration_networks: int = 80, calibration_repeats: int = 100,
+                timer: KernelTimer | None = None, calibration_networks: int = 80, calibration_repeats: int = 200,
                 seed: int = 0, cuda: bool = False, progress: bool = True,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Profile every (space, task) of ``jobs`` into ``out`` (resuming ``out.partial``, extending ``out``)."""

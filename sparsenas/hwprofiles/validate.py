@@ -69,8 +69,8 @@ def scatter_plot(path: str | Path, measured: np.ndarray, predicted: np.ndarray, 
     plt.close(fig)
 
 
-def validate(table: LatencyTable, space: Any, task: Task, *, n: int = 50, seed: int = 1, repeats: int = 100,
-             rounds: int = 20, drift_networks: int = 8, plot: str | Path | None = None,
+def validate(table: LatencyTable, space: Any, task: Task, *, n: int = 50, seed: int = 1, repeats: int = 200,
+             rounds: int = 20, drift_networks: int = 16, plot: str | Path | None = None,
              log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Build ``n`` random architectures (none of the calibration ones), predict and measure them."""
     cal = table.calibration(space.name, task.input_shape)  # a clear error before any work
