@@ -49,7 +49,7 @@ def scatter_plot(path: str | Path, measured: np.ndarray, predicted: np.ndarray, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 5.0), dpi=120)
+    fig, ax = plt.subplots(figsize=(6.8, 5.6), dpi=120)
     lo = 0.9 * min(measured.min(), predicted.min(), plain.min())
     hi = 1.1 * max(measured.max(), predicted.max(), plain.max())
     xs = np.linspace(lo, hi, 50)
