@@ -89,12 +89,16 @@ def main(argv: list[str] | None = None) -> int:
             study = search(space="g2g_mlp", strategy="tpe", dataset="mnist1d", trials=trials, epochs=args.epochs,
                            lr=args.lr, objective="accuracy", storage=f"sqlite:///{tmp}/g2g.db", study="g2g",
                            progress=not args.json)
-            done = [t for t in study.trials if t.values]
+            import optuna
+
+            # pruned trials stopped early (MedianPruner): only finished ones compete
+            done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
             best = max(done, key=lambda t: t.values[0])  # chosen on validation accuracy
             search_out.update(best_val=best.values[0], best_test=best.user_attrs.get("test_accuracy"),
                               best_params=best.params, best_nnz=best.user_attrs.get("nnz"),
                               best_params_total=best.user_attrs.get("params"),
                               all_test=[t.user_attrs.get("test_accuracy") for t in done],
+                              pruned=len(study.trials) - len(done),
                               seconds=round(time.perf_counter() - t0, 1))
 
     table = Table(title=f"MNIST-1D test accuracy, 2 hidden layers of {args.width}, {args.epochs} epochs, {seeds} seeds")
