@@ -13,7 +13,6 @@ from .pooling_resnet20 import positions
 # Channels of the stem (layer 0) and of the 9 basic blocks; they do not move with the downsamplings
 # (as in the balanced-mixture paper), so every placement has the same parameters.
 CHANNELS = (16, 16, 16, 16, 32, 32, 32, 64, 64, 64)
-DOWNSAMPLE_TYPES = ("max", "avg", "conv")
 
 
 def _bn(c: int, batch_stats: bool) -> nn.BatchNorm2d:
@@ -99,6 +98,9 @@ class PoolingSupernet(nn.Module):
         self.blocks = nn.ModuleList(BasicBlock(CHANNELS[i - 1], CHANNELS[i], batch_stats=True, shared=True)
                                     for i in range(1, len(CHANNELS)))
         self.head = nn.Linear(CHANNELS[-1], num_classes)
+
+    def extra_repr(self) -> str:
+        return "shared weights, BatchNorm on batch statistics"
 
     def net_blocks(self) -> list[BasicBlock]:
         return list(self.blocks)

@@ -86,6 +86,9 @@ class BalancedMixture(nn.Module):
         self.register_buffer("correction", torch.ones(num_models))
         self.t_start, self.t_end, self.ema, self.tol = t_start, t_end, ema, tol
 
+    def extra_repr(self) -> str:
+        return f"paths={len(self.paths)}, models={self.num_models}, T={self.t_start:g}->{self.t_end:g}, ema={self.ema:g}"
+
     @property
     def num_models(self) -> int:
         return len(self.models)
