@@ -115,6 +115,27 @@ def test_mixture_training_updates_affinities_and_spreads_steps():
 OPTIONS = {"supernets": 2, "search_epochs": 1, "retrain_top": 1, "fix": {"downsample": "max"}}
 
 
+def test_balanced_strategy_logs_every_type_retrains_and_resumes(storage_url):
+    options = {"supernets": 2, "search_epochs": 1, "retrain_top": 1, "fix": {"placement": "2-3-5"}}
+    kw = dict(space="pooling_resnet20", strategy="balanced", dataset="synthetic", limit=64, epochs=1,
+              storage=storage_url, study="bal3", progress=False, options=options)
+    study = search(**kw)
+    estimates = [t for t in study.trials if t.user_attrs["stage"] == "estimate"]
+    retrained = [t for t in study.trials if t.user_attrs["stage"] == "retrained"]
+    assert sorted(t.params["downsample"] for t in estimates) == ["avg", "conv", "max"]
+    assert all(t.params["placement"] == "2-3-5" and len(t.values) == 2 and t.values[1] > 0 for t in estimates)
+    best = max(estimates, key=lambda t: t.values[0])
+    assert len(retrained) == 1 and retrained[0].params == best.params
+    assert retrained[0].user_attrs["epochs"] == 1
+    for t in estimates:
+        assert t.user_attrs["strategy"] == "balanced" and t.user_attrs["supernet"] in (0, 1)
+        assert t.values[0] == pytest.approx(max(t.user_attrs["estimates"]), abs=1e-4)
+    assert len(search(**kw).trials) == len(study.trials)  # resumed: nothing evaluated twice
+    with pytest.raises(SparseNASError, match="fix="):
+        search(**{**kw, "study": "bad", "options": {**options, "fix": {"downsample": "lp"}}})
+
+
+@pytest.mark.slow
 def test_balanced_strategy_logs_every_placement_and_retrains(storage_url):
     study = search(space="pooling_resnet20", strategy="balanced", dataset="synthetic", limit=96, epochs=1,
                    storage=storage_url, study="bal", progress=False, objective="accuracy", options=OPTIONS)
