@@ -106,6 +106,8 @@ def train(model: nn.Module, data: DataSplits, budget: TrainBudget, *, seed: int 
     total_steps = max(1, budget.epochs * len(loader))
     # masks are recomputed 20 times over the ramp: every step would cost ~40% more time per step
     pruner = GradualPruner(model, CubicSparsitySchedule(1.0, 0, 1000, frequency=50)) if sparse_modules(model) else None
+    # per-step hook for modules that change themselves during training (G2G dynamic sparse training)
+    step_hooks = [m for m in model.modules() if callable(getattr(m, "after_step", None))]
     loss_fn = nn.CrossEntropyLoss()
     start, step, history = time.perf_counter(), 0, []
     progress = 0.0
@@ -126,6 +128,8 @@ def train(model: nn.Module, data: DataSplits, budget: TrainBudget, *, seed: int 
             loss.backward()
             opt.step()
             step += 1
+            for m in step_hooks:
+                m.after_step(step, progress)
             if on_step is not None:
                 on_step(progress)
         recalibrate_bn(model, loader, device)
