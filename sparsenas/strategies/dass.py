@@ -50,8 +50,8 @@ class DassConfig:
 
     target_sparsity: float = 0.9
     latency_weight: float = 0.0
-    search_epochs: int = 6          # passes over the train split, split into the three phases
-    retrain_epochs: int = 15        # standalone training of each derived architecture
+    search_epochs: int = 4          # passes over the train split, split into the three phases
+    retrain_epochs: int = 12        # standalone training of each derived architecture
     retrain_top: int = 2            # derived architectures to retrain and log
     order: str = "first"            # alpha step: "first" or "second" (unrolled) order
     phases: tuple[float, float, float] = (0.4, 0.3, 0.3)  # shares of the search steps
