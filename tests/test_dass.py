@@ -135,7 +135,7 @@ def test_second_order_step_runs_and_moves_alpha():
     net = tiny_darts()
     alpha0 = [a.detach().clone() for a in net.arch_parameters()]
     scores0 = [s.detach().clone() for s in net.score_parameters()]
-    cfg = DassConfig(search_epochs=1, order="second", batch_size=64, phases=(0.5, 0.5, 0.0))
+    cfg = DassConfig(search_epochs=1, order="second", batch_size=64, phases=(0.0, 1.0, 0.0))
     log = dass_search(net, data, cfg, seed=0)
     assert log.steps == 1 and len(log.history) == 1
     # the pruning phase trains the scores (through the unrolled step too), not the weights
