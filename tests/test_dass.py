@@ -212,3 +212,24 @@ def test_random_search_can_pin_choices_to_compare_at_the_target_sparsity(tmp_pat
     with pytest.raises(SparseNASError, match="cannot fix choice"):
         sparsenas.search(space="sparse_darts", strategy="random", dataset="synthetic", storage=storage, study="bad",
                          trials=1, epochs=1, progress=False, options={"fixed": {"sparsity": 0.33}})
+
+
+def test_benchmark_hypervolume_matches_optunas_reference_implementation():
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+    from optuna._hypervolume import compute_hypervolume  # private: used only to check ours
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "dass_vs_random.py"
+    spec = importlib.util.spec_from_file_location("dass_vs_random", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        pts = [(float(a), float(l)) for a, l in zip(rng.uniform(0.5, 1.0, 12), rng.uniform(1.0, 10.0, 12))]
+        ref = (0.4, 11.0)
+        expected = compute_hypervolume(np.array([(-a, l) for a, l in pts]), np.array([-ref[0], ref[1]]))
+        assert bench.hypervolume_2d(pts, ref) == pytest.approx(expected)
+    assert bench.hypervolume_2d([(0.9, 2.0)], (0.0, 4.0)) == pytest.approx(0.9 * 2.0)
+    assert bench.hypervolume_2d([(0.9, 5.0)], (0.0, 4.0)) == 0.0  # outside the reference box
