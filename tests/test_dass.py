@@ -146,7 +146,13 @@ def test_second_order_step_runs_and_moves_alpha():
     assert 0.0 <= log.history[0]["val_accuracy_masked"] <= 1.0
 
 
-def test_bad_dass_options_are_clear_errors():
+def test_bad_dass_options_are_clear_errors(tmp_path):
+    db = tmp_path / "bad.db"
+    for options in ({"target_sparsity": 0.85}, {"retrain_epochs": 0}):
+        with pytest.raises(SparseNASError):
+            sparsenas.search(space="sparse_darts", strategy="dass", dataset="synthetic", storage=f"sqlite:///{db}",
+                             progress=False, options=options)
+    assert not db.exists()  # rejected before the study was created
     with pytest.raises(SparseNASError, match="does not take option"):
         DassConfig.from_options({"supernets": 4})
     with pytest.raises(SparseNASError, match="target-sparsity"):

@@ -37,7 +37,9 @@ from ..errors import SparseNASError
 from ..evaluators import TrainingDiverged, train
 from ..ops import sparse_modules
 from ..timing import num_threads
-from ..supernets.mixed import MixedSupernet, OpLatency, build_mixed_supernet, measured_op_latency
+from ..search_spaces.base import SearchSpace
+from ..supernets.mixed import MIXED, MixedSupernet, OpLatency, build_mixed_supernet, measured_op_latency
+from ..task import Task
 from . import STRATEGIES
 from .base import SearchContext, Strategy
 
@@ -284,6 +286,14 @@ class DASSStrategy(Strategy):
     name = "dass"
     description = ("DASS: DARTS-style bilevel search over mixed ops with alpha trained on the network masked at "
                    "the target sparsity (warm-up, score pruning, fine-tune); derived nets retrained and logged")
+
+    def check(self, space: SearchSpace, task: Task, options: dict[str, Any]) -> None:
+        cfg = DassConfig.from_options(options)
+        if space.name not in MIXED:
+            raise SparseNASError(f"strategy 'dass' needs a mixed-op supernet, and space '{space.name}' has none; "
+                                 f"spaces with one: {', '.join(MIXED.names())}")
+        # building it (well under a second) checks the sparsity and sizes against the space
+        build_mixed_supernet(space, task, target_sparsity=cfg.target_sparsity, **cfg.supernet)
 
     def run(self, ctx: SearchContext) -> None:
         cfg = DassConfig.from_options(ctx.options)
