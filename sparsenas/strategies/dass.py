@@ -263,7 +263,8 @@ def dass_search(net: MixedSupernet, data: DataSplits, cfg: DassConfig, *, seed: 
         entry: dict[str, Any] = {"epoch": epoch + 1, "phase": phase, "alpha": net.alpha_snapshot(),
                                  "val_accuracy_masked": round(_masked_accuracy(net, data, device), 4)}
         if table is not None:
-            entry["expected_latency_ms"] = round(float(net.expected_latency(table)), 4)
+            with torch.no_grad():
+                entry["expected_latency_ms"] = round(float(net.expected_latency(table)), 4)
         history.append(entry)
         if log is not None:
             log(f"dass epoch {epoch + 1}/{cfg.search_epochs} ({phase}): supernet val accuracy at "
@@ -317,7 +318,7 @@ class DASSStrategy(Strategy):
         slog = dass_search(net, ctx.data, cfg, seed=ctx.seed, device=ctx.device, op_latency=op_latency,
                            on_step=ctx.progress.trial_progress, log=ctx.progress.log)
         net.cpu()
-        alpha_history = [{"epoch": h["epoch"], "phase": h["phase"], **h["alpha"]} for h in slog.history]
+        alpha_history = [{**{k: v for k, v in h.items() if k != "alpha"}, **h["alpha"]} for h in slog.history]
         tracker.set_study_attr("dass_alpha_history", alpha_history)
         tracker.set_study_attr("dass_candidates", dict(net.candidate_names))
         tracker.set_study_attr("dass_search", {"seconds": round(slog.seconds, 1), "steps": slog.steps,
