@@ -10,7 +10,7 @@ import sparsenas
 from sparsenas.arch import Arch
 from sparsenas.data import load_dataset
 from sparsenas.errors import SparseNASError
-from sparsenas.ops import SparseMixin, sparse_modules
+from sparsenas.ops import sparse_modules
 from sparsenas.search_spaces import get_space
 from sparsenas.search_spaces._darts_modules import EDGES, PRIMITIVES, SparseSpec, make_op
 from sparsenas.strategies.dass import DassConfig, dass_search

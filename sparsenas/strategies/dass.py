@@ -22,7 +22,6 @@ latency as random search) and logged to the study as a trial, with the alpha his
 """
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
