@@ -101,6 +101,7 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
                         input_size=config.input_size, seed=config.seed, limit=config.limit)
     space.check_task(data.task)
     latency = LATENCY.get(_latency_kind(config, space.name, data.task))(hw=config.hw)
+    strategy.check(space, data.task, config.options)
     objectives = MULTI if config.objective == "multi" else SINGLE
     spec = StudySpec(space.name, space.version, data.task.dataset, data.task.to_dict(), objectives)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2) if objectives == SINGLE else None

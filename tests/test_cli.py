@@ -9,7 +9,7 @@ from sparsenas.cli import main
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["search", "--space", "nope"], "unknown search space 'nope'; available: g2g_mlp, pooling_resnet20, sparse_mbv2"),
+    (["search", "--space", "nope"], "unknown search space 'nope'; available: g2g_mlp, pooling_resnet20, sparse_darts, sparse_mbv2"),
     (["search", "--strategy", "nope"], "unknown strategy 'nope'; available:"),
     (["search", "--dataset", "nope"], "unknown dataset 'nope'; available:"),
     (["search", "--dataset", "cifar10"], "--data-dir"),

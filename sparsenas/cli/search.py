@@ -45,6 +45,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--retrain-epochs", type=int, default=None, help="epochs to retrain derived architectures")
     s.add_argument("--retrain-top", type=int, default=None, help="how many of the best architectures to retrain")
     s.add_argument("--supernets", type=int, default=None, help="balanced: number of supernets M (default 4)")
+    s.add_argument("--channels", type=int, default=None, help="dass on sparse_darts: initial channels C (8, 12, 16)")
+    s.add_argument("--cells", type=int, default=None, help="dass on sparse_darts: cells of the derived network (3, 5, 8)")
     p.add_argument("--timeout", type=positive_float, default=None, metavar="SECONDS",
                    help="stop starting new trials after this many seconds")
     p.add_argument("--limit", type=int, default=None, help="use at most this many training samples")
@@ -53,7 +55,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_search)
 
 
-STRATEGY_OPTIONS = ("target_sparsity", "latency_weight", "search_epochs", "retrain_epochs", "retrain_top", "supernets")
+STRATEGY_OPTIONS = ("target_sparsity", "latency_weight", "search_epochs", "retrain_epochs", "retrain_top", "supernets",
+                    "channels", "cells")
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -33,6 +33,10 @@ class Strategy(ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
 
+    def check(self, space: SearchSpace, task: Task, options: dict[str, Any]) -> None:
+        """Raise SparseNASError for options or a space this strategy cannot use; called before the study
+        is created, so a bad flag leaves nothing half-written."""
+
     @abstractmethod
     def run(self, ctx: SearchContext) -> None:
         """Evaluate architectures and record each one as a trial of ``ctx.tracker.study``."""

@@ -9,6 +9,7 @@ from abc import abstractmethod
 import optuna
 import torch
 
+from ..errors import SparseNASError
 from ..evaluators import TrainingDiverged
 from . import STRATEGIES
 from .base import SearchContext, Strategy
@@ -32,6 +33,13 @@ class SamplerStrategy(Strategy):
         # offset the seed by the trials already there, so a resumed search does not replay them
         tracker.study.sampler = self.make_sampler(ctx.seed + len(tracker.study.trials), ctx)
         evaluator, space, task = ctx.evaluator, ctx.space, ctx.task
+        if fixed := ctx.options.get("fixed"):  # pin some choices (e.g. the sparsity), sample the rest
+            allowed = space.choices(task)
+            for k, v in fixed.items():
+                if k not in allowed or v not in allowed[k]:
+                    raise SparseNASError(f"cannot fix choice {k}={v!r} in space '{space.name}'; "
+                                         f"allowed: {allowed.get(k, list(allowed))}")
+            tracker.study.sampler = optuna.samplers.PartialFixedSampler(dict(fixed), tracker.study.sampler)
 
         def objective(trial: optuna.Trial) -> list[float]:
             arch = space.suggest(trial, task)

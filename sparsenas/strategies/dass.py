@@ -1,0 +1,353 @@
+"""dass: Differentiable Architecture Search for Sparse networks (Mousavi et al., ACM TECS 2023).
+
+DARTS' bilevel search on a mixed-op supernet whose convolutions carry learned-score (HYDRA) masks:
+network weights (or scores) step on the train split, the architecture weights ``alpha`` on the
+validation split — and alpha's validation loss is computed on the network *masked at the target
+sparsity*, so alpha learns which operations stay accurate once pruned (DASS's change to DARTS).
+The search runs three phases over its steps, alpha updated in all of them:
+
+1. dense warm-up: weights train with every mask off; for alpha's step the masks are the top-k of
+   scores re-derived from the current weights (the network as magnitude pruning would leave it);
+2. pruning: scores are re-initialised from the weights (HYDRA's scaled init) and only the scores
+   train, through the straight-through top-k mask at the target sparsity;
+3. fine-tuning: the masks stay as the scores left them, the weights train under them.
+
+Alpha's step is first-order by default, DARTS' second-order (unrolled, finite-difference Hessian)
+with ``order="second"``; an optional differentiable expected-latency term
+``latency_weight * sum softmax(alpha) * latency(op)`` (ms, from :func:`op_latency_for`) is added
+to alpha's loss. Then the discrete architecture is derived (top-2 edges per node for cells, argmax
+per block for sparse_mbv2; more candidates from latency-aware derivations), each is retrained from
+scratch with gradual pruning to its masks' target, evaluated with the study's evaluator (the same
+latency as random search) and logged to the study as a trial, with the alpha history.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data import DataSplits
+from ..errors import SparseNASError
+from ..evaluators import TrainingDiverged, train
+from ..ops import sparse_modules
+from ..timing import num_threads
+from ..search_spaces.base import SearchSpace
+from ..supernets.mixed import MIXED, MixedSupernet, OpLatency, build_mixed_supernet, measured_op_latency
+from ..task import Task
+from . import STRATEGIES
+from .base import SearchContext, Strategy
+
+PHASES = ("warmup", "prune", "finetune")
+SUPERNET_OPTIONS = ("channels", "cells", "search_cells", "downscale", "depth", "width", "expand")
+
+
+@dataclass
+class DassConfig:
+    """DASS settings; defaults sized for a loaded 2-core CPU and the digits data set."""
+
+    target_sparsity: float = 0.9
+    latency_weight: float = 0.0
+    search_epochs: int = 4          # passes over the train split, split into the three phases
+    retrain_epochs: int = 12        # standalone training of each derived architecture
+    retrain_top: int = 2            # derived architectures to retrain and log
+    order: str = "first"            # alpha step: "first" or "second" (unrolled) order
+    phases: tuple[float, float, float] = (0.4, 0.3, 0.3)  # shares of the search steps
+    batch_size: int = 64
+    weight_lr: float = 0.05         # SGD, cosine over the search
+    score_lr: float = 0.1           # SGD for the scores in the pruning phase (HYDRA/DASS)
+    arch_lr: float = 3e-3           # Adam; DARTS' 3e-4 barely moves alpha in a few hundred steps
+    arch_weight_decay: float = 1e-3
+    grad_clip: float = 5.0
+    threads: int = 1                # torch threads for the whole run (see DASSStrategy.run)
+    supernet: dict[str, Any] = field(default_factory=dict)  # channels, cells, search_cells, downscale, depth...
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> "DassConfig":
+        """Build from ``ctx.options``; unknown keys and bad values raise one clear SparseNASError."""
+        known = {f for f in cls.__dataclass_fields__ if f != "supernet"} | set(SUPERNET_OPTIONS)
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise SparseNASError(f"strategy 'dass' does not take option(s) {', '.join(unknown)}; it takes: "
+                                 f"{', '.join(sorted(known))}")
+        kw = {k: v for k, v in options.items() if k in cls.__dataclass_fields__}
+        cfg = cls(**kw, supernet={k: options[k] for k in SUPERNET_OPTIONS if k in options})
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        def bad(what: str) -> SparseNASError:
+            return SparseNASError(f"strategy 'dass': {what}")
+
+        if not 0.0 < float(self.target_sparsity) < 1.0:
+            raise bad(f"--target-sparsity must be a fraction of zero weights in (0, 1), got {self.target_sparsity}")
+        if not (float(self.latency_weight) >= 0.0 and math.isfinite(float(self.latency_weight))):
+            raise bad(f"--latency-weight must be a number >= 0 (0: no latency term), got {self.latency_weight}")
+        for name in ("search_epochs", "retrain_epochs", "retrain_top", "batch_size", "threads"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise bad(f"{name.replace('_', '-')} must be a whole number >= 1, got {v!r}")
+        if self.order not in ("first", "second"):
+            raise bad(f"order must be 'first' or 'second', got {self.order!r}")
+        if len(self.phases) != 3 or any(p < 0 for p in self.phases) or sum(self.phases) <= 0:
+            raise bad(f"phases must be three non-negative shares (warm-up, prune, fine-tune), got {self.phases}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["phases"] = list(self.phases)
+        return d
+
+
+def op_latency_for(ctx: SearchContext) -> OpLatency:
+    """The one place that decides where the latency term's per-kernel ms come from.
+
+    Today: each kernel timed on this machine (cached per layer spec). A hardware profile's
+    LatencyTable (``LayerSpec -> ms``) can be returned here instead once it exists."""
+    return measured_op_latency
+
+
+# ---------------------------------------------------------------- the search
+@dataclass
+class SearchLog:
+    history: list[dict[str, Any]]            # one entry per epoch: phase, softmax(alpha), masked val accuracy
+    latency_table: list[tuple[str, int, Tensor]] | None
+    seconds: float
+    steps: int
+
+
+def _cycle(loader: Any) -> Iterator[tuple[Tensor, Tensor]]:
+    while True:
+        yield from loader
+
+
+@torch.no_grad()
+def _masked_accuracy(net: MixedSupernet, data: DataSplits, device: torch.device, batch: int = 128) -> float:
+    net.eval()
+    x, y = data.val.tensors
+    correct = sum(int((net(x[i:i + batch].to(device)).argmax(1).cpu() == y[i:i + batch]).sum())
+                  for i in range(0, len(y), batch))
+    net.train()
+    return correct / max(1, len(y))
+
+
+def _phase_of(step: int, total: int, shares: tuple[float, float, float]) -> str:
+    s = sum(shares)
+    b1 = round(total * shares[0] / s)
+    b2 = b1 + round(total * shares[1] / s)
+    return "warmup" if step < b1 else "prune" if step < b2 else "finetune"
+
+
+class _Trainable:
+    """Switches which parameters need gradients; autograd then skips the rest."""
+
+    def __init__(self, net: MixedSupernet) -> None:
+        self.groups = {"weights": net.weight_parameters(), "scores": net.score_parameters(),
+                       "alpha": net.arch_parameters()}
+
+    def only(self, *names: str) -> None:
+        for name, params in self.groups.items():
+            for p in params:
+                p.requires_grad_(name in names)
+
+
+def _alpha_loss(net: MixedSupernet, x: Tensor, y: Tensor, cfg: DassConfig,
+                table: list[tuple[str, int, Tensor]] | None) -> Tensor:
+    loss = F.cross_entropy(net(x), y)
+    if table is not None and cfg.latency_weight > 0:
+        loss = loss + cfg.latency_weight * net.expected_latency(table)
+    return loss
+
+
+def _second_order_step(net: MixedSupernet, params: list[nn.Parameter], lr: float, xt: Tensor, yt: Tensor,
+                       xv: Tensor, yv: Tensor, train_masked: bool, cfg: DassConfig,
+                       table: list[tuple[str, int, Tensor]] | None) -> None:
+    """DARTS' unrolled alpha gradient: grad_a L_val(w - lr grad_w L_train(w, a), a) with the Hessian-vector
+    product approximated by central finite differences; L_val on the masked network."""
+    alphas = net.arch_parameters()
+    backup = [p.detach().clone() for p in params]
+    net.set_masked(train_masked)
+    g = torch.autograd.grad(F.cross_entropy(net(xt), yt), params, allow_unused=True)
+    with torch.no_grad():
+        for p, gi in zip(params, g):
+            if gi is not None:
+                p.sub_(lr * gi)
+    net.set_masked(True)
+    grads = torch.autograd.grad(_alpha_loss(net, xv, yv, cfg, table), alphas + params, allow_unused=True)
+    d_alpha, d_w = grads[:len(alphas)], grads[len(alphas):]
+    norm = torch.sqrt(sum((d * d).sum() for d in d_w if d is not None)).clamp_min(1e-12)
+    eps = 0.01 / norm
+    hessian = []
+    for sign in (1.0, -1.0):
+        with torch.no_grad():
+            for p, b, d in zip(params, backup, d_w):
+                p.copy_(b if d is None else b + sign * eps * d)
+        net.set_masked(train_masked)
+        hessian.append(torch.autograd.grad(F.cross_entropy(net(xt), yt), alphas, allow_unused=True))
+    with torch.no_grad():
+        for p, b in zip(params, backup):
+            p.copy_(b)
+    for a, da, hp, hn in zip(alphas, d_alpha, *hessian):
+        grad = torch.zeros_like(a) if da is None else da.clone()
+        if hp is not None and hn is not None:
+            grad -= lr * (hp - hn) / (2 * eps)
+        a.grad = grad
+
+
+def dass_search(net: MixedSupernet, data: DataSplits, cfg: DassConfig, *, seed: int = 0,
+                device: str | torch.device = "cpu", op_latency: OpLatency | None = None,
+                on_step: Callable[[float], None] | None = None,
+                log: Callable[[str], None] | None = None) -> SearchLog:
+    """Run DASS' three-phase bilevel search on ``net`` in place; returns the alpha history."""
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    device = torch.device(device)
+    net.to(device).train()
+    table = None
+    if cfg.latency_weight > 0:
+        table = net.candidate_latency(op_latency or measured_op_latency)
+    train_loader = data.loader("train", cfg.batch_size, shuffle=True, seed=seed)
+    val_batches = _cycle(data.loader("val", cfg.batch_size, shuffle=True, seed=seed + 1))
+    total = max(1, cfg.search_epochs * len(train_loader))
+    groups = _Trainable(net)
+    w_opt = torch.optim.SGD(groups.groups["weights"], lr=cfg.weight_lr, momentum=0.9, weight_decay=3e-4)
+    s_opt = torch.optim.SGD(groups.groups["scores"], lr=cfg.score_lr, momentum=0.9) if groups.groups["scores"] else None
+    a_opt = torch.optim.Adam(groups.groups["alpha"], lr=cfg.arch_lr, betas=(0.5, 0.999),
+                             weight_decay=cfg.arch_weight_decay)
+    history: list[dict[str, Any]] = []
+    step, phase = 0, "warmup"
+    for epoch in range(cfg.search_epochs):
+        for x, y in train_loader:
+            new_phase = _phase_of(step, total, cfg.phases)
+            if new_phase == "prune" and phase != "prune":
+                net.reset_scores()  # HYDRA scaled init: the pruning phase starts from the magnitude mask
+            phase = new_phase
+            lr_factor = 0.5 * (1 + math.cos(math.pi * step / total))
+            for g in w_opt.param_groups:
+                g["lr"] = cfg.weight_lr * lr_factor
+            x, y = x.to(device), y.to(device)
+            xv, yv = (t.to(device) for t in next(val_batches))
+            trained, opt = (groups.groups["scores"], s_opt) if phase == "prune" else (groups.groups["weights"], w_opt)
+            if phase == "warmup":
+                net.reset_scores()  # alpha sees the network as magnitude pruning would leave it now
+            # -- alpha on the validation split, network masked at the target sparsity
+            a_opt.zero_grad(set_to_none=True)
+            if cfg.order == "second" and trained:
+                groups.only("alpha", "scores" if phase == "prune" else "weights")
+                _second_order_step(net, trained, opt.param_groups[0]["lr"], x, y, xv, yv, phase != "warmup", cfg, table)
+            else:
+                groups.only("alpha")
+                net.set_masked(True)
+                _alpha_loss(net, xv, yv, cfg, table).backward()
+            a_opt.step()
+            # -- weights (warm-up, fine-tune) or scores (prune) on the train split
+            groups.only("scores" if phase == "prune" else "weights")
+            net.set_masked(phase != "warmup")
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(net(x), y)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(f"DASS supernet loss became {loss.item()} at step {step} ({phase})")
+                loss.backward()
+                nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
+                opt.step()
+            step += 1
+            if on_step is not None:
+                on_step(step / total)
+        groups.only("weights", "scores", "alpha")
+        net.set_masked(True)
+        entry: dict[str, Any] = {"epoch": epoch + 1, "phase": phase, "alpha": net.alpha_snapshot(),
+                                 "val_accuracy_masked": round(_masked_accuracy(net, data, device), 4)}
+        if table is not None:
+            with torch.no_grad():
+                entry["expected_latency_ms"] = round(float(net.expected_latency(table)), 4)
+        history.append(entry)
+        if log is not None:
+            log(f"dass epoch {epoch + 1}/{cfg.search_epochs} ({phase}): supernet val accuracy at "
+                f"{cfg.target_sparsity:g} sparsity {entry['val_accuracy_masked']:.3f}")
+    groups.only("weights", "scores", "alpha")
+    net.set_masked(True)
+    return SearchLog(history, table, time.perf_counter() - start, step)
+
+
+def sparse_layer_sparsity(model: nn.Module) -> float:
+    """Share of zero weights over the model's sparse (masked) layers."""
+    layers = sparse_modules(model)
+    total = sum(m.weight.numel() for m in layers)
+    return 1.0 - sum(m.nnz() for m in layers) / total if total else 0.0
+
+
+# ---------------------------------------------------------------- the strategy
+@STRATEGIES.register("dass")
+class DASSStrategy(Strategy):
+    name = "dass"
+    description = ("DASS: DARTS-style bilevel search over mixed ops with alpha trained on the network masked at "
+                   "the target sparsity (warm-up, score pruning, fine-tune); derived nets retrained and logged")
+
+    def check(self, space: SearchSpace, task: Task, options: dict[str, Any]) -> None:
+        cfg = DassConfig.from_options(options)
+        if space.name not in MIXED:
+            raise SparseNASError(f"strategy 'dass' needs a mixed-op supernet, and space '{space.name}' has none; "
+                                 f"spaces with one: {', '.join(MIXED.names())}")
+        # building it (well under a second) checks the sparsity and sizes against the space
+        build_mixed_supernet(space, task, target_sparsity=cfg.target_sparsity, **cfg.supernet)
+
+    def run(self, ctx: SearchContext) -> None:
+        cfg = DassConfig.from_options(ctx.options)
+        # The supernet runs thousands of tiny ops per step: measured here on the loaded 2-core machine,
+        # a fwd+bwd took 0.85 s of CPU with 1 thread and 24 s with 2 (threads spin waiting for a core).
+        with num_threads(cfg.threads):
+            self._run(ctx, cfg)
+
+    def _run(self, ctx: SearchContext, cfg: DassConfig) -> None:
+        tracker = ctx.tracker
+        if any(t.user_attrs.get("strategy") == self.name for t in tracker.finished()):
+            ctx.progress.log(f"study '{tracker.study.study_name}' already holds a DASS result; nothing to do "
+                             "(pass another --study to search again)")
+            return
+        start = time.perf_counter()
+        torch.manual_seed(ctx.seed)
+        net = build_mixed_supernet(ctx.space, ctx.task, target_sparsity=cfg.target_sparsity, **cfg.supernet)
+        op_latency = op_latency_for(ctx)
+        number = len(tracker.study.trials)
+        ctx.progress.trial_started(number, "DASS supernet search")
+        slog = dass_search(net, ctx.data, cfg, seed=ctx.seed, device=ctx.device, op_latency=op_latency,
+                           on_step=ctx.progress.trial_progress, log=ctx.progress.log)
+        net.cpu()
+        alpha_history = [{**{k: v for k, v in h.items() if k != "alpha"}, **h["alpha"]} for h in slog.history]
+        tracker.set_study_attr("dass_alpha_history", alpha_history)
+        tracker.set_study_attr("dass_candidates", dict(net.candidate_names))
+        tracker.set_study_attr("dass_search", {"seconds": round(slog.seconds, 1), "steps": slog.steps,
+                                               "config": cfg.to_dict(),
+                                               "val_accuracy_masked": [h["val_accuracy_masked"] for h in slog.history]})
+        table = slog.latency_table
+        if table is None and cfg.retrain_top > 1:
+            table = net.candidate_latency(op_latency)  # latency-aware derivations spread the front
+        candidates = net.derive_candidates(cfg.retrain_top, table)
+        choices = ctx.space.choices(ctx.task)
+        budget = replace(ctx.evaluator.budget, epochs=cfg.retrain_epochs, seconds=None)
+        for rank, (label, arch) in enumerate(candidates):
+            if rank and ctx.timeout is not None and time.perf_counter() - start > ctx.timeout:
+                ctx.progress.log(f"dass: --timeout reached; {len(candidates) - rank} derived architecture(s) not retrained")
+                break
+            ctx.progress.trial_started(number + rank, f"retrain {arch.digest()} ({label})")
+            model = ctx.evaluator.build(arch)
+            lat = ctx.evaluator.latency(arch, model)
+            try:
+                trained = train(model, ctx.data, budget, seed=ctx.seed, device=ctx.device,
+                                on_step=ctx.progress.trial_progress)
+            except TrainingDiverged as e:
+                ctx.progress.log(f"dass: derived architecture {arch.digest()} ({label}) diverged: {e}")
+                continue
+            model.cpu().eval()
+            result = ctx.evaluator.result(arch, model, trained, lat)
+            ft = tracker.log_arch(
+                arch, choices, result, strategy=self.name, derivation=label, derivation_rank=rank,
+                target_sparsity=cfg.target_sparsity, latency_weight=cfg.latency_weight, order=cfg.order,
+                sparse_layer_sparsity=round(sparse_layer_sparsity(model), 4),
+                search_seconds=round(slog.seconds, 1), supernet_val_accuracy_masked=slog.history[-1]["val_accuracy_masked"],
+                alpha=net.alpha_snapshot(), alpha_history=alpha_history)
+            ctx.progress.trial_finished(ft)
