@@ -34,6 +34,7 @@ class SearchConfig:
     latency: str = "auto"               # "table" (hardware profile), "measured", or "auto": table where the profile covers the space
     hw: str | None = None               # hardware profile file for the table latency evaluator
     timeout: float | None = None        # seconds for this run of the search
+    threads: int = 1                    # torch threads while searching (see search())
     limit: int | None = None            # cap on training samples (quick runs, tests)
     options: dict[str, Any] = field(default_factory=dict)  # strategy flags: target_sparsity, search_epochs, ...
 
@@ -49,7 +50,7 @@ def _check(config: SearchConfig) -> None:
     if config.max_latency_ms is not None and config.objective != "accuracy":
         raise SparseNASError("--max-latency-ms applies to the single-objective form; add --objective accuracy "
                              "(the multi-objective search already trades latency against accuracy)")
-    for name in ("trials", "epochs", "batch_size"):
+    for name in ("trials", "epochs", "batch_size", "threads"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise SparseNASError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
     if config.device not in ("cpu", "cuda", "auto") and not config.device.startswith("cuda:"):
@@ -90,6 +91,7 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     from .search_spaces import get_space
     from .strategies import STRATEGIES
     from .strategies.base import SearchContext
+    from .timing import num_threads
     from .tracking import StudySpec, Tracker
 
     config = SearchConfig(**{**(asdict(config) if config else {}), **overrides})
@@ -115,5 +117,8 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
         ctx = SearchContext(space=space, task=data.task, data=data, evaluator=evaluator, tracker=tracker,
                             trials=config.trials, seed=config.seed, device=device, timeout=config.timeout,
                             max_latency_ms=config.max_latency_ms, progress=bar, options=config.options)
-        strategy.run(ctx)
+        # 1 thread by default: on a 2-core machine with anything else running, a training step took
+        # 20-30x longer with 2 threads than with 1 (OpenMP threads spin waiting for a core).
+        with num_threads(config.threads):
+            strategy.run(ctx)
     return tracker.study

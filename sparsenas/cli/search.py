@@ -49,6 +49,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--cells", type=int, default=None, help="dass on sparse_darts: cells of the derived network (3, 5, 8)")
     p.add_argument("--timeout", type=positive_float, default=None, metavar="SECONDS",
                    help="stop starting new trials after this many seconds")
+    p.add_argument("--threads", type=int, default=1, help="torch threads while searching (default 1: robust "
+                                                        "on a shared machine; latency is always timed with 1)")
     p.add_argument("--limit", type=int, default=None, help="use at most this many training samples")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
