@@ -26,6 +26,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=positive_float, default=0.05, help="peak learning rate (SGD, cosine; default 0.05)")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
     p.add_argument("--study", default=None, help="study name (default: SPACE-DATASET-STRATEGY)")
+    p.add_argument("--artifact-dir", default=None, help="folder for trained weights (Optuna artifacts; default "
+                   "<db stem>-artifacts/ beside a sqlite or journal file)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--objective", choices=["multi", "accuracy"], default="multi",
