@@ -206,7 +206,9 @@ def check_onnx(path: Path, plain: nn.Module, task: Task, *, atol: float = ATOL, 
 
 
 def check_torchscript(path: Path, plain: nn.Module, task: Task, *, atol: float = ATOL, seed: int = 2) -> float:
-    ts = torch.jit.load(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export, still loads everywhere
+        ts = torch.jit.load(str(path))
     worst = 0.0
     for i, b in enumerate((1, 5)):
         x = _example_inputs(task, b, seed + i)
