@@ -115,8 +115,8 @@ def _baseline(study: Any, space: Any, task: Any, mode: str, trials: list[Any],
     if mode == "none" or not hasattr(space, "default_arch"):
         return None
     arch = space.default_arch(task)
-    label = ((type(space).default_arch.__doc__ or "").strip().split(":")[0].split(".")[0]
-             or f"{space.name} default architecture")
+    doc = (type(space).default_arch.__doc__ or "").strip().split(":")[0].split(".")[0]
+    label = f"{doc} ({space.name} default_arch)" if doc else f"{space.name} default_arch"
     for t in trials:
         if t.user_attrs.get("arch_digest") == arch.digest() and _latency(t) is not None:
             return {"label": label, "how": f"trial {t.number} of the study", "trial": t.number,
@@ -166,7 +166,8 @@ def _plot_pareto(path: Path, points: list[tuple[float, float, int]], front: list
     ax.set_ylabel("validation accuracy")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.margins(0.08)
+    ax.legend(fontsize=7, loc="best", framealpha=0.85)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -198,7 +199,7 @@ def _plot_alpha(path: Path, series: dict[str, list[list[float]]], title: str, li
     names = list(series)[:limit]
     cols = min(4, len(names))
     rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows + 0.8), dpi=110, squeeze=False)
     for ax in axes.flat[len(names):]:
         ax.axis("off")
     for ax, name in zip(axes.flat, names):

@@ -91,6 +91,7 @@ def _print_front(study: Any, storage: str, as_json: bool) -> int:
         console.print(f"Open the dashboard:  nas dashboard --storage {storage}")
         console.print(f"Export an architecture:  nas export --storage {storage} --study {study.study_name} "
                       f"--trial {rows[0]['trial']} --out found/")
+        console.print(f"Plot the search:  nas report --storage {storage} --study {study.study_name} --out report/")
     if as_json:
         print_json({"study": study.study_name, "storage": storage, "states": states, "front": rows})
     return 0
