@@ -10,6 +10,9 @@ from .errors import SparseNASError
 from .tracking import DEFAULT_STORAGE, MULTI, SINGLE
 
 
+DEFAULT_EPOCHS = 6
+
+
 @dataclass
 class SearchConfig:
     space: str = "sparse_mbv2"
@@ -17,8 +20,8 @@ class SearchConfig:
     dataset: str | None = None          # None: the space's default dataset
     data_dir: str | None = None
     input_size: int | None = None
-    trials: int = 12
-    epochs: int = 8
+    trials: int = 10
+    epochs: int | None = None           # None: 6, or no cap when time_budget is given
     time_budget: float | None = None    # seconds of training per architecture
     batch_size: int = 32
     lr: float = 0.05
@@ -48,7 +51,7 @@ def _check(config: SearchConfig) -> None:
         raise SparseNASError("--max-latency-ms applies to the single-objective form; add --objective accuracy "
                              "(the multi-objective search already trades latency against accuracy)")
     for name in ("trials", "epochs", "batch_size"):
-        if getattr(config, name) < 1:
+        if getattr(config, name) is not None and getattr(config, name) < 1:
             raise SparseNASError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
     if config.device not in ("cpu", "cuda", "auto") and not config.device.startswith("cuda:"):
         raise SparseNASError(f"unknown device '{config.device}'; allowed: cpu, cuda, cuda:N, auto")
@@ -93,7 +96,8 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     tracker = Tracker(config.storage, config.study_name(data.task.dataset), spec, pruner=pruner,
                       extra_attrs={"strategy": config.strategy, "config": asdict(config)},
                       artifact_dir=config.artifact_dir)
-    budget = TrainBudget(epochs=config.epochs, seconds=config.time_budget, batch_size=config.batch_size, lr=config.lr)
+    epochs = config.epochs or (10_000 if config.time_budget else DEFAULT_EPOCHS)
+    budget = TrainBudget(epochs=epochs, seconds=config.time_budget, batch_size=config.batch_size, lr=config.lr)
     evaluator = Evaluator(space, data, budget, latency, seed=config.seed, device=device)
     with Progress(config.trials, enabled=progress, label=f"{config.strategy} on {space.name}") as bar:
         bar.advance_to(len(tracker.finished()))

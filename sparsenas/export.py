@@ -37,7 +37,7 @@ from .ops.sparse import SparseMixin
 from .task import Task
 
 __all__ = ["FORMATS", "ExportError", "ExportedModel", "normalize_formats", "to_plain", "layer_sparsity",
-           "write_export", "export_trials", "select_trials", "retrain", "load", "read_arch", "load_csr"]
+           "write_export", "export_trials", "select_trials", "retrain", "search_budget", "load", "read_arch", "load_csr"]
 
 FORMATS = {"json": "arch.json", "pt": "model.pt", "onnx": "model.onnx", "torchscript": "model.ts"}
 _ALIASES = {"ts": "torchscript", "state_dict": "pt", "arch": "json"}
@@ -449,9 +449,21 @@ def trial_info(storage: str, study: Any, t: Any) -> dict[str, Any]:
             "flops": a.get("flops"), "effective_flops": a.get("effective_flops"), "kernels": a.get("kernels")}
 
 
+def search_budget(config: dict[str, Any], epochs: int | None = None) -> dict[str, Any]:
+    """The training budget of a search (its ``config`` study attr) as :func:`retrain` keywords;
+    ``epochs`` replaces it by a plain epoch count."""
+    from .api import DEFAULT_EPOCHS
+
+    seconds = None if epochs else config.get("time_budget")
+    n = epochs or config.get("epochs") or (10_000 if seconds else DEFAULT_EPOCHS)
+    return {"epochs": int(n), "seconds": seconds, "batch_size": int(config.get("batch_size") or 32),
+            "lr": float(config.get("lr") or 0.05), "seed": int(config.get("seed") or 0),
+            "data_dir": config.get("data_dir"), "input_size": config.get("input_size"), "limit": config.get("limit")}
+
+
 def retrain(arch: Arch, *, dataset: str, data_dir: str | None = None, input_size: int | None = None,
-            epochs: int = 8, batch_size: int = 32, lr: float = 0.05, seed: int = 0, limit: int | None = None,
-            device: str = "cpu", measure: bool = True,
+            epochs: int = 6, seconds: float | None = None, batch_size: int = 32, lr: float = 0.05, seed: int = 0,
+            limit: int | None = None, device: str = "cpu", measure: bool = True,
             on_step: Callable[[float], None] | None = None) -> tuple[nn.Module, Task, dict[str, Any]]:
     """Train ``arch`` from scratch on ``dataset``; returns (model, task, figures for the card)."""
     from .data import load_dataset
@@ -462,7 +474,7 @@ def retrain(arch: Arch, *, dataset: str, data_dir: str | None = None, input_size
     data = load_dataset(dataset, data_dir=data_dir, input_size=input_size, seed=seed, limit=limit)
     space.check_task(data.task)
     space.validate(arch, data.task)
-    budget = TrainBudget(epochs=epochs, batch_size=batch_size, lr=lr)
+    budget = TrainBudget(epochs=epochs, seconds=seconds, batch_size=batch_size, lr=lr)
     latency = MeasuredLatency() if measure else (lambda a, m, t: LatencyResult(float("nan"), "not measured"))
     ev = Evaluator(space, data, budget, latency, seed=seed, device=device)
     model = ev.build(arch)
@@ -510,20 +522,18 @@ def export_trials(storage: str, study_name: str | None, out: str | os.PathLike, 
             model.load_state_dict(state)
             info["weights"] = f"trained in the search (Optuna artifact {t.user_attrs.get('weights_artifact')} of trial {t.number})"
         elif train:
-            n_epochs = epochs or int(config.get("epochs") or 8)
+            budget = search_budget(config, epochs)
             if log:
-                log(f"trial {t.number} has no saved weights; retraining it for {n_epochs} epochs on {sa.get('dataset')}")
-            model, task2, figures = retrain(
-                arch, dataset=str(sa.get("dataset")), data_dir=config.get("data_dir"), input_size=config.get("input_size"),
-                epochs=n_epochs, batch_size=int(config.get("batch_size") or 32), lr=float(config.get("lr") or 0.05),
-                seed=int(config.get("seed") or 0), limit=config.get("limit"), measure=False)
+                what = f"{budget['seconds']} s" if budget["seconds"] else f"{budget['epochs']} epochs"
+                log(f"trial {t.number} has no saved weights; retraining it for {what} on {sa.get('dataset')}")
+            model, task2, figures = retrain(arch, dataset=str(sa.get("dataset")), measure=False, **budget)
             info["retrained"] = figures
             info["weights"] = f"retrained from scratch for {figures['epochs']} epochs on {task2.dataset} (seed {figures['seed']})"
         else:
             raise SparseNASError(
                 f"trial {t.number} of study '{study.study_name}' has no saved weights (searches save them as Optuna "
                 "artifacts beside file storages, or in --artifact-dir); pass --train to retrain the architecture "
-                f"({config.get('epochs') or 8} epochs, as in the search; --epochs to change)")
+                "(with the search's training budget; --epochs to change it)")
         target = Path(out) / f"trial-{t.number}" if pareto else Path(out)
         res = write_export(model, arch, task, target, formats=formats, sparse_format=sparse_format, info=info,
                            onnx_exporter=onnx_exporter)

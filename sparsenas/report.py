@@ -123,14 +123,13 @@ def _baseline(study: Any, space: Any, task: Any, mode: str, trials: list[Any],
                     "accuracy": float(t.values[0]), "latency_ms": _latency(t)}
     config = study.user_attrs.get("config") or {}
     if mode == "train":
-        from .export import retrain
+        from .export import retrain, search_budget
 
+        budget = search_budget(config)
         if log:
-            log(f"training the baseline ({label}) for {config.get('epochs') or 8} epochs, as the search's trials")
-        model, task, fig = retrain(arch, dataset=str(study.user_attrs.get("dataset")), data_dir=config.get("data_dir"),
-                                   input_size=config.get("input_size"), epochs=int(config.get("epochs") or 8),
-                                   batch_size=int(config.get("batch_size") or 32), lr=float(config.get("lr") or 0.05),
-                                   seed=int(config.get("seed") or 0), limit=config.get("limit"), measure=False)
+            log(f"training the baseline ({label}) with the search's budget ({budget['epochs']} epochs"
+                + (f", {budget['seconds']} s" if budget["seconds"] else "") + ")")
+        model, task, fig = retrain(arch, dataset=str(study.user_attrs.get("dataset")), measure=False, **budget)
         lat = LATENCY.get(config.get("latency") or "measured")(hw=config.get("hw"))(arch, model, task)
         return {"label": label, "how": f"trained here with the search's budget ({fig['epochs']} epochs)",
                 "accuracy": float(fig["accuracy"]), "test_accuracy": fig["test_accuracy"], "latency_ms": float(lat.ms),

@@ -83,3 +83,36 @@ def test_tpe_search_beats_a_random_guess_on_digits(storage_url):
                              epochs=3, storage=storage_url, progress=False)
     best = max(t.user_attrs["test_accuracy"] for t in study.get_trials() if t.values)
     assert best > 0.8  # chance is 0.1
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumes_without_losing_completed_trials(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    argv = [sys.executable, "-m", "sparsenas.cli", "search", "--dataset", "synthetic", "--trials", "4", "--epochs",
+            "2", "--batch-size", "16", "--strategy", "random", "--storage", url, "--study", "k", "--no-progress"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    deadline = time.time() + 240
+    done: list = []
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        try:
+            done = optuna.load_study(study_name="k", storage=url).get_trials(
+                states=(optuna.trial.TrialState.COMPLETE,))
+        except KeyError:  # study not created yet
+            continue
+        if done:
+            break
+    assert done, "the first trial never completed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {t.number: t.params for t in done}
+    study = sparsenas.search(strategy="random", trials=4, storage=url, study="k", **FAST)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) >= 4
+    assert all(study.trials[n].params == p for n, p in before.items())  # nothing completed was lost or redone

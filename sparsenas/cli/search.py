@@ -17,9 +17,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                                                   "(default: the space's own, digits for image spaces)")
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (cifar*, mnist, fashion_mnist)")
     p.add_argument("--input-size", type=int, default=None, help="resize images to SxS (digits default 16)")
-    p.add_argument("--trials", type=int, default=12, help="architectures to evaluate in total (default 12)")
+    p.add_argument("--trials", type=int, default=10, help="architectures to evaluate in total (default 10)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=int, default=8, help="training epochs per architecture (default 8)")
+    budget.add_argument("--epochs", type=int, default=None, help="training epochs per architecture (default 6)")
     budget.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
                         help="training seconds per architecture instead of an epoch count")
     p.add_argument("--batch-size", type=int, default=32)
