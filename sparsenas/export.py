@@ -537,7 +537,5 @@ def export_trials(storage: str, study_name: str | None, out: str | os.PathLike, 
         target = Path(out) / f"trial-{t.number}" if pareto else Path(out)
         res = write_export(model, arch, task, target, formats=formats, sparse_format=sparse_format, info=info,
                            onnx_exporter=onnx_exporter)
-        if log:
-            log(f"trial {t.number} -> {target}/ ({', '.join(res.files)})")
         results.append(res)
     return results
