@@ -32,7 +32,7 @@ class SearchConfig:
     device: str = "cpu"
     objective: str = "multi"            # "multi": (accuracy, latency); "accuracy": accuracy alone
     max_latency_ms: float | None = None
-    latency: str = "measured"
+    latency: str = "auto"               # "table" (hardware profile), "measured", or "auto": table where the profile covers the space
     hw: str | None = None               # hardware profile file for the table latency evaluator
     timeout: float | None = None        # seconds for this run of the search
     limit: int | None = None            # cap on training samples (quick runs, tests)
@@ -67,6 +67,18 @@ def _device(name: str) -> str:
     return name
 
 
+def _latency_kind(config: SearchConfig, space: str, task: Any) -> str:
+    """``auto``: the profile's table when it is calibrated for this space, input shape and class count
+    (the shipped profile covers sparse_mbv2 on digits at 16x16), else measuring each network."""
+    if config.latency != "auto":
+        return config.latency
+    from .hwprofiles import LatencyTable, calibration_key
+
+    table = LatencyTable.load(config.hw)  # a bad --hw file is an error, not a silent fallback
+    cal = table.data["calibrations"].get(calibration_key(space, task.input_shape))
+    return "table" if cal is not None and cal.get("num_classes") == task.num_classes else "measured"
+
+
 def search(config: SearchConfig | None = None, *, progress: bool = True, **overrides: Any) -> optuna.Study:
     """Run (or resume) a search and return its Optuna study.
 
@@ -85,11 +97,11 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     _check(config)
     space = get_space(config.space)
     strategy = STRATEGIES.get(config.strategy)()
-    latency = LATENCY.get(config.latency)(hw=config.hw)
     device = _device(config.device)
     data = load_dataset(config.dataset or space.default_dataset, data_dir=config.data_dir,
                         input_size=config.input_size, seed=config.seed, limit=config.limit)
     space.check_task(data.task)
+    latency = LATENCY.get(_latency_kind(config, space.name, data.task))(hw=config.hw)
     objectives = MULTI if config.objective == "multi" else SINGLE
     spec = StudySpec(space.name, space.version, data.task.dataset, data.task.to_dict(), objectives)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2) if objectives == SINGLE else None

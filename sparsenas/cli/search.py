@@ -34,8 +34,12 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="multi: accuracy up and latency down (default); accuracy: accuracy alone, with pruning")
     p.add_argument("--max-latency-ms", type=positive_float, default=None,
                    help="with --objective accuracy: reject architectures slower than this before training them")
-    p.add_argument("--latency", default="measured", help="latency evaluator: measured (time the network here)")
-    p.add_argument("--hw", default=None, metavar="PROFILE.json", help="hardware profile for table latency")
+    p.add_argument("--latency", default="auto",
+                   help="table: predict from the hardware profile; measured: time each network here; auto (default): "
+                        "table when the profile covers the space and input size, else measured")
+    p.add_argument("--hw", default=None, metavar="PROFILE.json",
+                   help="hardware profile for the table (default: the one shipped for 2-core x86 CPUs; "
+                        "make your own with `nas profile`)")
     s = p.add_argument_group("supernet strategies (dass, entangled, balanced)")
     s.add_argument("--target-sparsity", type=float, default=None, help="sparsity the sparse ops are pruned to (dass: 0.9)")
     s.add_argument("--latency-weight", type=float, default=None, help="weight of the expected-latency term in the loss")
