@@ -122,6 +122,10 @@ def _baseline(study: Any, space: Any, task: Any, mode: str, trials: list[Any],
             return {"label": label, "how": f"trial {t.number} of the study", "trial": t.number,
                     "accuracy": float(t.values[0]), "latency_ms": _latency(t)}
     config = study.user_attrs.get("config") or {}
+    # the evaluator the trials were judged by ("auto" resolves per search): their latency_source says
+    sources = {str(t.user_attrs.get("latency_source") or "") for t in trials}
+    kind = "table" if any(x.startswith("table") for x in sources) else "measured"
+    latency_of = LATENCY.get(kind)(hw=config.get("hw"))
     if mode == "train":
         from .export import retrain, search_budget
 
@@ -130,7 +134,7 @@ def _baseline(study: Any, space: Any, task: Any, mode: str, trials: list[Any],
             log(f"training the baseline ({label}) with the search's budget ({budget['epochs']} epochs"
                 + (f", {budget['seconds']} s" if budget["seconds"] else "") + ")")
         model, task, fig = retrain(arch, dataset=str(study.user_attrs.get("dataset")), measure=False, **budget)
-        lat = LATENCY.get(config.get("latency") or "measured")(hw=config.get("hw"))(arch, model, task)
+        lat = latency_of(arch, model, task)
         return {"label": label, "how": f"trained here with the search's budget ({fig['epochs']} epochs)",
                 "accuracy": float(fig["accuracy"]), "test_accuracy": fig["test_accuracy"], "latency_ms": float(lat.ms),
                 "latency_source": lat.source}
@@ -138,7 +142,7 @@ def _baseline(study: Any, space: Any, task: Any, mode: str, trials: list[Any],
 
     torch.manual_seed(0)
     model = space.build(arch, task).eval()
-    lat = LATENCY.get(config.get("latency") or "measured")(hw=config.get("hw"))(arch, model, task)
+    lat = latency_of(arch, model, task)
     return {"label": label, "how": f"latency only ({lat.source}); its accuracy was not evaluated",
             "accuracy": None, "latency_ms": float(lat.ms), "latency_source": lat.source}
 
@@ -315,7 +319,7 @@ def make_report(storage: str, study_name: str | None, out: str | os.PathLike, *,
         if pred is None and str(a.get("latency_source") or "").startswith("table"):
             pred = a.get("latency_ms")
         meas = a.get("measured_latency_ms")
-        if pred is not None and meas is not None and str(a.get("latency_source") or "") != "measured":
+        if pred is not None and meas is not None:
             pairs.append((float(pred), float(meas)))
     if pairs:
         rep.figures.update(_plot_latency(out / "latency.png", pairs, "predicted vs measured latency"))
