@@ -50,7 +50,10 @@ def _plt():
 
 
 # ---------------------------------------------------------------- data from the study
-def _latency(t: Any) -> float | None:
+def _latency(t: Any, axis: str = "objective") -> float | None:
+    if axis == "cpu":
+        v = t.user_attrs.get("measured_latency_cpu_ms")
+        return float(v) if v is not None else None
     if t.values is not None and len(t.values) > 1:
         return float(t.values[1])
     v = t.user_attrs.get("latency_ms")
@@ -108,7 +111,7 @@ def alpha_series(history: Any) -> dict[str, list[list[float]]]:
 
 
 def _baseline(study: Any, space: Any, task: Any, mode: str, trials: list[Any],
-              log: Callable[[str], None] | None) -> dict[str, Any] | None:
+              log: Callable[[str], None] | None, axis: str = "objective") -> dict[str, Any] | None:
     """The reference architecture's point (or latency), as the mode allows; None when there is none."""
     from .evaluators import LATENCY
 
@@ -118,9 +121,9 @@ def _baseline(study: Any, space: Any, task: Any, mode: str, trials: list[Any],
     doc = (type(space).default_arch.__doc__ or "").strip().split(":")[0].split(".")[0]
     label = f"{doc} ({space.name} default_arch)" if doc else f"{space.name} default_arch"
     for t in trials:
-        if t.user_attrs.get("arch_digest") == arch.digest() and _latency(t) is not None:
+        if t.user_attrs.get("arch_digest") == arch.digest() and _latency(t, axis) is not None:
             return {"label": label, "how": f"trial {t.number} of the study", "trial": t.number,
-                    "accuracy": float(t.values[0]), "latency_ms": _latency(t)}
+                    "accuracy": float(t.values[0]), "latency_ms": _latency(t, axis)}
     config = study.user_attrs.get("config") or {}
     # the evaluator the trials were judged by ("auto" resolves per search): their latency_source says
     sources = {str(t.user_attrs.get("latency_source") or "") for t in trials}
@@ -136,7 +139,7 @@ def _baseline(study: Any, space: Any, task: Any, mode: str, trials: list[Any],
         model, task, fig = retrain(arch, dataset=str(study.user_attrs.get("dataset")), measure=False, **budget)
         lat = latency_of(arch, model, task)
         return {"label": label, "how": f"trained here with the search's budget ({fig['epochs']} epochs)",
-                "accuracy": float(fig["accuracy"]), "test_accuracy": fig["test_accuracy"], "latency_ms": float(lat.ms),
+                "accuracy": float(fig["accuracy"]), "test_accuracy": fig["test_accuracy"], "latency_ms": _lat_ms(lat, axis),
                 "latency_source": lat.source}
     import torch
 
@@ -144,7 +147,15 @@ def _baseline(study: Any, space: Any, task: Any, mode: str, trials: list[Any],
     model = space.build(arch, task).eval()
     lat = latency_of(arch, model, task)
     return {"label": label, "how": f"latency only ({lat.source}); its accuracy was not evaluated",
-            "accuracy": None, "latency_ms": float(lat.ms), "latency_source": lat.source}
+            "accuracy": None, "latency_ms": _lat_ms(lat, axis), "latency_source": lat.source}
+
+
+def _lat_ms(lat: Any, axis: str) -> float:
+    if axis == "cpu":
+        if "measured_latency_cpu_ms" not in lat.attrs:
+            raise SparseNASError("--latency-axis cpu needs measured latencies; this study's evaluator records none")
+        return float(lat.attrs["measured_latency_cpu_ms"])
+    return float(lat.ms)
 
 
 # ---------------------------------------------------------------- plots
@@ -247,7 +258,7 @@ def _plot_latency(path: Path, pairs: list[tuple[float, float]], title: str) -> d
 
 # ---------------------------------------------------------------- the report
 def make_report(storage: str, study_name: str | None, out: str | os.PathLike, *, baseline: str = "auto",
-                log: Callable[[str], None] | None = None) -> Report:
+                latency_axis: str = "objective", log: Callable[[str], None] | None = None) -> Report:
     """Write the plots and ``report.html`` of a study into ``out``; returns what was written."""
     from optuna.trial import TrialState
 
@@ -255,6 +266,8 @@ def make_report(storage: str, study_name: str | None, out: str | os.PathLike, *,
     from .task import Task
     from .tracking import load_study
 
+    if latency_axis not in ("objective", "cpu"):
+        raise SparseNASError(f"unknown latency axis '{latency_axis}'; allowed: objective, cpu")
     if baseline not in BASELINE_MODES:
         raise SparseNASError(f"unknown baseline mode '{baseline}'; allowed: {', '.join(BASELINE_MODES)}")
     study = load_study(storage, study_name)
@@ -276,14 +289,16 @@ def make_report(storage: str, study_name: str | None, out: str | os.PathLike, *,
     task = Task.from_dict(sa["task"]) if "task" in sa else None
     source = next((t.user_attrs.get("latency_source") for t in trials if t.user_attrs.get("latency_source")), None)
     xlabel = f"latency (ms, batch 1{', ' + source if source else ''})"
+    if latency_axis == "cpu":  # thread CPU time: robust to other processes loading the machine (kernels.md)
+        xlabel = "latency, thread CPU time (ms, batch 1, measured)"
 
-    points = [(lat, float(t.values[0]), t.number) for t in trials if (lat := _latency(t)) is not None]
+    points = [(lat, float(t.values[0]), t.number) for t in trials if (lat := _latency(t, latency_axis)) is not None]
     front = _front(points)
     base = None
     if points:
         if space is not None and task is not None:
             try:
-                base = _baseline(study, space, task, baseline, trials, log)
+                base = _baseline(study, space, task, baseline, trials, log, latency_axis)
             except SparseNASError as e:
                 rep.notes.append(f"baseline not drawn: {e}")
         elif baseline != "none":

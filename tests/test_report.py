@@ -89,3 +89,15 @@ def test_report_errors_are_clear(enriched, tmp_path):
     rc, _, err = run_cli(["report", "--storage", empty, "--out", str(tmp_path / "r")])
     assert rc == 2 and "no completed trial" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_cpu_latency_axis_uses_the_measured_thread_cpu_time(enriched, tmp_path):
+    url, st = enriched
+    rc, stdout, err = run_cli(["report", "--storage", url, "--study", STUDY, "--out", str(tmp_path / "c"),
+                               "--latency-axis", "cpu", "--baseline", "none", "--json"])
+    assert rc == 0, err
+    res = json.loads(stdout.strip().splitlines()[-1])
+    pts = [(t.user_attrs["measured_latency_cpu_ms"], t.values[0], t.number) for t in st.trials
+           if t.user_attrs.get("measured_latency_cpu_ms") is not None]
+    front = [n for lat, acc, n in pts if not any(l2 <= lat and a2 >= acc and (l2, a2) != (lat, acc) for l2, a2, _ in pts)]
+    assert sorted(res["front"]) == sorted(front) and res["baseline"] is None

@@ -18,6 +18,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="how to mark the space's reference network (dense MobileNetV2 for sparse_mbv2): auto = its "
                         "trial when the study holds it, else its latency only; train = train it with the search's "
                         "budget and plot its point; latency = its latency only; none")
+    p.add_argument("--latency-axis", choices=["objective", "cpu"], default="objective",
+                   help="x axis of the Pareto plot: the search's latency objective (default), or the measured "
+                        "thread CPU time, which stays comparable when other work loads the machine")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     p.set_defaults(func=cmd_report)
 
@@ -26,7 +29,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ..report import make_report
 
     rep = make_report(args.storage, args.study, args.out, baseline=args.baseline,
-                      log=lambda m: print(m, file=sys.stderr))
+                      latency_axis=args.latency_axis, log=lambda m: print(m, file=sys.stderr))
     print(f"report of study '{rep.figures['study']}' ({rep.figures['completed']} completed trials, front "
           f"{rep.figures['front']}): {args.out}/report.html with {', '.join(f for f in rep.files if f.endswith('.png'))}")
     for n in rep.notes:
