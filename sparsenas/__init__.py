@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["search", "SearchConfig", "Arch", "Task", "__version__"]
+__all__ = ["search", "SearchConfig", "load", "Arch", "Task", "__version__"]
 
 from .arch import Arch
 from .task import Task
@@ -18,4 +18,8 @@ def __getattr__(name: str) -> Any:
         from . import api
 
         return getattr(api, name)
+    if name == "load":
+        from .export import load
+
+        return load
     raise AttributeError(f"module 'sparsenas' has no attribute {name!r}")

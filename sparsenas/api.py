@@ -26,6 +26,7 @@ class SearchConfig:
     batch_size: int = 32
     lr: float = 0.05
     storage: str = DEFAULT_STORAGE
+    artifact_dir: str | None = None     # trained weights; default <db stem>-artifacts/ beside file storages
     study: str | None = None            # None: derived from space, dataset and strategy
     seed: int = 0
     device: str = "cpu"
@@ -108,7 +109,8 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     spec = StudySpec(space.name, space.version, data.task.dataset, data.task.to_dict(), objectives)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2) if objectives == SINGLE else None
     tracker = Tracker(config.storage, config.study_name(data.task.dataset), spec, pruner=pruner,
-                      extra_attrs={"strategy": config.strategy, "config": asdict(config)})
+                      extra_attrs={"strategy": config.strategy, "config": asdict(config)},
+                      artifact_dir=config.artifact_dir)
     epochs = config.epochs or (10_000 if config.time_budget else DEFAULT_EPOCHS)
     budget = TrainBudget(epochs=epochs, seconds=config.time_budget, batch_size=config.batch_size, lr=config.lr)
     evaluator = Evaluator(space, data, budget, latency, seed=config.seed, device=device)

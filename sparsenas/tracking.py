@@ -102,8 +102,11 @@ class Tracker:
 
     def __init__(self, storage: str | optuna.storages.BaseStorage, study_name: str, spec: StudySpec, *,
                  sampler: optuna.samplers.BaseSampler | None = None,
-                 pruner: optuna.pruners.BasePruner | None = None, extra_attrs: dict | None = None) -> None:
+                 pruner: optuna.pruners.BasePruner | None = None, extra_attrs: dict | None = None,
+                 artifact_dir: str | None = None) -> None:
         self.storage = open_storage(storage) if isinstance(storage, str) else storage
+        # trained weights go to a file artifact store beside file storages, or to --artifact-dir
+        self.artifact_dir = artifact_dir or (default_artifact_dir(storage) if isinstance(storage, str) else None)
         self.spec = spec
         self.objectives = tuple(spec.objectives)
         self.study = optuna.create_study(storage=self.storage, study_name=study_name, sampler=sampler,
@@ -159,6 +162,27 @@ class Tracker:
     def values(self, result: EvalResult) -> list[float]:
         return [float(getattr(result, o)) for o in self.objectives]
 
+    def save_weights(self, trial: optuna.Trial, state_dict: dict[str, Any]) -> str | None:
+        """Upload ``state_dict`` as an artifact of the RUNNING ``trial`` (Optuna refuses artifacts on
+        finished trials, optuna.md §1); returns the artifact id, or None when there is no artifact
+        store (a database storage without ``artifact_dir``)."""
+        if self.artifact_dir is None:
+            return None
+        import tempfile
+
+        import torch
+
+        store = _file_store(self.artifact_dir, create=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, f"trial-{trial.number}-weights.pt")
+            torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, path)
+            artifact_id = optuna.artifacts.upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial,
+                                                           mimetype="application/x-pytorch")
+        trial.set_user_attr(WEIGHTS_ATTR, artifact_id)
+        if self.study.user_attrs.get("artifact_dir") != os.path.abspath(self.artifact_dir):
+            self.set_study_attr("artifact_dir", os.path.abspath(self.artifact_dir))
+        return artifact_id
+
     # -- architectures evaluated outside optimize() (supernet strategies)
     def log_arch(self, arch: Arch, choices: dict[str, list], result: EvalResult, **attrs: Any) -> FrozenTrial:
         dists = {k: CategoricalDistribution(v) for k, v in choices.items()}
@@ -202,6 +226,91 @@ def load_study(storage: str, study_name: str | None) -> optuna.Study:
     if study_name not in names:
         raise SparseNASError(f"no study '{study_name}' in {storage}; studies there: {', '.join(names) or '(none)'}")
     return optuna.load_study(study_name=study_name, storage=st)
+
+
+# ---------------------------------------------------------------- artifacts (trained weights)
+WEIGHTS_ATTR = "weights_artifact"
+
+
+def default_artifact_dir(storage_url: str) -> str | None:
+    """``<file stem>-artifacts/`` beside a sqlite or journal file; None for database servers."""
+    if not isinstance(storage_url, str) or "://" not in storage_url:
+        return None
+    scheme, rest = storage_url.split("://", 1)
+    if scheme == "journal":
+        path = rest or "nas.journal"
+    elif scheme.startswith("sqlite") and "///" in storage_url:
+        path = storage_url.split("///", 1)[1]
+        if not path or path == ":memory:":
+            return None
+    else:
+        return None
+    return os.path.splitext(path)[0] + "-artifacts"
+
+
+def _file_store(path: str, *, create: bool = False) -> optuna.artifacts.FileSystemArtifactStore:
+    if create:
+        os.makedirs(path, exist_ok=True)
+    return optuna.artifacts.FileSystemArtifactStore(path)
+
+
+def artifact_dir_for(storage_url: str, artifact_dir: str | None = None,
+                     study: optuna.Study | None = None) -> str | None:
+    """Where the artifacts of ``storage_url`` live: ``artifact_dir`` when given, else the folder the
+    search recorded in the study (``artifact_dir`` study attr), else the default beside a file storage."""
+    if artifact_dir:
+        return artifact_dir
+    if study is not None and study.user_attrs.get("artifact_dir"):
+        return str(study.user_attrs["artifact_dir"])
+    return default_artifact_dir(storage_url)
+
+
+def storage_artifact_dir(storage_url: str, artifact_dir: str | None = None) -> str | None:
+    """The existing artifact folder of a storage, for optuna-dashboard: ``artifact_dir`` when given,
+    else the default beside a file storage, else the one folder its studies recorded; None if none."""
+    if artifact_dir:
+        if not os.path.isdir(artifact_dir):
+            raise SparseNASError(f"artifact folder {artifact_dir} does not exist; pass the --artifact-dir the search "
+                                 "wrote its weights to")
+        return artifact_dir
+    path = default_artifact_dir(storage_url)
+    if path is None or not os.path.isdir(path):
+        st = open_storage(storage_url, heartbeat=False)
+        recorded = {s.user_attrs.get("artifact_dir") for s in optuna.get_all_study_summaries(st)} - {None}
+        path = next(iter(recorded)) if len(recorded) == 1 else path
+    return path if path and os.path.isdir(path) else None
+
+
+def artifact_store_for(storage_url: str, artifact_dir: str | None = None) -> optuna.artifacts.FileSystemArtifactStore | None:
+    """The file artifact store of a storage (see :func:`storage_artifact_dir`), or None."""
+    path = storage_artifact_dir(storage_url, artifact_dir)
+    return _file_store(path) if path else None
+
+
+def load_weights(storage_url: str, study: optuna.Study, trial: FrozenTrial,
+                 artifact_dir: str | None = None) -> dict[str, Any] | None:
+    """The trained state_dict saved for ``trial`` (None when the trial has none), loaded with
+    ``torch.load(weights_only=True)``."""
+    import tempfile
+
+    import torch
+
+    artifact_id = trial.user_attrs.get(WEIGHTS_ATTR)
+    if artifact_id is None:
+        return None
+    path = artifact_dir_for(storage_url, artifact_dir, study)
+    if path is None or not os.path.isdir(path):
+        raise SparseNASError(f"trial {trial.number} has saved weights (artifact {artifact_id}), but the artifact folder "
+                             f"{path or '(unknown for this storage)'} is missing; pass --artifact-dir DIR, or --train "
+                             "to retrain the architecture")
+    with tempfile.TemporaryDirectory() as tmp:
+        dst = os.path.join(tmp, "weights.pt")
+        try:
+            optuna.artifacts.download_artifact(artifact_store=_file_store(path), artifact_id=artifact_id, file_path=dst)
+        except Exception as e:  # the store raises ArtifactNotFound, OSError...
+            raise SparseNASError(f"cannot read the weights of trial {trial.number} (artifact {artifact_id}) from {path}: "
+                                 f"{type(e).__name__}: {e}; pass --train to retrain the architecture") from None
+        return torch.load(dst, weights_only=True)
 
 
 def _jsonable(v: Any) -> Any:

@@ -1,4 +1,7 @@
-"""`nas dashboard`: optuna-dashboard on a storage, bound to this machine unless told otherwise."""
+"""`nas dashboard`: optuna-dashboard on a storage, bound to this machine unless told otherwise.
+
+The search's file artifact store (trained weights) is passed along, so trial pages show them.
+"""
 from __future__ import annotations
 
 import argparse
@@ -12,15 +15,21 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--storage", default=DEFAULT_STORAGE)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--artifact-dir", default=None,
+                   help="artifact folder (default: <db stem>-artifacts/ beside a sqlite or journal file, "
+                        "or the folder the search recorded)")
     p.set_defaults(func=cmd_dashboard)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
-    from ..tracking import open_storage
+    from ..tracking import artifact_store_for, open_storage, storage_artifact_dir
 
     storage = open_storage(args.storage, heartbeat=False)
-    print(f"optuna-dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
-    run_server(storage, host=args.host, port=args.port)
+    folder = storage_artifact_dir(args.storage, args.artifact_dir)
+    store = artifact_store_for(args.storage, folder)
+    where = f", artifacts from {folder}" if folder else ", no artifact store"
+    print(f"optuna-dashboard on http://{args.host}:{args.port}/{where} (Ctrl-C to stop)", file=sys.stderr)
+    run_server(storage, host=args.host, port=args.port, artifact_store=store)
     return 0

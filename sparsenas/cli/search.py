@@ -26,6 +26,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=positive_float, default=0.05, help="peak learning rate (SGD, cosine; default 0.05)")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
     p.add_argument("--study", default=None, help="study name (default: SPACE-DATASET-STRATEGY)")
+    p.add_argument("--artifact-dir", default=None, help="folder for trained weights (Optuna artifacts; default "
+                   "<db stem>-artifacts/ beside a sqlite or journal file)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--objective", choices=["multi", "accuracy"], default="multi",
@@ -98,6 +100,7 @@ def _print_front(study: Any, storage: str, as_json: bool) -> int:
         console.print(f"Open the dashboard:  nas dashboard --storage {storage}")
         console.print(f"Export an architecture:  nas export --storage {storage} --study {study.study_name} "
                       f"--trial {rows[0]['trial']} --out found/")
+        console.print(f"Plot the search:  nas report --storage {storage} --study {study.study_name} --out report/")
     if as_json:
         print_json({"study": study.study_name, "storage": storage, "states": states, "front": rows})
     return 0

@@ -64,6 +64,7 @@ class SamplerStrategy(Strategy):
                 raise TrialFailed(str(e)) from e
             result = evaluator.result(arch, model, trained, lat)
             tracker.record_result(trial, result)
+            tracker.save_weights(trial, model.state_dict())  # while RUNNING: artifacts refuse finished trials
             return tracker.values(result)
 
         def on_done(study: optuna.Study, ft: optuna.trial.FrozenTrial) -> None:

@@ -1,0 +1,541 @@
+"""From a found architecture to a deployable model: arch.json, state_dict, ONNX, TorchScript, card.md.
+
+An export folder holds:
+
+- ``arch.json``: the architecture (space, version, choices) plus the Task it was built for and where
+  it came from, so :func:`load` rebuilds the network without the study;
+- ``model.pt``: the state_dict of that network (``torch.load(weights_only=True)``); sparse layers
+  keep their masks, and their dense weights hold zeros where the mask is 0;
+- ``model.onnx`` and ``model.ts``: a plain-PyTorch copy (sparse layers turned into ``nn.Conv2d`` /
+  ``nn.Linear`` with the masked weights), checked against onnxruntime / ``torch.jit.load`` on random
+  inputs before anything is written;
+- ``weights_csr.pt`` (``sparse_format="csr"``): the sparse layers' masked weights in CSR form;
+- ``card.md``: what the network is and how it scored.
+
+Every folder is written into a temporary sibling and moved into place at the end, so a failed check
+leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .arch import Arch
+from .errors import SparseNASError
+from .ops.kernels import frozen_weight
+from .ops.sparse import SparseMixin
+from .task import Task
+
+__all__ = ["FORMATS", "ExportError", "ExportedModel", "normalize_formats", "to_plain", "layer_sparsity",
+           "write_export", "export_trials", "select_trials", "retrain", "search_budget", "load", "read_arch", "load_csr"]
+
+FORMATS = {"json": "arch.json", "pt": "model.pt", "onnx": "model.onnx", "torchscript": "model.ts"}
+_ALIASES = {"ts": "torchscript", "state_dict": "pt", "arch": "json"}
+ONNX_EXPORTERS = ("dynamo", "legacy")
+ATOL = 1e-4
+
+
+class ExportError(SparseNASError):
+    """An export that cannot be made, or whose ONNX/TorchScript file does not reproduce the model."""
+
+
+def normalize_formats(formats: str | Iterable[str] | None) -> tuple[str, ...]:
+    """``"json,pt,onnx"`` or a list -> canonical names; json is always included (load() needs it)."""
+    if formats is None:
+        return tuple(FORMATS)
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    out: list[str] = []
+    for raw in items:
+        name = _ALIASES.get(raw.strip().lower(), raw.strip().lower())
+        if not name:
+            continue
+        if name not in FORMATS:
+            raise ExportError(f"unknown export format '{raw.strip()}'; allowed: {', '.join(FORMATS)} "
+                              "(comma-separated, e.g. --format json,pt,onnx)")
+        if name not in out:
+            out.append(name)
+    if "json" not in out:
+        out.insert(0, "json")
+    return tuple(out)
+
+
+# ---------------------------------------------------------------- plain PyTorch
+def to_plain(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` in eval mode where every sparse layer is the plain ``nn.Conv2d`` /
+    ``nn.Linear`` it stands for, holding its masked weight. Needs nothing of sparsenas to run."""
+    out = copy.deepcopy(model).eval()
+    for name, m in list(out.named_modules()):
+        if not isinstance(m, SparseMixin):
+            continue
+        w = frozen_weight(m)
+        if isinstance(m, nn.Conv2d):
+            plain: nn.Module = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                                         m.dilation, m.groups, m.bias is not None, m.padding_mode)
+        elif isinstance(m, nn.Linear):
+            plain = nn.Linear(m.in_features, m.out_features, m.bias is not None)
+        else:
+            raise ExportError(f"cannot export sparse layer '{name}' of type {type(m).__name__}: only sparse "
+                              "Conv2d and Linear layers have a plain PyTorch equivalent")
+        with torch.no_grad():
+            plain.weight.copy_(w)
+            if m.bias is not None:
+                plain.bias.copy_(m.bias.detach())
+        if name == "":
+            return plain.eval()
+        out.set_submodule(name, plain)
+    return out.eval()
+
+
+def layer_sparsity(model: nn.Module) -> list[dict[str, Any]]:
+    """Per conv/linear layer: name, type, weight shape, parameters, non-zeros and sparsity of the
+    weight it runs with (masked for sparse layers)."""
+    rows = []
+    for name, m in model.named_modules():
+        if not isinstance(m, (nn.Conv2d, nn.Linear)):
+            continue
+        w = frozen_weight(m)
+        nnz = int(torch.count_nonzero(w))
+        kind = "sparse" if isinstance(m, SparseMixin) else "dense"
+        if isinstance(m, nn.Conv2d) and m.groups > 1:
+            kind += " depthwise" if m.groups == m.in_channels else f" groups={m.groups}"
+        rows.append({"layer": name, "type": type(m).__name__, "kind": kind, "shape": list(w.shape),
+                     "params": w.numel(), "nnz": nnz, "sparsity": 1.0 - nnz / max(1, w.numel()),
+                     "target_sparsity": getattr(m, "target_sparsity", None)})
+    return rows
+
+
+def _masked_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """state_dict with the pruned entries of every sparse weight set to zero (the mask stays too)."""
+    sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    for name, m in model.named_modules():
+        if isinstance(m, SparseMixin):
+            sd[f"{name}.weight" if name else "weight"] = frozen_weight(m).cpu()
+    return sd
+
+
+def _csr_weights(model: nn.Module) -> dict[str, Any]:
+    """The sparse layers' masked weights as CSR components of the (Cout, rest) matrix."""
+    layers = {}
+    for name, m in model.named_modules():
+        if isinstance(m, SparseMixin):
+            w = frozen_weight(m).cpu()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "sparse CSR support is in beta": the layout is stable
+                csr = w.reshape(w.shape[0], -1).to_sparse_csr()
+            layers[name] = {"shape": list(w.shape), "crow_indices": csr.crow_indices().clone(),
+                            "col_indices": csr.col_indices().clone(), "values": csr.values().clone()}
+    return {"format": "csr", "layers": layers}
+
+
+def load_csr(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """``weights_csr.pt`` -> {layer name: dense masked weight}, read with ``weights_only=True``."""
+    data = torch.load(path, weights_only=True)
+    out = {}
+    for name, d in data["layers"].items():
+        shape = tuple(d["shape"])
+        cols = 1
+        for n in shape[1:]:
+            cols *= n
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            csr = torch.sparse_csr_tensor(d["crow_indices"], d["col_indices"], d["values"], (shape[0], cols))
+            out[name] = csr.to_dense().reshape(shape)
+    return out
+
+
+# ---------------------------------------------------------------- checks
+def _example_inputs(task: Task, batch: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, *task.input_shape, generator=g)
+
+
+def _export_onnx(plain: nn.Module, task: Task, path: Path, exporter: str) -> None:
+    x = _example_inputs(task, 2, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter deprecation chatter; the check below is what counts
+        if exporter == "dynamo":
+            import logging
+
+            # torch.onnx logs one warning per missing torchvision op; they are irrelevant here
+            logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+            torch.onnx.export(plain, (x,), str(path), dynamo=True, input_names=["input"], output_names=["logits"],
+                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), verbose=False,
+                              external_data=False)  # one self-contained file
+        elif exporter == "legacy":
+            torch.onnx.export(plain, (x,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=18)
+        else:
+            raise ExportError(f"unknown ONNX exporter '{exporter}'; allowed: {', '.join(ONNX_EXPORTERS)}")
+
+
+def check_onnx(path: Path, plain: nn.Module, task: Task, *, atol: float = ATOL, batches: Sequence[int] = (1, 5),
+               seed: int = 1) -> float:
+    """Max |onnxruntime - torch| over random inputs of several batch sizes; raises when above ``atol``."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ExportError("ONNX export needs onnxruntime to check the file: pip install 'sparsenas[onnx]', "
+                          "or leave onnx out of --format") from None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    worst = 0.0
+    for i, b in enumerate(batches):
+        x = _example_inputs(task, b, seed + i)
+        with torch.no_grad():
+            ref = plain(x).numpy()
+        got = session.run(None, {name: x.numpy()})[0]
+        if got.shape != ref.shape:
+            raise ExportError(f"ONNX check failed: onnxruntime returned shape {got.shape} for batch {b}, torch {ref.shape}")
+        worst = max(worst, float(abs(got - ref).max()))
+    if not worst <= atol:  # also catches NaN
+        raise ExportError(f"ONNX check failed: onnxruntime differs from the PyTorch model by up to {worst:.3g} "
+                          f"(allowed {atol:g}) on random inputs; nothing was written")
+    return worst
+
+
+def check_torchscript(path: Path, plain: nn.Module, task: Task, *, atol: float = ATOL, seed: int = 2) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export, still loads everywhere
+        ts = torch.jit.load(str(path))
+    worst = 0.0
+    for i, b in enumerate((1, 5)):
+        x = _example_inputs(task, b, seed + i)
+        with torch.no_grad():
+            worst = max(worst, float((ts(x) - plain(x)).abs().max()))
+    if not worst <= atol:
+        raise ExportError(f"TorchScript check failed: the scripted model differs from the PyTorch model by up to "
+                          f"{worst:.3g} (allowed {atol:g}); nothing was written")
+    return worst
+
+
+# ---------------------------------------------------------------- writing
+@dataclass
+class ExportedModel:
+    """What :func:`write_export` wrote and measured."""
+
+    out: str
+    files: list[str]
+    onnx_max_abs_diff: float | None = None
+    torchscript_max_abs_diff: float | None = None
+    params: int = 0
+    nnz: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": self.out, "files": self.files, "onnx_max_abs_diff": self.onnx_max_abs_diff,
+                "torchscript_max_abs_diff": self.torchscript_max_abs_diff, "params": self.params, "nnz": self.nnz,
+                **{k: self.info.get(k) for k in ("trial", "accuracy", "latency_ms", "weights")}}
+
+
+def write_export(model: nn.Module, arch: Arch, task: Task, out: str | os.PathLike, *,
+                 formats: str | Iterable[str] | None = None, sparse_format: str | None = None,
+                 info: dict[str, Any] | None = None, onnx_exporter: str = "dynamo", atol: float = ATOL) -> ExportedModel:
+    """Write the export of a built, trained ``model`` into ``out`` (created, or updated file by file).
+
+    ``info``: what the card reports beside the model itself (trial, accuracies, latencies, weights
+    provenance...). Raises :class:`ExportError` (and writes nothing) when a check fails.
+    """
+    formats = normalize_formats(formats)
+    if sparse_format not in (None, "csr"):
+        raise ExportError(f"unknown sparse format '{sparse_format}'; allowed: csr")
+    info = dict(info or {})
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file; pass a folder")
+    model = model.cpu().eval()
+    plain = to_plain(model)
+    layers = layer_sparsity(model)
+    anchor = out.parent
+    while not anchor.exists():  # the temporary folder must sit on the same disk as the target
+        anchor = anchor.parent
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name or 'export'}.tmp-", dir=anchor))
+    result = ExportedModel(str(out), [], info=info)
+    try:
+        doc = {**arch.to_dict(), "task": task.to_dict(),
+               **{k: info[k] for k in ("source", "weights") if k in info}}
+        (tmp / "arch.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        if "pt" in formats:
+            torch.save(_masked_state_dict(model), tmp / "model.pt")
+        if sparse_format == "csr":
+            torch.save(_csr_weights(model), tmp / "weights_csr.pt")
+        if "onnx" in formats:
+            _export_onnx(plain, task, tmp / "model.onnx", onnx_exporter)
+            result.onnx_max_abs_diff = check_onnx(tmp / "model.onnx", plain, task, atol=atol)
+        if "torchscript" in formats:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export, still loads everywhere
+                traced = torch.jit.trace(plain, _example_inputs(task, 2, 0))
+                torch.jit.save(traced, str(tmp / "model.ts"))
+            result.torchscript_max_abs_diff = check_torchscript(tmp / "model.ts", plain, task, atol=atol)
+        total_params = sum(p.numel() for n, p in plain.named_parameters())
+        nnz = sum(int(torch.count_nonzero(p)) for p in plain.parameters())
+        result.params, result.nnz = total_params, nnz
+        (tmp / "card.md").write_text(_card(arch, task, info, layers, total_params, nnz, result, sorted(
+            p.name for p in tmp.iterdir())))
+        result.files = sorted(p.name for p in tmp.iterdir())
+        _move_into(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def _move_into(tmp: Path, out: Path) -> None:
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out)
+        return
+    for f in sorted(tmp.iterdir()):
+        os.replace(f, out / f.name)
+
+
+def _fmt(v: Any, spec: str = "") -> str:
+    if v is None:
+        return "-"
+    try:
+        return format(v, spec)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _card(arch: Arch, task: Task, info: dict[str, Any], layers: list[dict], params: int, nnz: int,
+          result: ExportedModel, files: list[str]) -> str:
+    src = info.get("source") or {}
+    title = f"trial {src['trial']} of study `{src['study']}`" if "trial" in src else "retrained architecture"
+    lines = [f"# {arch.space} architecture `{arch.digest()}`: {title}", ""]
+    lines += ["## Where it comes from", ""]
+    if src:
+        lines += [f"- storage: `{src.get('storage')}`", f"- study: `{src.get('study')}`, trial {src.get('trial')}",
+                  f"- strategy: {src.get('strategy', '-')}"]
+    lines += [f"- weights: {info.get('weights', '-')}",
+              f"- task: dataset `{task.dataset}`, input {tuple(task.input_shape)}, {task.num_classes} classes", ""]
+    lines += ["## Scores", "", "| figure | value |", "|---|---|"]
+    rows = [("validation accuracy (search)", _fmt(info.get("accuracy"), ".4f")),
+            ("test accuracy (search)", _fmt(info.get("test_accuracy"), ".4f"))]
+    if info.get("retrained"):
+        r = info["retrained"]
+        rows += [(f"validation accuracy (retrained, {r.get('epochs')} epochs)", _fmt(r.get("accuracy"), ".4f")),
+                 ("test accuracy (retrained)", _fmt(r.get("test_accuracy"), ".4f"))]
+    rows += [("latency objective (ms, batch 1)", _fmt(info.get("latency_ms"), ".4f") +
+              (f" ({info['latency_source']})" if info.get("latency_source") else "")),
+             ("predicted latency (ms)", _fmt(info.get("predicted_latency_ms"), ".4f")),
+             ("measured latency (ms, wall / thread CPU)", f"{_fmt(info.get('measured_latency_ms'), '.4f')} / "
+                                                          f"{_fmt(info.get('measured_latency_cpu_ms'), '.4f')}"),
+             ("hardware profile", _fmt(info.get("hw_profile"))),
+             ("parameters (exported network)", f"{params:,}"), ("non-zeros", f"{nnz:,}"),
+             ("overall sparsity", f"{1 - nnz / max(1, params):.3f}"),
+             ("MACs dense / effective", f"{_fmt(info.get('flops'), ',.0f')} / {_fmt(info.get('effective_flops'), ',.0f')}")]
+    if result.onnx_max_abs_diff is not None:
+        rows.append(("ONNX vs PyTorch, max abs diff", f"{result.onnx_max_abs_diff:.3g}"))
+    if result.torchscript_max_abs_diff is not None:
+        rows.append(("TorchScript vs PyTorch, max abs diff", f"{result.torchscript_max_abs_diff:.3g}"))
+    lines += [f"| {k} | {v} |" for k, v in rows] + [""]
+    lines += ["## Choices", "", "| choice | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in arch.choices.items()] + [""]
+    kernels = info.get("kernels") or {}
+    lines += ["## Layers", "", "Sparsity of the weight each layer runs with (sparse layers: masked).", "",
+              "| layer | kind | weight shape | params | non-zeros | sparsity | kernel |", "|---|---|---|---|---|---|---|"]
+    for r in layers:
+        lines.append(f"| {r['layer']} | {r['kind']} | {'x'.join(map(str, r['shape']))} | {r['params']:,} | "
+                     f"{r['nnz']:,} | {r['sparsity']:.3f} | {kernels.get(r['layer'], '-')} |")
+    lines += ["", "## Files", ""]
+    described = {"arch.json": "architecture + task (`sparsenas.load(DIR)` rebuilds the network)",
+                 "model.pt": "state_dict, `torch.load(path, weights_only=True)`; sparse layers keep masks",
+                 "model.onnx": "plain network, checked against onnxruntime", "model.ts": "TorchScript (`torch.jit.load`)",
+                 "weights_csr.pt": "sparse layers' masked weights in CSR (`sparsenas.export.load_csr`)",
+                 "card.md": "this card"}
+    lines += [f"- `{f}`: {described.get(f, '')}" for f in files + ["card.md"] if f in described]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- reading back
+def read_arch(path: str | os.PathLike) -> tuple[Arch, Task | None, dict[str, Any]]:
+    """``arch.json`` (or the folder holding it) -> (Arch, Task or None, the whole document)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "arch.json"
+    if not p.is_file():
+        raise SparseNASError(f"no architecture file at {p}; pass an arch.json written by `nas export` or a folder holding one")
+    text = p.read_text()
+    arch = Arch.from_json(text)
+    doc = json.loads(text)
+    task = None
+    if "task" in doc:
+        try:
+            task = Task.from_dict(doc["task"])
+        except (KeyError, TypeError, ValueError):
+            raise SparseNASError(f"malformed 'task' in {p}: expected dataset, input_shape and num_classes") from None
+    return arch, task, doc
+
+
+def load(path: str | os.PathLike, *, plain: bool = False) -> nn.Module:
+    """The exported network in eval mode: rebuilt from ``arch.json`` and loaded from ``model.pt``.
+
+    ``plain=True`` returns the plain-PyTorch copy (sparse layers as nn.Conv2d/nn.Linear).
+    """
+    from .search_spaces import get_space
+
+    folder = Path(path)
+    arch, task, _ = read_arch(folder)
+    if task is None:
+        raise SparseNASError(f"{folder / 'arch.json'} has no 'task'; it was not written by `nas export`/`nas train`")
+    weights = folder / "model.pt"
+    if not weights.is_file():
+        raise SparseNASError(f"no model.pt in {folder}; export with --format including pt")
+    model = get_space(arch.space).build(arch, task)
+    try:
+        model.load_state_dict(torch.load(weights, weights_only=True))
+    except RuntimeError as e:
+        raise SparseNASError(f"model.pt in {folder} does not fit the architecture in arch.json: {str(e).splitlines()[0]}") from None
+    model.eval()
+    return to_plain(model) if plain else model
+
+
+# ---------------------------------------------------------------- from a study
+def select_trials(study: Any, *, trial: int | None = None, best: bool = False, pareto: bool = False) -> list[Any]:
+    """The trials to export: number ``trial``, the most accurate of the front (``best``), or the front."""
+    from optuna.trial import TrialState
+
+    from .tracking import pareto_front
+
+    if sum((trial is not None, best, pareto)) != 1:
+        raise SparseNASError("say which trial to export: exactly one of --trial N, --best or --pareto")
+    if trial is not None:
+        trials = study.get_trials(deepcopy=False)
+        found = [t for t in trials if t.number == trial]
+        if not found:
+            last = f"0..{trials[-1].number}" if trials else "none"
+            raise SparseNASError(f"study '{study.study_name}' has no trial {trial} (trial numbers there: {last})")
+        t = found[0]
+        if t.state != TrialState.COMPLETE:
+            why = t.user_attrs.get("fail_reason") or t.user_attrs.get("pruned_reason")
+            raise SparseNASError(
+                f"trial {trial} of study '{study.study_name}' is {t.state.name}, not COMPLETE"
+                + (f" ({why})" if why else "") + "; only completed trials have a trained network to export. "
+                "Pick one from `--best`, `--pareto` or the search summary")
+        return [t]
+    front = pareto_front(study)
+    if not front:
+        raise SparseNASError(f"study '{study.study_name}' has no completed trial to export")
+    return front[:1] if best else front
+
+
+def trial_info(storage: str, study: Any, t: Any) -> dict[str, Any]:
+    """What the card reports about a trial, from its user attrs and the study's."""
+    a, sa = t.user_attrs, study.user_attrs
+    config = sa.get("config") or {}
+    source = str(a.get("latency_source") or "")
+    predicted = a.get("predicted_latency_ms")
+    if predicted is None and source.startswith("table"):
+        predicted = a.get("latency_ms")
+    hw = a.get("hw_profile") or a.get("profile") or config.get("hw") or (source.split(":", 1)[1] if ":" in source else None)
+    return {"source": {"storage": storage, "study": study.study_name, "trial": t.number,
+                       "strategy": a.get("strategy") or sa.get("strategy")},
+            "trial": t.number, "accuracy": t.values[0] if t.values else a.get("accuracy"),
+            "test_accuracy": a.get("test_accuracy"), "latency_ms": a.get("latency_ms"), "latency_source": source or None,
+            "predicted_latency_ms": predicted, "measured_latency_ms": a.get("measured_latency_ms"),
+            "measured_latency_cpu_ms": a.get("measured_latency_cpu_ms"), "hw_profile": hw,
+            "flops": a.get("flops"), "effective_flops": a.get("effective_flops"), "kernels": a.get("kernels")}
+
+
+def search_budget(config: dict[str, Any], epochs: int | None = None) -> dict[str, Any]:
+    """The training budget of a search (its ``config`` study attr) as :func:`retrain` keywords;
+    ``epochs`` replaces it by a plain epoch count."""
+    from .api import DEFAULT_EPOCHS
+
+    seconds = None if epochs else config.get("time_budget")
+    n = epochs or config.get("epochs") or (10_000 if seconds else DEFAULT_EPOCHS)
+    return {"epochs": int(n), "seconds": seconds, "batch_size": int(config.get("batch_size") or 32),
+            "lr": float(config.get("lr") or 0.05), "seed": int(config.get("seed") or 0),
+            "data_dir": config.get("data_dir"), "input_size": config.get("input_size"), "limit": config.get("limit")}
+
+
+def retrain(arch: Arch, *, dataset: str, data_dir: str | None = None, input_size: int | None = None,
+            epochs: int = 6, seconds: float | None = None, batch_size: int = 32, lr: float = 0.05, seed: int = 0,
+            limit: int | None = None, device: str = "cpu", measure: bool = True,
+            on_step: Callable[[float], None] | None = None) -> tuple[nn.Module, Task, dict[str, Any]]:
+    """Train ``arch`` from scratch on ``dataset``; returns (model, task, figures for the card)."""
+    from .data import load_dataset
+    from .evaluators import Evaluator, LatencyResult, MeasuredLatency, TrainBudget
+    from .search_spaces import get_space
+
+    space = get_space(arch.space)
+    data = load_dataset(dataset, data_dir=data_dir, input_size=input_size, seed=seed, limit=limit)
+    space.check_task(data.task)
+    space.validate(arch, data.task)
+    budget = TrainBudget(epochs=epochs, seconds=seconds, batch_size=batch_size, lr=lr)
+    latency = MeasuredLatency() if measure else (lambda a, m, t: LatencyResult(float("nan"), "not measured"))
+    ev = Evaluator(space, data, budget, latency, seed=seed, device=device)
+    model = ev.build(arch)
+    trained = ev.train(model, on_step=on_step)
+    lat = ev.latency(arch, model)
+    res = ev.result(arch, model, trained, lat)
+    figures = {"accuracy": res.accuracy, "test_accuracy": res.test_accuracy, "epochs": trained.epochs,
+               "history": trained.history, "dataset": data.task.dataset, "seed": seed,
+               "flops": res.flops, "effective_flops": res.effective_flops}
+    if measure:
+        figures.update(latency_ms=lat.ms, latency_source="measured", measured_latency_ms=lat.attrs["measured_latency_ms"],
+                       measured_latency_cpu_ms=lat.attrs["measured_latency_cpu_ms"], kernels=lat.attrs.get("kernels"))
+    return model, data.task, figures
+
+
+def export_trials(storage: str, study_name: str | None, out: str | os.PathLike, *, trial: int | None = None,
+                  best: bool = False, pareto: bool = False, formats: str | Iterable[str] | None = None,
+                  sparse_format: str | None = None, train: bool = False, epochs: int | None = None,
+                  artifact_dir: str | None = None, onnx_exporter: str = "dynamo",
+                  log: Callable[[str], None] | None = None) -> list[ExportedModel]:
+    """Export trials of a study: one folder ``out`` (``--trial``/``--best``) or ``out/trial-N`` per
+    front trial (``--pareto``). Weights come from the trial's artifact when it has one; otherwise
+    ``train=True`` retrains the architecture with the search's budget (``epochs`` overrides it)."""
+    from .search_spaces import get_space
+    from .tracking import arch_of, load_study, load_weights
+
+    formats = normalize_formats(formats)
+    if onnx_exporter not in ONNX_EXPORTERS:
+        raise ExportError(f"unknown ONNX exporter '{onnx_exporter}'; allowed: {', '.join(ONNX_EXPORTERS)}")
+    study = load_study(storage, study_name)
+    trials = select_trials(study, trial=trial, best=best, pareto=pareto)
+    sa = study.user_attrs
+    if "task" not in sa or "space" not in sa:
+        raise SparseNASError(f"study '{study.study_name}' was not made by sparsenas (no 'space'/'task' attrs)")
+    task = Task.from_dict(sa["task"])
+    config = sa.get("config") or {}
+    results = []
+    for t in trials:
+        arch = arch_of(t)
+        space = get_space(arch.space)
+        info = trial_info(storage, study, t)
+        state = load_weights(storage, study, t, artifact_dir)
+        if state is not None:
+            model = space.build(arch, task)
+            model.load_state_dict(state)
+            info["weights"] = f"trained in the search (Optuna artifact {t.user_attrs.get('weights_artifact')} of trial {t.number})"
+        elif train:
+            budget = search_budget(config, epochs)
+            if log:
+                what = f"{budget['seconds']} s" if budget["seconds"] else f"{budget['epochs']} epochs"
+                log(f"trial {t.number} has no saved weights; retraining it for {what} on {sa.get('dataset')}")
+            model, task2, figures = retrain(arch, dataset=str(sa.get("dataset")), measure=False, **budget)
+            info["retrained"] = figures
+            info["weights"] = f"retrained from scratch for {figures['epochs']} epochs on {task2.dataset} (seed {figures['seed']})"
+        else:
+            raise SparseNASError(
+                f"trial {t.number} of study '{study.study_name}' has no saved weights (searches save them as Optuna "
+                "artifacts beside file storages, or in --artifact-dir); pass --train to retrain the architecture "
+                "(with the search's training budget; --epochs to change it)")
+        target = Path(out) / f"trial-{t.number}" if pareto else Path(out)
+        res = write_export(model, arch, task, target, formats=formats, sparse_format=sparse_format, info=info,
+                           onnx_exporter=onnx_exporter)
+        results.append(res)
+    return results

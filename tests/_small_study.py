@@ -1,0 +1,24 @@
+"""One small real search shared by the export and dashboard tests (it takes ~15 s; run it once).
+
+Not a test module: imported by test_export.py and test_dashboard.py, whose module-scoped fixtures
+call :func:`small_study`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import sparsenas
+
+STUDY = "export-study"
+_CACHE: dict[str, tuple[str, Path]] = {}
+
+
+def small_study(tmp_path_factory) -> tuple[str, Path]:
+    """(storage URL, db path) of a 2-trial, 1-epoch sparse_mbv2 search on the synthetic dataset."""
+    if "study" not in _CACHE:
+        db = tmp_path_factory.mktemp("study") / "t.db"
+        url = f"sqlite:///{db}"
+        sparsenas.search(space="sparse_mbv2", dataset="synthetic", trials=2, epochs=1, storage=url, study=STUDY,
+                         progress=False)
+        _CACHE["study"] = (url, db)
+    return _CACHE["study"]
