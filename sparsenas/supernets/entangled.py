@@ -364,6 +364,7 @@ class EntangledMBV2(nn.Module):
         picks = {k: self.choices[k][int(torch.argmax(a.detach()))] for k, a in self.alphas.items()}
         return Arch(self.space.name, self.space.version, {**picks, "downsample": self.downsample})
 
+    @torch.no_grad()
     def alpha_summary(self) -> dict[str, list[float]]:
         return {k: [round(float(v), 4) for v in p] for k, p in self.probs().items()}
 
