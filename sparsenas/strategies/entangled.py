@@ -22,7 +22,9 @@ Phases, all logged to the study:
    ``standalone_accuracy`` and ``inherited_accuracy``). Kendall's tau between the two accuracies
    is printed and stored on the study (``kendall_tau``, ``kendall_tau_pvalue``, ``kendall_tau_n``).
 
-``--timeout`` stops phases 3-4 from starting new architectures; phases 1-2 always run.
+``--timeout`` stops phases 3-4 from starting new architectures; phases 1-2 always run. The search
+runs at ``threads`` (default 1) torch threads. Flags: ``--search-epochs``, ``--retrain-epochs``,
+``--retrain-top``; the other options above through the Python API (``options={...}``).
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ from ..arch import Arch
 from ..errors import SparseNASError
 from ..evaluators import TrainingDiverged, TrainResult, accuracy
 from ..supernets.entangled import MIXINGS, entangled_supernet
+from ..timing import num_threads
 from . import STRATEGIES
 from .base import SearchContext, Strategy
 
@@ -59,6 +62,7 @@ class EntangledOptions:
     mask_every: int = 20          # steps between magnitude-mask refreshes (the trainer refreshes every 50)
     arch_lr: float = 6e-3
     mixing: str = "softmax"
+    threads: int = 1              # torch threads for this search (see EntangledStrategy.run)
 
     @classmethod
     def from_ctx(cls, ctx: SearchContext) -> "EntangledOptions":
@@ -71,7 +75,7 @@ class EntangledOptions:
             raise SparseNASError(f"strategy 'entangled' does not take option(s) {', '.join(sorted(unknown))}; "
                                  f"it takes: {', '.join(sorted(known))}")
         o = cls(**{k: v for k, v in opts.items() if k in known})
-        for name in ("search_epochs", "calib_batches", "mask_every"):
+        for name in ("search_epochs", "calib_batches", "mask_every", "threads"):
             if int(getattr(o, name)) < 1:
                 raise SparseNASError(f"entangled: {name.replace('_', '-')} must be at least 1, got {getattr(o, name)}")
         for name in ("sandwich_epochs", "sandwich_random", "retrain_epochs", "retrain_top", "tau_archs"):
@@ -109,6 +113,13 @@ class EntangledStrategy(Strategy):
 
     def run(self, ctx: SearchContext) -> None:
         opts = EntangledOptions.from_ctx(ctx)
+        # One torch thread by default: on the shared 2-core machine, training the largest child at
+        # 2 threads took 3.3 s of CPU per step against 0.47 s at 1 thread (OpenMP threads spinning
+        # under load; timing.py and the tests pin 1 thread for the same reason). Option ``threads``.
+        with num_threads(opts.threads):
+            self._run(ctx, opts)
+
+    def _run(self, ctx: SearchContext, opts: EntangledOptions) -> None:
         tracker = ctx.tracker
         if "kendall_tau_n" in tracker.study.user_attrs:  # a finished entangled search: nothing to redo
             self._say(ctx, f"study '{tracker.study.study_name}' already holds a finished entangled search; "
