@@ -168,12 +168,14 @@ def test_entangled_search_logs_trials_front_and_kendall_tau(storage_url):
     study = search(space="sparse_mbv2", strategy="entangled", dataset="synthetic", trials=5, limit=32,
                    batch_size=16, storage=storage_url, study="ent", progress=False,
                    options={"search_epochs": 1, "sandwich_epochs": 1, "sandwich_random": 1, "retrain_epochs": 1,
-                            "retrain_top": 2, "tau_archs": 3, "calib_batches": 1})
+                            "retrain_top": 2, "tau_archs": 3, "calib_batches": 1,
+                            "finetune_steps": 2})
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     inherited = [t for t in trials if t.user_attrs["phase"] == "inherited"]
     retrained = [t for t in trials if t.user_attrs["phase"] == "retrained"]
     assert len(inherited) == 5 and len(retrained) == 3
     assert sum(t.user_attrs["derived"] for t in inherited) == 1
+    assert all(t.user_attrs["finetune_steps"] == 2 and "inherited_accuracy_raw" in t.user_attrs for t in inherited)
     for t in retrained:
         assert t.values[0] == t.user_attrs["standalone_accuracy"]
         src = study.trials[t.user_attrs["inherited_trial"]]
