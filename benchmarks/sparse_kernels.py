@@ -1,6 +1,6 @@
 """Dense vs CSR kernels on the 1x1 convolutions of MobileNetV2, and a check of measured_choice.
 
-For every distinct 1x1 conv of MobileNetV2 (width 0.5/1.0, input 16/32, CIFAR strides) and every
+For every distinct 1x1 conv that sparse_mbv2 emits (reference arch, width 0.5/1.0, input 16/32) and every
 sparsity level, times dense / torch_csr / scipy_csr interleaved in one run (batch 1, 1 thread)
 and reports speedups ``dense_time / sparse_time``. It also asks :func:`measured_choice` (which
 times the layer separately) for its pick and counts a *violation* when the pick's median in this
@@ -26,42 +26,25 @@ from rich.console import Console
 from rich.table import Table
 
 from sparsenas.ops import KERNELS, LayerSpec, measure_kernels, measured_choice
+from sparsenas.search_spaces import get_space
+from sparsenas.task import Task
 
-# MobileNetV2 inverted-residual stages (expansion t, channels c, repeats n, stride s).
-MBV2 = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 SPARSITIES = [0.0, 0.5, 0.7, 0.8, 0.9, 0.95]
+# sparse_mbv2's reference architecture (full depth, t=6, k=3) at two widths and two input sizes
 CONFIGS = [(1.0, 32), (1.0, 16), (0.5, 32), (0.5, 16)]
-# --quick: a spread of sizes, from call-overhead-bound to MAC-bound (all in kernels.md Table 2).
-QUICK = [(32, 16, 32), (144, 24, 32), (96, 576, 8), (960, 160, 4), (320, 1280, 4), (8, 48, 16)]
+QUICK_COUNT = 6
 IMPLS = list(KERNELS)
 
 
-def make_divisible(v: float, divisor: int = 8) -> int:
-    """torchvision's channel rounding: nearest multiple of 8, never more than 10% below ``v``."""
-    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
-    return new + divisor if new < 0.9 * v else new
-
-
-def mbv2_pointwise(width: float, size: int) -> list[tuple[int, int, int]]:
-    """(cin, cout, hw) of every 1x1 conv of a MobileNetV2 on ``size`` x ``size`` input.
-
-    CIFAR adaptation (as kuangliu's CIFAR MobileNetV2): stem stride 1 and the 24-channel stage at
-    stride 1, so a 32x32 input ends at 4x4. The last 1x1 conv goes to 1280 * width channels.
-    """
-    layers = []
-    hw, cin = size, make_divisible(32 * width)  # stem: 3x3 stride 1
-    for t, c, n, s in MBV2:
-        cout = make_divisible(c * width)
-        for i in range(n):
-            stride = (1 if c == 24 else s) if i == 0 else 1
-            hidden = cin * t
-            if t != 1:
-                layers.append((cin, hidden, hw))  # expansion, before the depthwise stride
-            hw = (hw - 1) // stride + 1  # depthwise 3x3, padding 1
-            layers.append((hidden, cout, hw))  # projection
-            cin = cout
-    layers.append((cin, make_divisible(1280 * width), hw))
-    return layers
+def space_pointwise(width: float, size: int) -> list[tuple[int, int, int]]:
+    """(cin, cout, hw) of every 1x1 conv sparse_mbv2 emits for its reference arch at ``width``/``size``,
+    traced from the built network so the shapes are the space's own."""
+    space = get_space("sparse_mbv2")
+    task = Task("digits", (1, size, size), 10)
+    arch = space.default_arch(task)
+    arch = arch.replace(**{k: width for k in arch.choices if k.endswith("_width")})
+    return [(l.cin, l.cout, l.in_hw[0]) for l in space.layers(arch, task)
+            if l.op == "conv2d" and l.kernel == 1 and l.groups == 1]
 
 
 @dataclass
@@ -79,13 +62,13 @@ class Layer:
 def distinct_layers(quick: bool) -> list[Layer]:
     found: dict[tuple[int, int, int], Layer] = {}
     for width, size in CONFIGS:
-        for shape in mbv2_pointwise(width, size):
+        for shape in space_pointwise(width, size):
             found.setdefault(shape, Layer(*shape)).configs.append(f"w{width}/{size}")
-    if quick:
-        missing = [q for q in QUICK if q not in found]
-        assert not missing, f"quick shapes not in MobileNetV2: {missing}"
-        return [found[q] for q in QUICK]
-    return sorted(found.values(), key=lambda l: l.cin * l.cout * l.hw**2)
+    ordered = sorted(found.values(), key=lambda l: l.cin * l.cout * l.hw**2)
+    if quick:  # a spread from call-overhead-bound to MAC-bound
+        step = (len(ordered) - 1) / (QUICK_COUNT - 1)
+        return [ordered[round(i * step)] for i in range(QUICK_COUNT)]
+    return ordered
 
 
 def run(quick: bool, repeats: int, rounds: int) -> dict:
@@ -186,7 +169,7 @@ def print_tables(res: dict, console: Console) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help=f"{len(QUICK)} shapes, 40 calls per kernel")
+    ap.add_argument("--quick", action="store_true", help=f"{QUICK_COUNT} shapes, 40 calls per kernel")
     ap.add_argument("--json", action="store_true", help="print all figures as one JSON object on the last line")
     ap.add_argument("--repeats", type=int, help="timed calls per kernel (default 40 quick, 150 full)")
     args = ap.parse_args(argv)

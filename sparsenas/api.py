@@ -10,6 +10,9 @@ from .errors import SparseNASError
 from .tracking import DEFAULT_STORAGE, MULTI, SINGLE
 
 
+DEFAULT_EPOCHS = 6
+
+
 @dataclass
 class SearchConfig:
     space: str = "sparse_mbv2"
@@ -17,8 +20,8 @@ class SearchConfig:
     dataset: str | None = None          # None: the space's default dataset
     data_dir: str | None = None
     input_size: int | None = None
-    trials: int = 12
-    epochs: int = 8
+    trials: int = 10
+    epochs: int | None = None           # None: 6, or no cap when time_budget is given
     time_budget: float | None = None    # seconds of training per architecture
     batch_size: int = 32
     lr: float = 0.05
@@ -28,7 +31,7 @@ class SearchConfig:
     device: str = "cpu"
     objective: str = "multi"            # "multi": (accuracy, latency); "accuracy": accuracy alone
     max_latency_ms: float | None = None
-    latency: str = "measured"
+    latency: str = "auto"               # "table" (hardware profile), "measured", or "auto": table where the profile covers the space
     hw: str | None = None               # hardware profile file for the table latency evaluator
     timeout: float | None = None        # seconds for this run of the search
     limit: int | None = None            # cap on training samples (quick runs, tests)
@@ -47,7 +50,7 @@ def _check(config: SearchConfig) -> None:
         raise SparseNASError("--max-latency-ms applies to the single-objective form; add --objective accuracy "
                              "(the multi-objective search already trades latency against accuracy)")
     for name in ("trials", "epochs", "batch_size"):
-        if getattr(config, name) < 1:
+        if getattr(config, name) is not None and getattr(config, name) < 1:
             raise SparseNASError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
     if config.device not in ("cpu", "cuda", "auto") and not config.device.startswith("cuda:"):
         raise SparseNASError(f"unknown device '{config.device}'; allowed: cpu, cuda, cuda:N, auto")
@@ -61,6 +64,18 @@ def _device(name: str) -> str:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise SparseNASError(f"--device {name} was asked for, but this machine has no CUDA device; use --device cpu")
     return name
+
+
+def _latency_kind(config: SearchConfig, space: str, task: Any) -> str:
+    """``auto``: the profile's table when it is calibrated for this space, input shape and class count
+    (the shipped profile covers sparse_mbv2 on digits at 16x16), else measuring each network."""
+    if config.latency != "auto":
+        return config.latency
+    from .hwprofiles import LatencyTable, calibration_key
+
+    table = LatencyTable.load(config.hw)  # a bad --hw file is an error, not a silent fallback
+    cal = table.data["calibrations"].get(calibration_key(space, task.input_shape))
+    return "table" if cal is not None and cal.get("num_classes") == task.num_classes else "measured"
 
 
 def search(config: SearchConfig | None = None, *, progress: bool = True, **overrides: Any) -> optuna.Study:
@@ -81,17 +96,18 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     _check(config)
     space = get_space(config.space)
     strategy = STRATEGIES.get(config.strategy)()
-    latency = LATENCY.get(config.latency)(hw=config.hw)
     device = _device(config.device)
     data = load_dataset(config.dataset or space.default_dataset, data_dir=config.data_dir,
                         input_size=config.input_size, seed=config.seed, limit=config.limit)
     space.check_task(data.task)
+    latency = LATENCY.get(_latency_kind(config, space.name, data.task))(hw=config.hw)
     objectives = MULTI if config.objective == "multi" else SINGLE
     spec = StudySpec(space.name, space.version, data.task.dataset, data.task.to_dict(), objectives)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2) if objectives == SINGLE else None
     tracker = Tracker(config.storage, config.study_name(data.task.dataset), spec, pruner=pruner,
                       extra_attrs={"strategy": config.strategy, "config": asdict(config)})
-    budget = TrainBudget(epochs=config.epochs, seconds=config.time_budget, batch_size=config.batch_size, lr=config.lr)
+    epochs = config.epochs or (10_000 if config.time_budget else DEFAULT_EPOCHS)
+    budget = TrainBudget(epochs=epochs, seconds=config.time_budget, batch_size=config.batch_size, lr=config.lr)
     evaluator = Evaluator(space, data, budget, latency, seed=config.seed, device=device)
     with Progress(config.trials, enabled=progress, label=f"{config.strategy} on {space.name}") as bar:
         bar.advance_to(len(tracker.finished()))

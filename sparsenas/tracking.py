@@ -6,12 +6,13 @@ intermediate values = validation accuracy per epoch.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import optuna
 from optuna.distributions import CategoricalDistribution
@@ -22,8 +23,15 @@ from .errors import SparseNASError, StorageError
 from .evaluators.result import EvalResult
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-# heartbeats and metric names are marked experimental; they are the documented way to do both
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+@contextlib.contextmanager
+def _quiet_experimental() -> Iterator[None]:
+    """Heartbeats and metric names are marked experimental; they are the documented way to do both."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
 
 DEFAULT_STORAGE = "sqlite:///nas.db"
 MULTI = ("accuracy", "latency_ms")
@@ -54,12 +62,13 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseSto
     elif not scheme.startswith(("postgresql", "mysql")):
         raise StorageError(f"bad storage URL {url!r}: unsupported scheme '{scheme}'; use sqlite:///FILE, "
                            "postgresql://..., mysql://... or journal:///FILE")
-    kwargs: dict[str, Any] = {}
-    if heartbeat:
-        kwargs = {"heartbeat_interval": 10, "grace_period": 30,
-                  "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)}
     try:
-        return optuna.storages.RDBStorage(url, **kwargs)
+        with _quiet_experimental():
+            kwargs: dict[str, Any] = {}
+            if heartbeat:
+                kwargs = {"heartbeat_interval": 10, "grace_period": 30,
+                          "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)}
+            return optuna.storages.RDBStorage(url, **kwargs)
     except ImportError as e:
         hint = " (install the driver: pip install 'sparsenas[postgres]')" if scheme.startswith("postgres") else ""
         raise StorageError(f"cannot open storage {url!r}: {e}{hint}") from None
@@ -101,7 +110,8 @@ class Tracker:
                                          pruner=pruner, directions=[DIRECTIONS[o] for o in self.objectives],
                                          load_if_exists=True)
         self._check_or_set(spec.attrs(), extra_attrs or {})
-        self.study.set_metric_names(list(self.objectives))
+        with _quiet_experimental():
+            self.study.set_metric_names(list(self.objectives))
 
     def _check_or_set(self, attrs: dict[str, Any], extra: dict[str, Any]) -> None:
         old = self.study.user_attrs

@@ -12,7 +12,7 @@ from typing import Sequence
 
 from ..errors import SparseNASError
 
-COMMANDS = ("search", "listing", "dashboard")
+COMMANDS = ("search", "listing", "inspect", "profile", "dashboard")
 
 
 def build_parser() -> argparse.ArgumentParser:

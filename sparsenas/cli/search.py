@@ -17,9 +17,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                                                   "(default: the space's own, digits for image spaces)")
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (cifar*, mnist, fashion_mnist)")
     p.add_argument("--input-size", type=int, default=None, help="resize images to SxS (digits default 16)")
-    p.add_argument("--trials", type=int, default=12, help="architectures to evaluate in total (default 12)")
+    p.add_argument("--trials", type=int, default=10, help="architectures to evaluate in total (default 10)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=int, default=8, help="training epochs per architecture (default 8)")
+    budget.add_argument("--epochs", type=int, default=None, help="training epochs per architecture (default 6)")
     budget.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
                         help="training seconds per architecture instead of an epoch count")
     p.add_argument("--batch-size", type=int, default=32)
@@ -32,8 +32,12 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="multi: accuracy up and latency down (default); accuracy: accuracy alone, with pruning")
     p.add_argument("--max-latency-ms", type=positive_float, default=None,
                    help="with --objective accuracy: reject architectures slower than this before training them")
-    p.add_argument("--latency", default="measured", help="latency evaluator: measured (time the network here)")
-    p.add_argument("--hw", default=None, metavar="PROFILE.json", help="hardware profile for table latency")
+    p.add_argument("--latency", default="auto",
+                   help="table: predict from the hardware profile; measured: time each network here; auto (default): "
+                        "table when the profile covers the space and input size, else measured")
+    p.add_argument("--hw", default=None, metavar="PROFILE.json",
+                   help="hardware profile for the table (default: the one shipped for 2-core x86 CPUs; "
+                        "make your own with `nas profile`)")
     s = p.add_argument_group("supernet strategies (dass, entangled, balanced)")
     s.add_argument("--target-sparsity", type=float, default=None, help="sparsity the sparse ops are pruned to (dass: 0.9)")
     s.add_argument("--latency-weight", type=float, default=None, help="weight of the expected-latency term in the loss")

@@ -45,8 +45,51 @@ def measure_latency(model: nn.Module, task: Task, *, warmup: int = 20, repeats: 
 @LATENCY.register("measured")
 class MeasuredLatency:
     def __init__(self, hw: str | None = None, repeats: int = 100) -> None:
-        self.repeats = repeats  # hw: a profile is not needed to measure
+        self.repeats = repeats
+        self.hw = hw  # a profile is not needed to measure; when one loads, its prediction is recorded beside
+        self._table: "TableLatency | str | None" = None
 
     def __call__(self, arch: Arch, model: nn.Module, task: Task) -> LatencyResult:
         m = measure_latency(model, task, repeats=self.repeats)
+        m.update(self._prediction(arch, model, task))
         return LatencyResult(m["measured_latency_ms"], "measured", m)
+
+    def _prediction(self, arch: Arch, model: nn.Module, task: Task) -> dict[str, Any]:
+        """The table's prediction next to the measurement, or why there is none (not an error:
+        measuring must not depend on a profile covering this space)."""
+        from ..errors import SparseNASError
+
+        try:
+            if self._table is None:
+                self._table = TableLatency(self.hw)
+            if isinstance(self._table, str):
+                return {"predicted_latency_error": self._table}
+            t = self._table(arch, model, task)
+        except SparseNASError as e:
+            if self._table is None:
+                self._table = str(e)
+            return {"predicted_latency_error": str(e)}
+        return {k: t.attrs[k] for k in ("predicted_latency_ms", "predicted_metric", "hw_profile")}
+
+
+@LATENCY.register("table")
+class TableLatency:
+    """Latency predicted from a hardware profile (:class:`sparsenas.hwprofiles.LatencyTable`): the
+    kernels of the network, each with the implementation the profile finds fastest (the one
+    ``to_inference(choose=table.choose)`` exports), through the profile's calibration for this
+    space and input shape. ``hw``: a profile file; None: the profile shipped with sparsenas."""
+
+    def __init__(self, hw: str | None = None) -> None:
+        from ..hwprofiles import LatencyTable
+
+        self.table = LatencyTable.load(hw)
+
+    def __call__(self, arch: Arch, model: nn.Module, task: Task) -> LatencyResult:
+        from ..ops import trace_named_layers
+
+        named = trace_named_layers(model, task.input_shape)
+        p = self.table.predict([s for _, s in named], arch.space, task.input_shape)
+        attrs = {"predicted_latency_ms": p.ms, "predicted_metric": p.metric, "hw_profile": p.profile,
+                 "hw_profile_path": self.table.path, "kernel_sum_ms": p.plain_sum_ms,
+                 "kernels": {name: impl for (name, _), impl in zip(named, p.kernels)}}
+        return LatencyResult(p.ms, f"table:{p.profile}", attrs)

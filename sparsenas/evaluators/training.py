@@ -58,6 +58,32 @@ def accuracy(model: nn.Module, dataset, device: torch.device, batch_size: int = 
     return correct / max(1, len(y))
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader, device: torch.device, batches: int = 8) -> None:
+    """Reset BatchNorm running statistics to the exact average over a few training batches.
+
+    Short budgets (tens of steps) leave momentum-averaged running stats far from the weights' real
+    statistics, and eval-mode accuracy then sits at chance; inherited supernet weights need the same.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    was_training = model.training
+    model.train()
+    for i, (x, _) in enumerate(loader):
+        if i >= batches:
+            break
+        model(x.to(device))
+    model.train(was_training)
+    for m, (momentum, training) in zip(bns, saved):
+        m.momentum = momentum
+        m.train(training)
+
+
 def _lr_factor(p: float, warmup: float) -> float:
     if p < warmup:
         return 0.1 + 0.9 * p / warmup
@@ -80,6 +106,8 @@ def train(model: nn.Module, data: DataSplits, budget: TrainBudget, *, seed: int 
     total_steps = max(1, budget.epochs * len(loader))
     # masks are recomputed 20 times over the ramp: every step would cost ~40% more time per step
     pruner = GradualPruner(model, CubicSparsitySchedule(1.0, 0, 1000, frequency=50)) if sparse_modules(model) else None
+    # per-step hook for modules that change themselves during training (G2G dynamic sparse training)
+    step_hooks = [m for m in model.modules() if callable(getattr(m, "after_step", None))]
     loss_fn = nn.CrossEntropyLoss()
     start, step, history = time.perf_counter(), 0, []
     progress = 0.0
@@ -100,8 +128,11 @@ def train(model: nn.Module, data: DataSplits, budget: TrainBudget, *, seed: int 
             loss.backward()
             opt.step()
             step += 1
+            for m in step_hooks:
+                m.after_step(step, progress)
             if on_step is not None:
                 on_step(progress)
+        recalibrate_bn(model, loader, device)
         history.append(accuracy(model, data.val, device))
         if on_epoch is not None:
             on_epoch(epoch + 1, history[-1])
@@ -109,6 +140,7 @@ def train(model: nn.Module, data: DataSplits, budget: TrainBudget, *, seed: int 
             break
     if pruner is not None:  # a budget cut short still ends with every mask at its target
         pruner.step(1000)
+        recalibrate_bn(model, loader, device)
     model.eval()
     val = accuracy(model, data.val, device)
     return TrainResult(val, accuracy(model, data.test, device), history, len(history), time.perf_counter() - start)

@@ -15,6 +15,10 @@ from .sparse import (
     update_masks,
 )
 from .spec import OPS, LayerSpec, trace_layers, trace_named_layers
+from .g2g import (
+    DST_GROW, DST_PRUNE, G2G_GRAPHS, G2G_GROUPINGS, DSTConfig, G2GConv2d, G2GLinear, G2GMixin, enable_dst, g2g_density,
+    g2g_mask, g2g_modules, group_assignment, group_graph, hebbian_scores,
+)
 
 __all__ = [
     "Chooser", "kernel_choices", "kernel_inputs", "measure_kernels", "measured_choice", "to_inference",
@@ -26,4 +30,6 @@ __all__ = [
     "MASK_KINDS", "GradualPruner", "SparseConv2d", "SparseLinear", "SparseMixin", "apply_sparsity",
     "sparse_modules", "update_masks",
     "OPS", "LayerSpec", "trace_layers", "trace_named_layers",
+    "DST_GROW", "DST_PRUNE", "G2G_GRAPHS", "G2G_GROUPINGS", "DSTConfig", "G2GConv2d", "G2GLinear", "G2GMixin",
+    "enable_dst", "g2g_density", "g2g_mask", "g2g_modules", "group_assignment", "group_graph", "hebbian_scores",
 ]

@@ -38,6 +38,7 @@ class SparseMixin:
     weight: nn.Parameter
     mask: Tensor
     score: nn.Parameter | None
+    structural_mask = False  # True: the mask comes from the layer's structure (G2G); pruning leaves it alone
 
     def _init_sparse(self, sparsity: float, mask_kind: str, n: int, m: int) -> None:
         if mask_kind not in MASK_KINDS:
@@ -170,7 +171,7 @@ def apply_sparsity(model: nn.Module, sparsity: float) -> int:
     sparsity = check_sparsity(sparsity)
     changed = 0
     for m in sparse_modules(model):
-        if m.mask_kind != "nm":
+        if m.mask_kind != "nm" and not m.structural_mask:
             m.target_sparsity = sparsity
             m.set_sparsity(sparsity)
             changed += 1
@@ -203,7 +204,7 @@ class GradualPruner:
         """Apply the schedule at ``step`` (recomputing masks where the sparsity changed); returns f."""
         f = min(1.0, max(0.0, float(self.schedule.at(step))))
         for m in sparse_modules(self.model):
-            if m.mask_kind == "nm":
+            if m.mask_kind == "nm" or m.structural_mask:
                 continue
             s = m.target_sparsity * f
             if s != m.sparsity:

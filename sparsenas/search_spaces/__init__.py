@@ -1,7 +1,7 @@
 """Search spaces: one module each, registered by name with ``@SPACES.register``."""
 from ..registry import Registry
 
-__all_modules__ = ("sparse_mbv2",)
+__all_modules__ = ("sparse_mbv2", "g2g_mlp", "pooling_resnet20")
 
 SPACES: Registry = Registry("search space", __name__)
 

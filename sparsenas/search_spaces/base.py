@@ -72,6 +72,36 @@ class SearchSpace(ABC):
 
         return trace_layers(self.build(arch, task), task.input_shape, batch=batch)
 
+    def kernel_specs(self, task: Task, *, seed: int = 0, patience: int = 200,
+                     max_samples: int = 5000) -> "set[LayerSpec]":
+        """Every distinct kernel a network of this space can run for ``task`` (the keys a hardware
+        profile needs), sparsities at their nominal values.
+
+        Default: trace random architectures until ``patience`` samples in a row bring no new key
+        (or ``max_samples``). Spaces whose kernels follow from their choices override it with an
+        exact enumeration. Traced sparsities are snapped to the sparsity values of the choices.
+        """
+        from ..ops.spec import LayerSpec
+
+        levels = sorted({float(v) for k, vals in self.choices(task).items() if "sparsity" in k for v in vals})
+
+        def nominal(s: "LayerSpec") -> "LayerSpec":
+            if not levels:
+                return s
+            sp = min(levels, key=lambda v: abs(v - s.sparsity))
+            return LayerSpec(s.op, s.cin, s.cout, s.kernel, s.stride, s.groups, s.in_hw, sp, s.batch)
+
+        rng = random.Random(seed)
+        found: set[LayerSpec] = set()
+        quiet = 0
+        for _ in range(max_samples):
+            new = {nominal(s) for s in self.layers(self.sample(rng, task), task)} - found
+            found |= new
+            quiet = 0 if new else quiet + 1
+            if quiet >= patience:
+                break
+        return found
+
     def size(self, task: Task) -> int:
         n = 1
         for v in self.choices(task).values():

@@ -94,3 +94,46 @@ class SparseMBV2Space(SearchSpace):
                       for b in range(1, ch[f"s{s}_depth"] + 1)]
             stages.append((make_divisible(STAGE_CHANNELS[s - 1] * width), 2 if f"s{s}" in down else 1, blocks))
         return MobileNetV2(task.input_shape[0], task.num_classes, stages, HEAD_CHANNELS, ch["head_sparsity"])
+
+    def kernel_specs(self, task: Task, **_: object) -> set:
+        """Exact enumeration of every conv/linear kernel (batch 1) any architecture can run: the
+        shapes of a block follow from the stage widths, the input resolution of its stage (set by
+        the downsampling placement), expansion, kernel and sparsity. ``tests`` check it against
+        traced networks."""
+        from ..ops.spec import LayerSpec
+
+        ch = self.choices(task)
+        c_in, h, w = task.input_shape
+
+        def conv(cin: int, cout: int, hw: tuple[int, int], k: int = 1, stride: int = 1, groups: int = 1,
+                 sp: float = 0.0) -> LayerSpec:
+            return LayerSpec("conv2d", cin, cout, k, stride, groups, hw, sp)
+
+        def down(hw: tuple[int, int], k: int, stride: int) -> tuple[int, int]:
+            return tuple((v + 2 * (k // 2) - k) // stride + 1 for v in hw)  # type: ignore[return-value]
+
+        specs = {conv(c_in, 16, (h, w), k=3), LayerSpec("linear", HEAD_CHANNELS, task.num_classes)}
+        widths = [sorted({make_divisible(c * m) for m in WIDTHS}) for c in STAGE_CHANNELS]
+        for placement in ch["downsample"]:
+            hw = (h, w)
+            prev = [16]  # the stem's channels feed stage 1
+            for s in range(1, 6):
+                stride = 2 if f"s{s}" in placement.split("+") else 1
+                out_hw = down(hw, 3, stride)  # same for every odd kernel with padding k//2
+                for cout in widths[s - 1]:
+                    firsts = [(cin, stride, hw) for cin in prev]
+                    for cin, st, in_hw in firsts + [(cout, 1, out_hw)]:  # first block, then later blocks
+                        for e in EXPANSIONS:
+                            hidden = cin * e
+                            for sp in SPARSITIES:
+                                if e != 1:
+                                    specs.add(conv(cin, hidden, in_hw, sp=sp))
+                                specs.add(conv(hidden, cout, out_hw, sp=sp))
+                            for k in KERNELS:
+                                specs.add(conv(hidden, hidden, in_hw, k=k, stride=st, groups=hidden))
+                prev, hw = widths[s - 1], out_hw
+            for cin in prev:
+                for sp in SPARSITIES:
+                    specs.add(conv(cin, HEAD_CHANNELS, hw, sp=sp))
+        return specs
+

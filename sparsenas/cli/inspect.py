@@ -1,0 +1,60 @@
+"""`nas inspect ARCH.json`: validate an architecture and show the kernels it runs and its cost."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import SparseNASError
+from .common import fmt, print_json
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="validate an architecture JSON and list its layers, params and FLOPs")
+    p.add_argument("arch", help="architecture JSON file (arch.json from `nas export`, or a trial's 'arch' attr)")
+    p.add_argument("--dataset", default=None, help="task to build it for (default: the space's own dataset)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--input-size", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+
+
+def read_arch_file(path: str):
+    """The Arch stored in ``path``; a missing or malformed file is a SparseNASError."""
+    from ..arch import Arch
+
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise SparseNASError(f"cannot read architecture file {path}: {e.strerror}") from None
+    return Arch.from_json(text)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..data import load_dataset
+    from ..evaluators import count_flops, count_params
+    from ..search_spaces import get_space
+
+    arch = read_arch_file(args.arch)
+    space = get_space(arch.space)
+    task = load_dataset(args.dataset or space.default_dataset, data_dir=args.data_dir,
+                        input_size=args.input_size).task
+    space.validate(arch, task)
+    model = space.build(arch, task)
+    layers = space.layers(arch, task)
+    params, nnz = count_params(model)
+    flops, eff = count_flops(layers)
+    table = Table(title=f"{arch.space} v{arch.version} {arch.digest()} on {task.dataset} {task.input_shape}")
+    for col in ("#", "op", "in->out", "k", "s", "groups", "input", "sparsity", "MACs"):
+        table.add_column(col, justify="right")
+    for i, l in enumerate(layers):
+        table.add_row(str(i), l.op, f"{l.cin}->{l.cout}", str(l.kernel), str(l.stride), str(l.groups),
+                      "x".join(map(str, l.in_hw)) or "-", f"{l.sparsity:.2f}", f"{l.flops():,}")
+    Console().print(table)
+    print(f"params {params:,}  non-zeros {nnz:,}  MACs {flops:,}  effective MACs {int(eff):,}")
+    if args.json:
+        print_json({"arch": arch.to_dict(), "digest": arch.digest(), "task": task.to_dict(), "params": params,
+                    "nnz": nnz, "flops": flops, "effective_flops": eff, "layers": [l.to_dict() for l in layers]})
+    return 0

@@ -1,0 +1,153 @@
+"""`nas profile`: time a space's kernels on this machine, or check a profile's predictions."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..errors import SparseNASError
+from .common import print_json
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s}")
+    return v
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "profile", help="time every kernel a space can emit on this machine (a hardware profile)",
+        description="Time every distinct kernel (conv/linear shape, stride, sparsity, implementation) a space can "
+                    "emit, with 1 thread, and fit the calibration that turns them into end-to-end latency; writes a "
+                    "JSON hardware profile for `nas search --hw FILE`. An interrupted run resumes from FILE.partial. "
+                    "With --validate FILE: build random architectures, measure them end to end and report how far "
+                    "the profile's predictions are, with a scatter plot.")
+    p.add_argument("--space", action="append", default=None, help="search space to profile (repeatable; "
+                                                                  "default sparse_mbv2)")
+    p.add_argument("--dataset", default=None, help="dataset that fixes channels and classes (default: the space's)")
+    p.add_argument("--data-dir", default=None, help="folder with the dataset files (cifar*, mnist, fashion_mnist)")
+    p.add_argument("--input-size", type=_positive_int, action="append", default=None,
+                   help="input size SxS to profile (repeatable; default: the dataset's, 16 for digits)")
+    p.add_argument("--out", default=None, metavar="FILE", help="profile to write (extended if it exists)")
+    p.add_argument("--name", default=None, help="profile name (default: the file name)")
+    p.add_argument("--repeats", type=_positive_int, default=100, help="timed calls per kernel (default 100)")
+    p.add_argument("--calibration-networks", type=int, default=80,
+                   help="random networks measured end to end to calibrate the table (default 80)")
+    p.add_argument("--network-repeats", type=_positive_int, default=200,
+                   help="timed calls per network, calibration and validation (default 200: on a shared machine "
+                        "the median of 100 calls still moved by ~5%%)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: also time dense vs 2:4 semi-structured kernels on the GPU")
+    p.add_argument("--seed", type=int, default=0)
+    v = p.add_argument_group("validation")
+    v.add_argument("--validate", default=None, metavar="FILE", help="check this profile instead of writing one")
+    v.add_argument("--n", type=_positive_int, default=50, help="random architectures to measure (default 50)")
+    v.add_argument("--plot", default=None, metavar="PNG",
+                   help="scatter plot of predicted vs measured (default: ./NAME-validate-SPACE-SIZE.png)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
+    p.set_defaults(func=cmd_profile)
+
+
+def _jobs(args: argparse.Namespace) -> list[tuple[Any, Any]]:
+    from ..data import load_dataset
+    from ..search_spaces import get_space
+
+    jobs = []
+    for name in args.space or ["sparse_mbv2"]:
+        space = get_space(name)
+        for size in args.input_size or [None]:
+            data = load_dataset(args.dataset or space.default_dataset, data_dir=args.data_dir, input_size=size,
+                                limit=1)
+            space.check_task(data.task)
+            jobs.append((space, data.task))
+    return jobs
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    if args.validate is None and args.out is None:
+        raise SparseNASError("nas profile needs --out FILE (the profile to write), or --validate FILE (a profile to "
+                             "check against networks measured end to end)")
+    if args.validate is not None and args.out is not None:
+        raise SparseNASError("give either --out FILE (write a profile) or --validate FILE (check one), not both")
+    if args.calibration_networks < 0 or 0 < args.calibration_networks < 20:
+        raise SparseNASError(f"--calibration-networks must be 0 (no calibration) or at least 20 (the calibration "
+                             f"fits 7 coefficients), got {args.calibration_networks}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SparseNASError("--device cuda was asked for, but this machine has no CUDA device; profile the CPU "
+                                 "kernels with --device cpu (the default)")
+    return _validate(args) if args.validate is not None else _profile(args)
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ..hwprofiles.profiler import KernelTimer, run_profile
+
+    console = Console(stderr=True)
+    jobs = _jobs(args)
+    data = run_profile(jobs, args.out, name=args.name, timer=KernelTimer(repeats=args.repeats),
+                       calibration_networks=args.calibration_networks, calibration_repeats=args.network_repeats,
+                       seed=args.seed, cuda=args.device == "cuda", progress=not args.no_progress,
+                       log=lambda s: console.print(s))
+    out = Console()
+    out.print(f"wrote {args.out}: {len(data['entries'])} kernels on {data['machine']['cpu_model']} "
+              f"({data['machine']['cores']} cores, {data['timing']['threads']} thread), torch {data['machine']['torch']}")
+    summary = []
+    for rec in data["profiled"]:
+        cal = data["calibrations"].get(rec["key"], {})
+        loo = cal.get("leave_one_out", {})
+        summary.append({**rec, "calibration_networks": len(cal.get("networks", [])), "leave_one_out": loo,
+                        "plain_sum": cal.get("plain_sum")})
+        if loo:
+            out.print(f"  {rec['key']}: {rec['kernels']} kernels, {rec['seconds']:.0f} s; calibration on "
+                      f"{len(cal['networks'])} networks, leave-one-out within ±10%: {loo['within_10']:.0%} "
+                      f"(plain sum: {cal['plain_sum']['within_10']:.0%})")
+    out.print(f"Check it:  nas profile --validate {args.out} --space {jobs[0][0].name} --n 50")
+    if args.json:
+        print_json({"out": args.out, "kernels": len(data["entries"]), "machine": data["machine"], "profiled": summary})
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..hwprofiles import LatencyTable
+    from ..hwprofiles.validate import validate
+
+    table = LatencyTable.load(args.validate)
+    console = Console()
+    reports = []
+    for space, task in _jobs(args):
+        plot = args.plot or f"{Path(args.validate).stem}-validate-{space.name}-{task.input_shape[-1]}.png"
+        r = validate(table, space, task, n=args.n, seed=args.seed + 1, repeats=args.network_repeats, plot=plot,
+                     drift_networks=min(16, args.n),
+                     log=lambda s: Console(stderr=True).print(s) if not args.no_progress else None)
+        reports.append(r)
+        t = Table(title=f"{table.name} on {space.name} {task.input_shape}: {r['n']} random networks, "
+                        f"{r['metric']} (median of {r['repeats']} calls)")
+        for col in ("model", "MAPE", "within ±10%", "Spearman", "median pred/meas"):
+            t.add_column(col, justify="right")
+        for label, key in (("calibrated table", "calibrated"), ("plain sum of kernels", "plain_sum"),
+                           ("calibrated vs wall time", "calibrated_vs_wall"),
+                           (f"calibrated x drift {r['drift']:.2f}", "calibrated_drift_adjusted")):
+            f = r[key]
+            t.add_row(label, f"{f['mape']:.1%}", f"{f['within_10']:.0%}", f"{f['spearman']:.3f}",
+                      f"{f['median_ratio']:.2f}")
+        console.print(t)
+        verdict = "meets" if r["passed"] else "misses"
+        console.print(f"{verdict} the bar (>= {r['bar']['within_10']:.0%} within ±10% and Spearman >= "
+                      f"{r['bar']['spearman']}); machine drift since profiling: x{r['drift']:.2f}; plot: {plot}")
+    if args.json:
+        print_json({"profile": args.validate, "reports": [{k: v for k, v in r.items() if k != "networks"}
+                                                          for r in reports]})
+    return 0

@@ -1,0 +1,156 @@
+"""The hardware-profile file: its schema, reading (with checks) and atomic writing.
+
+This is the one place that reads and writes profiles. A profile is JSON::
+
+    {"schema": "sparsenas-hwprofile/1", "name": ..., "created": ..., "updated": ...,
+     "machine": {"cpu_model", "cores", "threads", "torch", "python", "platform", "load_avg"},
+     "timing": {"metric": "cpu_ms", "statistic": "median", "threads": 1, "batch": 1, ...},
+     "sparsity_levels": [0.0, 0.5, ...],
+     "entries": {LayerSpec.key(): {"spec": {...}, "impls": {impl: {"wall_ms", "cpu_ms",
+                                                                  "wall_iqr_ms", "cpu_iqr_ms", "repeats"}}}},
+     "calibrations": {"<space>@<C>x<H>x<W>": {"features": [...], "coef": [...], "networks": [...], ...}},
+     "profiled": [{"space", "input_shape", "kernels", "seconds", "date"}]}
+
+``impl`` is ``"native"`` (the layer's own ``F.conv2d``/``F.linear``: dense layers and kxk/grouped
+sparse convs) or a name of :data:`sparsenas.ops.KERNELS` (sparse linear and 1x1 convs, as
+``to_inference`` builds them). Keys use the *nominal* sparsity of the grid the profile was measured
+at (``sparsity_levels``); a traced layer is snapped to the nearest level when looked up.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import SparseNASError
+
+__all__ = ["SCHEMA", "FEATURES", "TIMING_FIELDS", "DEFAULT_PROFILE", "ProfileError", "machine_info", "new_profile",
+           "read_profile", "write_json_atomic", "default_profile_path", "calibration_key", "check_profile"]
+
+SCHEMA = "sparsenas-hwprofile/1"
+TIMING_FIELDS = ("wall_ms", "cpu_ms", "wall_iqr_ms", "cpu_iqr_ms", "repeats")
+DEFAULT_PROFILE = "cpu-x86-2core.json"  # shipped inside this package
+# Calibration inputs (see table.py): kernel sum, layer counts (all, and per implementation: native,
+# then the names of sparsenas.ops.KERNELS), output activations in millions, constant.
+FEATURES = ("sum_ms", "layers", "layers_native", "layers_dense", "layers_torch_csr", "layers_scipy_csr",
+            "act_melems", "one")
+
+
+class ProfileError(SparseNASError):
+    """A profile file is missing, corrupt, foreign or lacks what was asked of it."""
+
+
+def default_profile_path() -> Path:
+    """The profile shipped with the package, used when no ``--hw`` file is given."""
+    return Path(str(resources.files(__package__).joinpath(DEFAULT_PROFILE)))
+
+
+def calibration_key(space: str, input_shape: tuple[int, ...]) -> str:
+    """``sparse_mbv2@1x16x16``: calibrations are per space and input shape (no batch)."""
+    return f"{space}@{'x'.join(str(int(v)) for v in input_shape)}"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    """What the timings belong to: CPU model, core count, threads used, torch/python versions."""
+    import torch
+
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        load = None
+    return {"cpu_model": _cpu_model(), "cores": os.cpu_count(), "threads": threads,
+            "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "machine": platform.machine(), "load_avg": load,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def new_profile(name: str, threads: int, timing: dict[str, Any]) -> dict[str, Any]:
+    stamp = now()
+    return {"schema": SCHEMA, "name": name, "created": stamp, "updated": stamp, "machine": machine_info(threads),
+            "timing": {"metric": "cpu_ms", "statistic": "median", "threads": threads, "batch": 1, **timing},
+            "sparsity_levels": [], "entries": {}, "calibrations": {}, "profiled": []}
+
+
+def _bad(path: str | Path, problem: str) -> ProfileError:
+    return ProfileError(f"hardware profile '{path}' {problem}. A profile is the JSON file written by `nas profile` "
+                        f"(schema {SCHEMA}); make one with `nas profile --space SPACE --out FILE`, or leave out --hw "
+                        "to use the profile shipped with sparsenas")
+
+
+def check_profile(data: Any, path: str | Path = "<profile>") -> dict[str, Any]:
+    """Raise :class:`ProfileError` unless ``data`` has the shape of a version-1 profile."""
+    if not isinstance(data, dict):
+        raise _bad(path, f"is not a JSON object (it holds a {type(data).__name__})")
+    schema = data.get("schema")
+    if schema != SCHEMA:
+        what = "has no 'schema' field" if schema is None else f"has schema {schema!r}, not {SCHEMA!r}"
+        raise _bad(path, f"is not a sparsenas hardware profile: it {what}")
+    for field, kind in (("name", str), ("machine", dict), ("timing", dict), ("entries", dict),
+                        ("calibrations", dict), ("sparsity_levels", list)):
+        if not isinstance(data.get(field), kind):
+            raise _bad(path, f"is corrupt: field '{field}' is missing or not a {kind.__name__}")
+    metric = data["timing"].get("metric")
+    if metric not in ("cpu_ms", "wall_ms"):
+        raise _bad(path, f"is corrupt: timing.metric is {metric!r}; allowed: cpu_ms, wall_ms")
+    for key, entry in data["entries"].items():
+        impls = entry.get("impls") if isinstance(entry, dict) else None
+        if not isinstance(impls, dict) or not impls or not isinstance(entry.get("spec"), dict):
+            raise _bad(path, f"is corrupt: entry '{key}' needs a 'spec' object and a non-empty 'impls' object")
+        for impl, t in impls.items():
+            if not isinstance(t, dict) or not all(isinstance(t.get(f), (int, float)) for f in TIMING_FIELDS):
+                raise _bad(path, f"is corrupt: entry '{key}' impl '{impl}' needs numbers {', '.join(TIMING_FIELDS)}")
+    for key, cal in data["calibrations"].items():
+        if not (isinstance(cal, dict) and isinstance(cal.get("features"), list) and isinstance(cal.get("coef"), list)
+                and len(cal["features"]) == len(cal["coef"])
+                and all(isinstance(c, (int, float)) for c in cal["coef"]) and set(cal["features"]) <= set(FEATURES)):
+            raise _bad(path, f"is corrupt: calibration '{key}' needs equally long 'features' "
+                       f"(from {', '.join(FEATURES)}) and numeric 'coef' lists")
+    return data
+
+
+def read_profile(path: str | Path) -> dict[str, Any]:
+    """Load and check a profile file; every problem is a :class:`ProfileError` naming the file."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ProfileError(f"hardware profile '{path}' does not exist (or is not a file). Make one with "
+                           f"`nas profile --space SPACE --out {path}`, or leave out --hw to use the shipped profile")
+    try:
+        data = json.loads(p.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _bad(path, f"is not valid JSON ({e})") from None
+    return check_profile(data, path)
+
+
+def write_json_atomic(path: str | Path, data: dict[str, Any]) -> None:
+    """Write through a temporary file in the same folder and rename: a reader never sees half a file."""
+    p = Path(path).expanduser()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; a profile is meant to be shared
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,254 @@
+"""`nas profile`: time every kernel a space can emit on this machine and calibrate the table.
+
+Two phases per (space, input shape):
+
+1. **Kernels.** Every distinct layer of ``space.kernel_specs(task)`` is timed in isolation with
+   each implementation ``to_inference`` could give it (native op; or dense / torch CSR / scipy CSR
+   for sparse 1x1 convs and linear layers), interleaved, 1 thread, batch 1: median and IQR of wall
+   and thread CPU time.
+2. **Calibration.** Random architectures are built with the table's kernel choice, timed end to end
+   (interleaved, see :mod:`.measure`) and a non-negative linear model from the kernel sum to the
+   measured latency is fitted (:mod:`.table`); the networks and their times are kept in the profile.
+
+Work in progress is written atomically to ``OUT.partial`` every few seconds; re-running the same
+command picks it up. An existing complete ``OUT`` is extended, not rewritten from scratch.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..ops.inference import kernel_inputs
+from ..ops.kernels import kernel_impl
+from ..ops.spec import LayerSpec
+from ..task import Task
+from ..timing import Timing, time_interleaved
+from .measure import build_network, measure_networks, sample_archs
+from .profile import (FEATURES, ProfileError, calibration_key, machine_info, new_profile, now, read_profile,
+                      write_json_atomic)
+from .table import NATIVE, LatencyTable, feature_vector, layer_impls
+
+__all__ = ["KernelTimer", "profile_space", "run_profile", "fit_calibration", "partial_path", "cuda_semi_structured"]
+
+SAVE_EVERY_S = 10.0
+# "layers" is left out: it is the sum of the per-implementation counts.
+CALIBRATION_FEATURES = ("sum_ms", "layers_native", "layers_dense", "layers_torch_csr", "layers_scipy_csr",
+                        "act_melems", "one")
+
+
+def partial_path(out: str | Path) -> Path:
+    return Path(f"{out}.partial")
+
+
+def native_module(spec: LayerSpec) -> nn.Module:
+    """The module that runs a layer natively: ``nn.Conv2d`` (padding k//2) or ``nn.Linear``. Its
+    weights stay dense random: zeros do not change the speed of a dense kernel."""
+    if spec.op == "linear":
+        m: nn.Module = nn.Linear(spec.cin, spec.cout, bias=True)
+    else:
+        m = nn.Conv2d(spec.cin, spec.cout, spec.kernel, spec.stride, spec.kernel // 2, groups=spec.groups, bias=False)
+    return m.eval().requires_grad_(False)
+
+
+class KernelTimer:
+    """Times one layer's candidate implementations side by side (:func:`time_interleaved`)."""
+
+    def __init__(self, warmup: int = 5, repeats: int = 100, rounds: int = 5, threads: int = 1) -> None:
+        self.warmup, self.repeats, self.rounds, self.threads = warmup, repeats, rounds, threads
+
+    def settings(self) -> dict[str, Any]:
+        return {"warmup": self.warmup, "repeats": self.repeats, "rounds": self.rounds}
+
+    def __call__(self, spec: LayerSpec, impls: Iterable[str]) -> dict[str, Timing]:
+        w, x = kernel_inputs(spec)
+        mods: dict[str, nn.Module] = {}
+        for impl in impls:
+            mods[impl] = native_module(spec) if impl == NATIVE else kernel_impl(impl).build(spec, w)
+        with torch.inference_mode():
+            fns: dict[str, Callable[[], Any]] = {i: (lambda m=m: m(x)) for i, m in mods.items()}
+            return time_interleaved(fns, warmup=self.warmup, repeats=self.repeats, rounds=self.rounds,
+                                    threads=self.threads)
+
+
+def cuda_semi_structured(spec: LayerSpec, repeats: int = 100) -> dict[str, dict[str, float]]:
+    """On a CUDA device: dense fp16 vs 2:4 semi-structured (``to_sparse_semi_structured``) for a
+    linear/1x1 layer, as CUDA-event medians; ``{}`` without CUDA or for shapes 2:4 cannot take
+    (both weight dims must be multiples of 64). Stored beside the CPU implementations; the CPU
+    kernel choice ignores them."""
+    if not torch.cuda.is_available() or not spec.sparse_capable or spec.cin % 64 or spec.cout % 64:
+        return {}
+    from torch.sparse import to_sparse_semi_structured
+
+    from ..ops.masks import nm_mask
+
+    w = torch.randn(spec.cout, spec.cin, device="cuda", dtype=torch.float16)
+    w = w * nm_mask(w, 2, 4).to(w.dtype)
+    cols = spec.batch * int(np.prod(spec.in_hw or (1,)))
+    x = torch.randn(max(cols, 16), spec.cin, device="cuda", dtype=torch.float16)  # >= 16 rows for the kernel
+    out: dict[str, dict[str, float]] = {}
+    for name, weight in (("cuda_dense", w), ("cuda_semi_2:4", to_sparse_semi_structured(w))):
+        times = []
+        with torch.inference_mode():
+            for i in range(repeats + 10):
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                torch.nn.functional.linear(x, weight)
+                b.record()
+                torch.cuda.synchronize()
+                if i >= 10:
+                    times.append(a.elapsed_time(b))
+        q = np.percentile(times, [25, 50, 75])
+        out[name] = {"wall_ms": float(q[1]), "cpu_ms": float(q[1]), "wall_iqr_ms": float(q[2] - q[0]),
+                     "cpu_iqr_ms": float(q[2] - q[0]), "repeats": repeats}
+    return out
+
+
+def fit_calibration(features: np.ndarray, measured: np.ndarray) -> list[float]:
+    """Non-negative least squares on relative error (rows weighted by 1/measured), so a 1 ms and a
+    4 ms network count alike: the bar is relative (share within +-10%)."""
+    from scipy.optimize import nnls
+
+    w = 1.0 / measured
+    coef, _ = nnls(features * w[:, None], measured * w)
+    return [float(c) for c in coef]
+
+
+def _fit_report(pred: np.ndarray, measured: np.ndarray) -> dict[str, float]:
+    err = pred / measured - 1.0
+    return {"mape": float(np.mean(np.abs(err))), "within_10": float(np.mean(np.abs(err) <= 0.10)),
+            "max_abs_error": float(np.max(np.abs(err)))}
+
+
+class _Saver:
+    """Writes the work in progress to OUT.partial at most every SAVE_EVERY_S seconds."""
+
+    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+        self.path, self.data, self.last = path, data, time.monotonic()
+
+    def maybe(self) -> None:
+        if time.monotonic() - self.last >= SAVE_EVERY_S:
+            self.now()
+
+    def now(self) -> None:
+        self.data["updated"] = now()
+        write_json_atomic(self.path, self.data)
+        self.last = time.monotonic()
+
+
+def _start(out: Path, name: str | None, timer: KernelTimer, log: Callable[[str], None]) -> dict[str, Any]:
+    part = partial_path(out)
+    if part.exists():
+        data = read_profile(part)
+        log(f"resuming from {part} ({len(data['entries'])} kernels already timed)")
+    elif out.exists():
+        data = read_profile(out)
+        log(f"extending {out} ({len(data['entries'])} kernels, calibrations: {', '.join(data['calibrations']) or 'none'})")
+    else:
+        return new_profile(name or out.stem, timer.threads, timer.settings())
+    here = machine_info(timer.threads)
+    if data["machine"].get("cpu_model") != here["cpu_model"] or data["timing"].get("threads") != timer.threads:
+        raise ProfileError(f"'{out}' was measured on '{data['machine'].get('cpu_model')}' with "
+                           f"{data['timing'].get('threads')} thread(s); this is '{here['cpu_model']}' with "
+                           f"{timer.threads}. Timings from two machines do not mix: write to another --out file")
+    return data
+
+
+def profile_space(data: dict[str, Any], space: Any, task: Task, *, timer: KernelTimer, saver: _Saver,
+                  calibration_networks: int = 80, calibration_repeats: int = 200, seed: int = 0,
+                  cuda: bool = False, progress: Any = None) -> dict[str, Any]:
+    """Add ``space``'s kernels for ``task`` and its calibration to ``data`` (a profile dict)."""
+    t0 = time.monotonic()
+    specs = sorted(space.kernel_specs(task), key=lambda s: s.key())
+    levels = set(data["sparsity_levels"]) | {s.sparsity for s in specs}
+    data["sparsity_levels"] = sorted(levels)
+    todo = [s for s in specs if s.key() not in data["entries"]]
+    bar = progress.add_task(f"{space.name} {task.input_shape}: kernels", total=len(specs),
+                            completed=len(specs) - len(todo)) if progress else None
+    for spec in todo:
+        timings = timer(spec, layer_impls(spec))
+        impls = {i: {k: v for k, v in t.to_dict().items() if k != "threads"} for i, t in timings.items()}
+        if cuda:
+            impls.update(cuda_semi_structured(spec))
+        data["entries"][spec.key()] = {"spec": spec.to_dict(), "impls": impls}
+        saver.maybe()
+        if bar is not None:
+            progress.advance(bar)
+    saver.now()
+    key = calibration_key(space.name, task.input_shape)
+    if key not in data["calibrations"] and calibration_networks > 0:
+        data["calibrations"][key] = _calibrate(data, space, task, calibration_networks, calibration_repeats, seed,
+                                               progress)
+        saver.now()
+    data["profiled"] = [p for p in data["profiled"] if p.get("key") != key] + [{
+        "key": key, "space": space.name, "input_shape": list(task.input_shape), "num_classes": task.num_classes,
+        "dataset": task.dataset, "kernels": len(specs), "timed_now": len(todo),
+        "seconds": round(time.monotonic() - t0, 1), "date": now(), "load_avg_end": machine_info(1)["load_avg"]}]
+    return data
+
+
+def _calibrate(data: dict[str, Any], space: Any, task: Task, n: int, repeats: int, seed: int,
+               progress: Any) -> dict[str, Any]:
+    table = LatencyTable(data, "<profile in progress>")
+    archs = sample_archs(space, task, n, seed=10_000 + seed)
+    bar = progress.add_task(f"{space.name} {task.input_shape}: build {n} networks", total=n) if progress else None
+    nets = []
+    for a in archs:
+        nets.append(build_network(space, a, task, table.choose))
+        if bar is not None:
+            progress.advance(bar)
+    if progress:
+        progress.update(bar, description=f"{space.name} {task.input_shape}: time {n} networks end to end")
+    timings = measure_networks([n.inference for n in nets], task.input_shape, repeats=repeats)
+    preds = [table.predict(n.layers) for n in nets]
+    cols = [FEATURES.index(f) for f in CALIBRATION_FEATURES]
+    feats = np.array([p.features for p in preds])[:, cols]
+    metric = data["timing"]["metric"]
+    measured = np.array([getattr(t, metric) for t in timings])
+    coef = fit_calibration(feats, measured)
+    fitted = feats @ np.array(coef)
+    loo = np.empty(len(nets))
+    for i in range(len(nets)):  # leave-one-out: how well the model predicts a network it was not fitted on
+        keep = np.arange(len(nets)) != i
+        loo[i] = feats[i] @ np.array(fit_calibration(feats[keep], measured[keep]))
+    networks = [{"arch": a.to_dict(), "digest": a.digest(), "features": dict(zip(FEATURES, p.features)),
+                 "kernels": p.kernels,
+                 "measured": {k: v for k, v in t.to_dict().items()}, "predicted_ms": float(f)}
+                for a, p, t, f in zip(archs, preds, timings, fitted)]
+    return {"space": space.name, "input_shape": list(task.input_shape), "num_classes": task.num_classes,
+            "features": list(CALIBRATION_FEATURES), "coef": coef, "metric": metric, "model": "nnls-relative",
+            "fit": _fit_report(fitted, measured), "leave_one_out": _fit_report(loo, measured),
+            "plain_sum": _fit_report(feats[:, 0], measured), "repeats": repeats,
+            "load_avg": machine_info(1)["load_avg"], "date": now(), "networks": networks}
+
+
+def run_profile(jobs: list[tuple[Any, Task]], out: str | Path, *, name: str | None = None,
+                timer: KernelTimer | None = None, calibration_networks: int = 80, calibration_repeats: int = 200,
+                seed: int = 0, cuda: bool = False, progress: bool = True,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Profile every (space, task) of ``jobs`` into ``out`` (resuming ``out.partial``, extending ``out``)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    out = Path(out).expanduser()
+    timer = timer or KernelTimer()
+    data = _start(out, name, timer, log)
+    saver = _Saver(partial_path(out), data)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+        try:
+            for space, task in jobs:
+                profile_space(data, space, task, timer=timer, saver=saver, calibration_networks=calibration_networks,
+                              calibration_repeats=calibration_repeats, seed=seed, cuda=cuda, progress=bar)
+        except BaseException:  # Ctrl-C or a crash: keep what was timed for the next run
+            saver.now()
+            raise
+    data["machine"]["load_avg_end"] = machine_info(timer.threads)["load_avg"]
+    data["updated"] = now()
+    write_json_atomic(out, data)
+    partial_path(out).unlink(missing_ok=True)
+    return data

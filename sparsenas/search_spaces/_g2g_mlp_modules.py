@@ -1,0 +1,54 @@
+"""The nn.Modules that g2g_mlp assembles."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..ops.g2g import DSTConfig, G2GLinear, enable_dst
+
+
+class G2GMLP(nn.Module):
+    """Flatten -> [G2GLinear -> ReLU] x depth -> dense Linear classifier.
+
+    Input (B, *input_shape) (mnist1d (B, 1, 40), images (B, C, H, W)) -> logits (B, classes).
+    ``groupings[i]`` is the ensemble assignment of hidden layer i ("index" | "random" |
+    "interleaved"); ``ensembles == 1`` makes every hidden layer dense (a G2GLinear with one
+    ensemble is an ordinary dense layer, so dense and G2G share one code path and one init).
+    The classifier stays dense: 10 outputs are too few to split into ensembles.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, widths: Sequence[int], *, ensembles: int,
+                 p_inter: float, graph: str, groupings: Sequence[str], dst: DSTConfig | None = None,
+                 seed: int = 0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        prev = in_features
+        for i, (w, grouping) in enumerate(zip(widths, groupings)):
+            g = min(ensembles, prev, w)
+            layers += [G2GLinear(prev, w, ensembles=g, p_inter=p_inter, graph=graph, grouping=grouping,
+                                 seed=seed * 1000 + i), nn.ReLU()]
+            prev = w
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(prev, num_classes)
+        self.dst = dst
+        enable_dst(self, dst)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+    def extra_repr(self) -> str:
+        return "" if self.dst is None else f"dst={self.dst}"
+
+
+def dense_twin(model: G2GMLP) -> nn.Module:
+    """A plain dense MLP (nn.Linear, default init) of the same widths, for comparisons."""
+    linears = [m for m in model.features if isinstance(m, nn.Linear)] + [model.classifier]
+    layers: list[nn.Module] = [nn.Flatten()]
+    for i, m in enumerate(linears):
+        layers.append(nn.Linear(m.in_features, m.out_features))
+        if i < len(linears) - 1:
+            layers.append(nn.ReLU())
+    with torch.no_grad():
+        return nn.Sequential(*layers)
