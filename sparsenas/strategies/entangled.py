@@ -17,7 +17,7 @@ Phases, all logged to the study:
    0 = raw inherited weights, which after minutes of supernet training are near chance for most
    children), its validation accuracy measured (``inherited_accuracy``; the raw one is
    ``inherited_accuracy_raw``) and its latency taken from the evaluator: seconds per architecture. Every one is a trial of the real study
-   (``phase=inherited``). It evaluates ``max(--trials, tau_archs)`` architectures.
+   (``phase=inherited``). It evaluates ``max(--trials, tau_archs + 2)`` distinct architectures.
 4. **retraining**: the ``retrain_top`` best architectures of the inherited Pareto front plus
    architectures spread evenly over the inherited-accuracy ranking, up to ``tau_archs`` in all,
    are trained from scratch for ``retrain_epochs`` and logged again (``phase=retrained``, with
@@ -238,7 +238,7 @@ class EntangledStrategy(Strategy):
         calib_loader = ctx.data.loader("train", ctx.evaluator.budget.batch_size, shuffle=True, seed=ctx.seed + 2)
         calib = [x for x, _ in itertools.islice(calib_loader, opts.calib_batches)]
         supernet.eval()
-        n_eval = max(ctx.trials, opts.tau_archs)
+        n_eval = max(ctx.trials, opts.tau_archs + 2)  # distinct architectures to evaluate
         sampler = optuna.samplers.NSGAIISampler(seed=ctx.seed, population_size=max(4, min(20, n_eval // 3)))
         inner = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
         for arch in (derived, supernet.extreme(True), supernet.extreme(False)):
@@ -273,8 +273,12 @@ class EntangledStrategy(Strategy):
             ctx.progress.trial_finished(ft)
             return val, lat.ms
 
+        def enough(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
+            if len(records) >= n_eval:  # NSGA-II repeats architectures; count distinct ones
+                study.stop()
+
         timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
-        inner.optimize(objective, n_trials=n_eval, timeout=timeout)
+        inner.optimize(objective, n_trials=5 * n_eval, timeout=timeout, callbacks=[enough])
         front = []
         for t in inner.best_trials:
             key = Arch(space.name, space.version, t.params).digest()
@@ -305,9 +309,10 @@ class EntangledStrategy(Strategy):
         top = sorted(front, key=lambda k: -ok[k]["accuracy"])[:opts.retrain_top]
         ranked = [k for k in sorted(ok, key=lambda k: ok[k]["accuracy"]) if k not in top]
         extra = max(0, opts.tau_archs - len(top))
-        if extra and ranked:  # evenly spaced over the inherited ranking, both ends included
-            idx = sorted({round(i * (len(ranked) - 1) / max(1, extra - 1)) for i in range(min(extra, len(ranked)))})
-            top += [ranked[i] for i in idx]
+        if extra >= len(ranked):
+            top += ranked
+        elif extra:  # evenly spaced over the inherited ranking, both ends included (spacing >= 1: distinct)
+            top += [ranked[round(i * (len(ranked) - 1) / max(1, extra - 1))] for i in range(extra)]
         evaluator = copy.copy(ctx.evaluator)
         evaluator.budget = replace(ctx.evaluator.budget, epochs=opts.retrain_epochs)
         choices = ctx.space.choices(ctx.task)
