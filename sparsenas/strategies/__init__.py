@@ -1,6 +1,6 @@
 """Search strategies: one module each, registered by name with ``@STRATEGIES.register``."""
 from ..registry import Registry
 
-__all_modules__ = ("samplers", "dass", "balanced")
+__all_modules__ = ("samplers", "dass", "balanced", "entangled")
 
 STRATEGIES: Registry = Registry("strategy", __name__)

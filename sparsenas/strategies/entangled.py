@@ -1,0 +1,358 @@
+"""entangled: gradient search on the weight-entangled supernet (TangleNAS), then NSGA-II over its
+inherited weights (Once-for-All style), then standalone retraining of the best.
+
+Phases, all logged to the study:
+1. **gradient search** (``search_epochs``): the supernet in gradient mode; first-order DARTS
+   alternates an architecture step (Adam on the alphas, validation batch) and a weight step (SGD,
+   training batch); ``--mixing dirichlet`` (Python API option ``mixing``) samples the mixing
+   weights DrNAS-style. The per-decision argmax is the *derived* architecture (study attrs
+   ``entangled_derived_arch`` and ``entangled_alphas``). Gradient mode fixes the downsampling
+   placement (see :mod:`sparsenas.supernets.entangled`).
+2. **sandwich training** (``sandwich_epochs``): single-path steps on the largest + smallest +
+   ``sandwich_random`` random children (any placement), so that every child's slice is usable
+   with inherited weights.
+3. **NSGA-II over inherited weights**: an in-memory Optuna study proposes architectures (the
+   derived, largest and smallest first); each is extracted (BatchNorm recalibrated on
+   ``calib_batches`` training batches), fine-tuned for ``finetune_steps`` SGD steps (default 10;
+   0 = raw inherited weights, which after minutes of supernet training are near chance for most
+   children), its validation accuracy measured (``inherited_accuracy``; the raw one is
+   ``inherited_accuracy_raw``) and its latency taken from the evaluator: seconds per architecture. Every one is a trial of the real study
+   (``phase=inherited``). It evaluates ``max(--trials, tau_archs + 2)`` distinct architectures.
+4. **retraining**: the ``retrain_top`` best architectures of the inherited Pareto front plus
+   architectures spread evenly over the inherited-accuracy ranking, up to ``tau_archs`` in all,
+   are trained from scratch for ``retrain_epochs`` and logged again (``phase=retrained``, with
+   ``standalone_accuracy`` and ``inherited_accuracy``). Kendall's tau between the two accuracies
+   is printed and stored on the study (``kendall_tau``, ``kendall_tau_pvalue``, ``kendall_tau_n``).
+
+``--timeout`` stops phases 3-4 from starting new architectures; phases 1-2 always run. The search
+runs at ``threads`` (default 1) torch threads. Flags: ``--search-epochs``, ``--retrain-epochs``,
+``--retrain-top``; the other options above through the Python API (``options={...}``).
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import optuna
+import torch
+import torch.nn.functional as F
+
+from ..arch import Arch
+from ..errors import SparseNASError
+from ..evaluators import TrainingDiverged, TrainResult, accuracy
+from ..supernets.entangled import MIXINGS, entangled_supernet, recalibrate_bn
+from ..timing import num_threads
+from . import STRATEGIES
+from .base import SearchContext, Strategy
+
+
+@dataclass(frozen=True)
+class EntangledOptions:
+    search_epochs: int = 2
+    sandwich_epochs: int = 2
+    sandwich_random: int = 2
+    retrain_epochs: int = 3
+    retrain_top: int = 3
+    tau_archs: int = 10
+    calib_batches: int = 4
+    finetune_steps: int = 10      # SGD steps on an extracted child before its validation (0: raw inheritance)
+    mask_every: int = 20          # steps between magnitude-mask refreshes (the trainer refreshes every 50)
+    arch_lr: float = 6e-3
+    mixing: str = "softmax"
+    threads: int = 1              # torch threads for this search (see EntangledStrategy.run)
+
+    @classmethod
+    def from_ctx(cls, ctx: SearchContext) -> "EntangledOptions":
+        opts = {k: v for k, v in ctx.options.items() if v is not None}
+        known = set(cls.__dataclass_fields__)
+        # flags of other supernet strategies reach every strategy from the CLI; they do not apply here
+        ignored = {"target_sparsity", "latency_weight", "supernets"}
+        unknown = set(opts) - known - ignored
+        if unknown:
+            raise SparseNASError(f"strategy 'entangled' does not take option(s) {', '.join(sorted(unknown))}; "
+                                 f"it takes: {', '.join(sorted(known))}")
+        o = cls(**{k: v for k, v in opts.items() if k in known})
+        for name in ("search_epochs", "calib_batches", "mask_every", "threads"):
+            if int(getattr(o, name)) < 1:
+                raise SparseNASError(f"entangled: {name.replace('_', '-')} must be at least 1, got {getattr(o, name)}")
+        for name in ("finetune_steps", "sandwich_epochs", "sandwich_random", "retrain_epochs", "retrain_top", "tau_archs"):
+            if int(getattr(o, name)) < 0:
+                raise SparseNASError(f"entangled: {name.replace('_', '-')} must be 0 or more, got {getattr(o, name)}")
+        if o.mixing not in MIXINGS:
+            raise SparseNASError(f"entangled: unknown mixing '{o.mixing}'; allowed: {', '.join(MIXINGS)}")
+        if not (isinstance(o.arch_lr, (int, float)) and o.arch_lr > 0):
+            raise SparseNASError(f"entangled: arch-lr must be a positive number, got {o.arch_lr!r}")
+        return o
+
+
+def _lr(base: float, progress: float) -> float:
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _weight_optimizer(params: list[torch.nn.Parameter], lr: float, wd: float) -> torch.optim.Optimizer:
+    decay = [p for p in params if p.ndim > 1]
+    rest = [p for p in params if p.ndim <= 1]
+    return torch.optim.SGD([{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}],
+                           lr=lr, momentum=0.9, nesterov=True)
+
+
+def _finite(loss: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(loss):
+        raise SparseNASError(f"entangled: the supernet's loss became {loss.item()} during {what}; lower --lr "
+                             "(or the option arch_lr) and run again")
+
+
+@STRATEGIES.register("entangled")
+class EntangledStrategy(Strategy):
+    name = "entangled"
+    description = ("weight-entangled supernet (TangleNAS): gradient search mixing candidate weights in one op, "
+                   "then NSGA-II over inherited weights (about a second per arch), top archs retrained")
+
+    def run(self, ctx: SearchContext) -> None:
+        opts = EntangledOptions.from_ctx(ctx)
+        # One torch thread by default: on the shared 2-core machine, training the largest child at
+        # 2 threads took 3.3 s of CPU per step against 0.47 s at 1 thread (OpenMP threads spinning
+        # under load; timing.py and the tests pin 1 thread for the same reason). Option ``threads``.
+        with num_threads(opts.threads):
+            self._run(ctx, opts)
+
+    def _run(self, ctx: SearchContext, opts: EntangledOptions) -> None:
+        tracker = ctx.tracker
+        if "kendall_tau_n" in tracker.study.user_attrs:  # a finished entangled search: nothing to redo
+            self._say(ctx, f"study '{tracker.study.study_name}' already holds a finished entangled search; "
+                           "pass another --study to search again")
+            return
+        start = time.perf_counter()
+        deadline = None if ctx.timeout is None else start + ctx.timeout
+        torch.manual_seed(ctx.seed)
+        supernet = entangled_supernet(ctx.space, ctx.task, mixing=opts.mixing).to(ctx.device)
+        timings: dict[str, float] = {}
+
+        t = time.perf_counter()
+        derived = self._gradient_search(ctx, supernet, opts)
+        timings["gradient_search_s"] = time.perf_counter() - t
+        tracker.set_study_attr("entangled_derived_arch", derived.to_json())
+        tracker.set_study_attr("entangled_alphas", supernet.alpha_summary())
+        self._say(ctx, f"entangled: derived architecture (argmax alpha) {derived.digest()}")
+
+        t = time.perf_counter()
+        self._sandwich(ctx, supernet, opts)
+        timings["sandwich_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        records, front = self._inherited_search(ctx, supernet, opts, derived, deadline)
+        timings["inherited_search_s"] = time.perf_counter() - t
+        timings["seconds_per_arch"] = timings["inherited_search_s"] / max(1, len(records))
+
+        t = time.perf_counter()
+        pairs = self._retrain(ctx, opts, records, front, deadline)
+        timings["retrain_s"] = time.perf_counter() - t
+        tracker.set_study_attr("entangled_timings", {k: round(v, 2) for k, v in timings.items()})
+        self._rank_quality(ctx, pairs)
+
+    # ---------------------------------------------------------------- helpers
+    @staticmethod
+    def _say(ctx: SearchContext, message: str) -> None:
+        if ctx.progress.enabled:
+            ctx.progress.log(message)
+        else:
+            print(message, file=sys.stderr)
+
+    def _gradient_search(self, ctx: SearchContext, supernet, opts: EntangledOptions) -> Arch:
+        budget = ctx.evaluator.budget
+        supernet.set_mixed().train()
+        w_opt = _weight_optimizer(supernet.weight_parameters(), budget.lr, budget.weight_decay)
+        alphas = supernet.arch_parameters()
+        a_opt = torch.optim.Adam(alphas, lr=opts.arch_lr, betas=(0.5, 0.999), weight_decay=1e-3)
+        train = ctx.data.loader("train", budget.batch_size, shuffle=True, seed=ctx.seed)
+        val = itertools.cycle(ctx.data.loader("val", budget.batch_size, shuffle=True, seed=ctx.seed + 1))
+        total = opts.search_epochs * len(train)
+        ctx.progress.trial_started(0, f"supernet gradient search, {opts.search_epochs} epochs")
+        step = 0
+        for _ in range(opts.search_epochs):
+            for x, y in train:
+                if step % opts.mask_every == 0:
+                    supernet.refresh_masks()
+                xv, yv = next(val)
+                # architecture step (first-order DARTS): gradients of the validation loss w.r.t. alpha only
+                loss_v = F.cross_entropy(supernet(xv.to(ctx.device)), yv.to(ctx.device))
+                _finite(loss_v, "the architecture step")
+                grads = torch.autograd.grad(loss_v, alphas)
+                for a, g in zip(alphas, grads):
+                    a.grad = g
+                a_opt.step()
+                # weight step on the training batch
+                for g in w_opt.param_groups:
+                    g["lr"] = _lr(budget.lr, step / total)
+                loss = F.cross_entropy(supernet(x.to(ctx.device)), y.to(ctx.device))
+                _finite(loss, "the weight step")
+                w_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                w_opt.step()
+                step += 1
+                ctx.progress.trial_progress(step / total)
+        return supernet.derive()
+
+    def _sandwich(self, ctx: SearchContext, supernet, opts: EntangledOptions) -> None:
+        if opts.sandwich_epochs == 0:
+            return
+        budget = ctx.evaluator.budget
+        rng = random.Random(ctx.seed)
+        placements = supernet.choices["downsample"]
+        supernet.train()
+        w_opt = _weight_optimizer(supernet.weight_parameters(), budget.lr, budget.weight_decay)
+        train = ctx.data.loader("train", budget.batch_size, shuffle=True, seed=ctx.seed + 3)
+        total = opts.sandwich_epochs * len(train)
+        ctx.progress.trial_started(0, f"sandwich training of the supernet, {opts.sandwich_epochs} epochs")
+        step = 0
+        for _ in range(opts.sandwich_epochs):
+            for x, y in train:
+                if step % opts.mask_every == 0:
+                    supernet.refresh_masks()
+                for g in w_opt.param_groups:
+                    g["lr"] = _lr(budget.lr, step / total)
+                x, y = x.to(ctx.device), y.to(ctx.device)
+                children = [supernet.extreme(True, rng.choice(placements)), supernet.extreme(False, rng.choice(placements))]
+                children += [supernet.sample(rng) for _ in range(opts.sandwich_random)]
+                w_opt.zero_grad(set_to_none=True)
+                for arch in children:
+                    loss = F.cross_entropy(supernet.set_arch(arch)(x), y)
+                    _finite(loss, "sandwich training")
+                    loss.backward()
+                w_opt.step()
+                step += 1
+                ctx.progress.trial_progress(step / total)
+        supernet.set_mixed()
+
+    def _inherited_search(self, ctx: SearchContext, supernet, opts: EntangledOptions, derived: Arch,
+                          deadline: float | None) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """NSGA-II (in memory) over inherited weights; every evaluated arch becomes a trial of the study."""
+        space, task, tracker = ctx.space, ctx.task, ctx.tracker
+        choices = space.choices(task)
+        calib_loader = ctx.data.loader("train", ctx.evaluator.budget.batch_size, shuffle=True, seed=ctx.seed + 2)
+        calib = [x for x, _ in itertools.islice(calib_loader, opts.calib_batches)]
+        supernet.eval()
+        n_eval = max(ctx.trials, opts.tau_archs + 2)  # distinct architectures to evaluate
+        sampler = optuna.samplers.NSGAIISampler(seed=ctx.seed, population_size=max(4, min(20, n_eval // 3)))
+        inner = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+        for arch in (derived, supernet.extreme(True), supernet.extreme(False)):
+            inner.enqueue_trial(dict(arch.choices), skip_if_exists=True)
+        records: dict[str, dict[str, Any]] = {}
+
+        def objective(trial: optuna.Trial) -> tuple[float, float]:
+            arch = space.suggest(trial, task)
+            key = arch.digest()
+            if key in records:  # NSGA-II may propose an architecture twice: evaluate it once
+                return records[key]["accuracy"], records[key]["latency_ms"]
+            ctx.progress.trial_started(len(tracker.study.trials), f"inherited {key}")
+            t0 = time.perf_counter()
+            child = supernet.extract(arch, calib)
+            raw = accuracy(child, ctx.data.val, torch.device("cpu"))
+            if opts.finetune_steps:
+                self._finetune(ctx, child, opts, calib)
+            val = accuracy(child, ctx.data.val, torch.device("cpu"))
+            test = accuracy(child, ctx.data.test, torch.device("cpu"))
+            lat = ctx.evaluator.latency(arch, child)
+            secs = time.perf_counter() - t0
+            result = ctx.evaluator.result(arch, child, TrainResult(val, test, [], 0, secs), lat)
+            records[key] = {"arch": arch, "accuracy": val, "latency_ms": lat.ms}
+            if ctx.max_latency_ms is not None and lat.ms > ctx.max_latency_ms:
+                records[key]["over_latency"] = True
+                return val, lat.ms
+            ft = tracker.log_arch(arch, choices, result, strategy=self.name, phase="inherited",
+                                  inherited_accuracy=val, inherited_accuracy_raw=raw, finetune_steps=opts.finetune_steps,
+                                  derived=arch == derived, eval_seconds=round(secs, 3))
+            # log_arch returns the template trial; the stored one is the study's newest
+            records[key]["trial"] = tracker.study.get_trials(deepcopy=False)[-1].number
+            ctx.progress.trial_finished(ft)
+            return val, lat.ms
+
+        def enough(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
+            if len(records) >= n_eval:  # NSGA-II repeats architectures; count distinct ones
+                study.stop()
+
+        timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
+        inner.optimize(objective, n_trials=5 * n_eval, timeout=timeout, callbacks=[enough])
+        front = []
+        for t in inner.best_trials:
+            key = Arch(space.name, space.version, t.params).digest()
+            if key in records and key not in front and not records[key].get("over_latency"):
+                front.append(key)
+        return records, front
+
+    @staticmethod
+    def _finetune(ctx: SearchContext, child: torch.nn.Module, opts: EntangledOptions, calib: list) -> None:
+        """A few SGD steps on the extracted child (masks fixed), then BatchNorm recalibrated again: on
+        a supernet trained for minutes, raw inherited accuracy is near chance for most children."""
+        budget = ctx.evaluator.budget
+        opt = torch.optim.SGD(child.parameters(), lr=0.4 * budget.lr, momentum=0.9, nesterov=True)
+        loader = itertools.cycle(ctx.data.loader("train", budget.batch_size, shuffle=True, seed=ctx.seed + 4))
+        child.train()
+        for x, y in itertools.islice(loader, opts.finetune_steps):
+            loss = F.cross_entropy(child(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        recalibrate_bn(child, calib)
+        child.eval()
+
+    def _retrain(self, ctx: SearchContext, opts: EntangledOptions, records: dict[str, dict[str, Any]],
+                 front: list[str], deadline: float | None) -> list[tuple[float, float]]:
+        """Retrain the best and a spread of the rest from scratch; returns (inherited, standalone) pairs."""
+        ok = {k: r for k, r in records.items() if "trial" in r}
+        top = sorted(front, key=lambda k: -ok[k]["accuracy"])[:opts.retrain_top]
+        ranked = [k for k in sorted(ok, key=lambda k: ok[k]["accuracy"]) if k not in top]
+        extra = max(0, opts.tau_archs - len(top))
+        if extra >= len(ranked):
+            top += ranked
+        elif extra:  # evenly spaced over the inherited ranking, both ends included (spacing >= 1: distinct)
+            top += [ranked[round(i * (len(ranked) - 1) / max(1, extra - 1))] for i in range(extra)]
+        evaluator = copy.copy(ctx.evaluator)
+        evaluator.budget = replace(ctx.evaluator.budget, epochs=opts.retrain_epochs)
+        choices = ctx.space.choices(ctx.task)
+        pairs = []
+        if opts.retrain_epochs == 0:
+            return pairs
+        for key in top:
+            if deadline is not None and time.perf_counter() > deadline:
+                self._say(ctx, "entangled: --timeout reached, no more retraining")
+                break
+            rec = ok[key]
+            arch = rec["arch"]
+            ctx.progress.trial_started(len(ctx.tracker.study.trials), f"retrain {key}")
+            model = evaluator.build(arch)
+            try:
+                trained = evaluator.train(model, on_step=ctx.progress.trial_progress)
+            except (TrainingDiverged, torch.OutOfMemoryError, MemoryError) as e:
+                self._say(ctx, f"entangled: retraining {key} failed ({type(e).__name__}: {e}); skipped")
+                continue
+            lat = evaluator.latency(arch, model)
+            result = evaluator.result(arch, model, trained, lat)
+            ft = ctx.tracker.log_arch(arch, choices, result, strategy=self.name, phase="retrained",
+                                      standalone_accuracy=trained.val_accuracy, inherited_accuracy=rec["accuracy"],
+                                      inherited_trial=rec["trial"], pareto=key in front)
+            ctx.progress.trial_finished(ft)
+            pairs.append((rec["accuracy"], trained.val_accuracy))
+        return pairs
+
+    def _rank_quality(self, ctx: SearchContext, pairs: list[tuple[float, float]]) -> None:
+        from scipy.stats import kendalltau
+
+        n = len(pairs)
+        tau = p = None
+        if n >= 2:
+            res = kendalltau([a for a, _ in pairs], [b for _, b in pairs])
+            tau = None if math.isnan(res.statistic) else float(res.statistic)
+            p = None if math.isnan(res.pvalue) else float(res.pvalue)
+        ctx.tracker.set_study_attr("kendall_tau", tau)
+        ctx.tracker.set_study_attr("kendall_tau_pvalue", p)
+        ctx.tracker.set_study_attr("kendall_tau_n", n)
+        shown = "n/a" if tau is None else f"{tau:.3f} (p={p:.3g})" if p is not None else f"{tau:.3f}"
+        self._say(ctx, f"entangled: Kendall tau between inherited and standalone accuracy over {n} "
+                       f"architectures: {shown}")
