@@ -6,6 +6,7 @@ share one code path.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from ..data import DataSplits
-from ..ops import CubicSparsitySchedule, GradualPruner, sparse_modules
+from ..ops import CubicSparsitySchedule, GradualPruner, recalibrate_bn, sparse_modules
 
 
 class TrainingDiverged(RuntimeError):
@@ -58,30 +59,8 @@ def accuracy(model: nn.Module, dataset, device: torch.device, batch_size: int = 
     return correct / max(1, len(y))
 
 
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, loader, device: torch.device, batches: int = 8) -> None:
-    """Reset BatchNorm running statistics to the exact average over a few training batches.
-
-    Short budgets (tens of steps) leave momentum-averaged running stats far from the weights' real
-    statistics, and eval-mode accuracy then sits at chance; inherited supernet weights need the same.
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    saved = [(m.momentum, m.training) for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    was_training = model.training
-    model.train()
-    for i, (x, _) in enumerate(loader):
-        if i >= batches:
-            break
-        model(x.to(device))
-    model.train(was_training)
-    for m, (momentum, training) in zip(bns, saved):
-        m.momentum = momentum
-        m.train(training)
+def _calibration_batches(loader, device: torch.device, batches: int = 8):
+    return (x.to(device) for x, _ in itertools.islice(loader, batches))
 
 
 def _lr_factor(p: float, warmup: float) -> float:
@@ -132,7 +111,7 @@ def train(model: nn.Module, data: DataSplits, budget: TrainBudget, *, seed: int 
                 m.after_step(step, progress)
             if on_step is not None:
                 on_step(progress)
-        recalibrate_bn(model, loader, device)
+        recalibrate_bn(model, _calibration_batches(loader, device))
         history.append(accuracy(model, data.val, device))
         if on_epoch is not None:
             on_epoch(epoch + 1, history[-1])
@@ -140,7 +119,7 @@ def train(model: nn.Module, data: DataSplits, budget: TrainBudget, *, seed: int 
             break
     if pruner is not None:  # a budget cut short still ends with every mask at its target
         pruner.step(1000)
-        recalibrate_bn(model, loader, device)
+        recalibrate_bn(model, _calibration_batches(loader, device))
     model.eval()
     val = accuracy(model, data.val, device)
     return TrainResult(val, accuracy(model, data.test, device), history, len(history), time.perf_counter() - start)

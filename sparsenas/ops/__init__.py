@@ -1,6 +1,7 @@
 """Sparse ops: masked training layers, mask rules, layer specs and inference kernels (DESIGN §2)."""
 from __future__ import annotations
 
+from .batchnorm import recalibrate_bn
 from .inference import Chooser, kernel_choices, kernel_inputs, measure_kernels, measured_choice, to_inference
 from .kernels import (
     KERNELS, CsrConv1x1Kernel, CsrLinearKernel, DenseConv1x1Kernel, DenseConv2dKernel, DenseLinearKernel,
@@ -21,6 +22,7 @@ from .g2g import (
 )
 
 __all__ = [
+    "recalibrate_bn",
     "Chooser", "kernel_choices", "kernel_inputs", "measure_kernels", "measured_choice", "to_inference",
     "KERNELS", "CsrConv1x1Kernel", "CsrLinearKernel", "DenseConv1x1Kernel", "DenseConv2dKernel",
     "DenseLinearKernel", "KernelImpl", "ScipyCsrConv1x1Kernel", "ScipyCsrLinearKernel", "frozen_weight",

@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from ..arch import Arch
 from ..errors import SparseNASError
 from ..evaluators import TrainingDiverged, TrainResult, accuracy
-from ..supernets.entangled import MIXINGS, entangled_supernet, recalibrate_bn
+from ..ops import recalibrate_bn
+from ..supernets.entangled import MIXINGS, entangled_supernet
 from ..timing import num_threads
 from . import STRATEGIES
 from .base import SearchContext, Strategy

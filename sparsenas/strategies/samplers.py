@@ -4,6 +4,7 @@ random, tpe and nsga2 are the same loop (``suggest -> evaluate -> tell``) with a
 """
 from __future__ import annotations
 
+import warnings
 from abc import abstractmethod
 
 import optuna
@@ -39,7 +40,9 @@ class SamplerStrategy(Strategy):
                 if k not in allowed or v not in allowed[k]:
                     raise SparseNASError(f"cannot fix choice {k}={v!r} in space '{space.name}'; "
                                          f"allowed: {allowed.get(k, list(allowed))}")
-            tracker.study.sampler = optuna.samplers.PartialFixedSampler(dict(fixed), tracker.study.sampler)
+            with warnings.catch_warnings():  # experimental in name only; it is Optuna's way to pin params
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                tracker.study.sampler = optuna.samplers.PartialFixedSampler(dict(fixed), tracker.study.sampler)
 
         def objective(trial: optuna.Trial) -> list[float]:
             arch = space.suggest(trial, task)

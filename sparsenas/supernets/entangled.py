@@ -52,7 +52,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..arch import Arch
 from ..errors import SparseNASError
-from ..ops import SparseConv2d, magnitude_mask
+from ..ops import SparseConv2d, magnitude_mask, recalibrate_bn
 from ..search_spaces.base import SearchSpace
 from ..search_spaces.sparse_mbv2 import (
     EXPANSIONS, HEAD_CHANNELS, KERNELS, SPARSITIES, STAGE_CHANNELS, STAGE_MAX_DEPTH, WIDTHS, make_divisible,
@@ -60,7 +60,7 @@ from ..search_spaces.sparse_mbv2 import (
 from ..task import Task
 
 __all__ = ["EntangledMBV2", "ENTANGLED", "entangled_supernet", "prefix", "centre_mask", "sparsity_buckets",
-           "soft_sparsity", "recalibrate_bn"]
+           "soft_sparsity"]
 
 STEM = 16
 KMAX = max(KERNELS)
@@ -497,25 +497,6 @@ def _copy_bn(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, c: int) -> None:
     for name in ("weight", "bias", "running_mean", "running_var"):
         getattr(dst, name).copy_(getattr(src, name)[:c])
     dst.num_batches_tracked.copy_(src.num_batches_tracked)
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches: Iterable[Tensor]) -> nn.Module:
-    """Reset every BatchNorm's running statistics and re-estimate them (cumulative average) on
-    ``batches``: inherited weights come with statistics of other children (Once-for-All)."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    was = model.training
-    model.train()
-    for x in batches:
-        model(x)
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    model.train(was)
-    return model
 
 
 ENTANGLED: dict[str, type[nn.Module]] = {"sparse_mbv2": EntangledMBV2}
