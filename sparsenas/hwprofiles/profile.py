@@ -18,6 +18,7 @@ at (``sparsity_levels``); a traced layer is snapped to the nearest level when lo
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -56,12 +57,10 @@ def calibration_key(space: str, input_shape: tuple[int, ...]) -> str:
 
 
 def _cpu_model() -> str:
-    try:
+    with contextlib.suppress(OSError):  # no /proc on macOS/Windows
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or platform.machine()
 
 

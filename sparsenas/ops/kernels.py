@@ -13,6 +13,7 @@ densely with the masked weight (:class:`DenseConv2dKernel`).
 from __future__ import annotations
 
 import warnings
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -48,7 +49,7 @@ def is_pointwise(module: nn.Module) -> bool:
     )
 
 
-class _MatmulKernel(nn.Module):
+class _MatmulKernel(nn.Module, ABC):
     """Linear layout: x (..., Cin) -> (..., Cout). Subclasses implement ``matmul``."""
 
     impl: ClassVar[str]
@@ -63,12 +64,13 @@ class _MatmulKernel(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().reshape(-1, 1).clone())
         self._set_weight(w)
 
+    @abstractmethod
     def _set_weight(self, w: Tensor) -> None:
-        raise NotImplementedError
+        """Store the (Cout, Cin) weight in this kernel's own format."""
 
+    @abstractmethod
     def matmul(self, x: Tensor) -> Tensor:
         """``X (Cin x cols) -> W @ X (Cout x cols)``, a new tensor."""
-        raise NotImplementedError
 
     def _product(self, x2: Tensor) -> Tensor:
         y = self.matmul(x2)
@@ -172,8 +174,9 @@ class _CsrStorage(_MatmulKernel):
         self.register_buffer("values", csr.values().clone())
         self._native: Any = None
 
+    @abstractmethod
     def _build(self) -> Any:
-        raise NotImplementedError
+        """The library's own CSR object, built lazily from the stored buffers."""
 
     def native(self) -> Any:
         if self._native is None:
@@ -215,7 +218,7 @@ class CsrLinearKernel(_CsrStorage):
 
 
 class CsrConv1x1Kernel(_Conv1x1Layout, CsrLinearKernel):
-    pass
+    """torch CSR @ dense for a 1x1 conv (NCHW in and out)."""
 
 
 class ScipyCsrLinearKernel(_CsrStorage):
@@ -236,7 +239,7 @@ class ScipyCsrLinearKernel(_CsrStorage):
 
 
 class ScipyCsrConv1x1Kernel(_Conv1x1Layout, ScipyCsrLinearKernel):
-    pass
+    """scipy CSR @ numpy for a 1x1 conv (NCHW in and out)."""
 
 
 # ---------------------------------------------------------------- general conv

@@ -10,6 +10,8 @@ Supernets are registered per space in :data:`MIXED` (``sparse_darts``, ``sparse_
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import math
 from dataclasses import replace
 from typing import Callable, Iterator, Mapping
@@ -82,7 +84,7 @@ def to_score_masks(model: nn.Module) -> None:
     reset_scores(model)
 
 
-class MixedSupernet(nn.Module):
+class MixedSupernet(nn.Module, ABC):
     """Base of the mixed-op supernets. Subclasses build the network, fill ``self.alpha`` (name -> (rows,
     candidates)) and ``self.candidate_names`` (name -> names), and implement ``forward``,
     :meth:`mixed_ops` and :meth:`derive`."""
@@ -134,14 +136,14 @@ class MixedSupernet(nn.Module):
         reset_scores(self)
 
     # ---- structure
+    @abstractmethod
     def mixed_ops(self) -> Iterator[tuple[str, int, MixedOp]]:
         """``(alpha name, row, mixed op)`` for every mixed op; several ops may share a row."""
-        raise NotImplementedError
 
+    @abstractmethod
     def derive(self, scores: Mapping[str, Tensor] | None = None) -> Arch:
         """The discrete architecture preferred by ``scores`` (name -> (rows, candidates), higher is
         better; default log softmax(alpha))."""
-        raise NotImplementedError
 
     # ---- latency
     def latency_forward(self, x: Tensor) -> Tensor:
