@@ -22,3 +22,16 @@ def small_study(tmp_path_factory) -> tuple[str, Path]:
                          progress=False)
         _CACHE["study"] = (url, db)
     return _CACHE["study"]
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `nas ARGV` run in this process."""
+    import contextlib
+    import io
+
+    from sparsenas.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()

@@ -1,6 +1,4 @@
 """nas export / nas train / sparsenas.load on a real search stored in sqlite, with real onnxruntime."""
-import contextlib
-import io
 import json
 import shutil
 import warnings
@@ -12,7 +10,6 @@ import torch
 from torch import nn
 
 import sparsenas
-from sparsenas.cli import main
 from sparsenas.data import load_dataset
 from sparsenas.evaluators import accuracy
 from sparsenas.export import ExportError, layer_sparsity, load_csr, read_arch, write_export
@@ -20,14 +17,7 @@ from sparsenas.ops import SparseMixin, sparse_modules
 from sparsenas.search_spaces import get_space
 from sparsenas.tracking import arch_of, load_study, load_weights
 
-from _small_study import STUDY, small_study
-
-
-def run_cli(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
+from _small_study import STUDY, run_cli, small_study
 
 
 @pytest.fixture(scope="module")

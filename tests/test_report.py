@@ -1,7 +1,5 @@
 """nas report on a real search: plots, baseline marking, alpha and latency plots, one HTML page."""
 import base64
-import contextlib
-import io
 import json
 import re
 import shutil
@@ -11,18 +9,10 @@ import optuna
 import pytest
 
 import sparsenas
-from sparsenas.cli import main
 from sparsenas.report import alpha_series
 from sparsenas.search_spaces import get_space
 
-from _small_study import STUDY, small_study
-
-
-def run_cli(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
+from _small_study import STUDY, run_cli, small_study
 
 
 @pytest.fixture(scope="module")

@@ -41,6 +41,16 @@ class SearchSpace(ABC):
     def check_task(self, task: Task) -> None:
         """Raise SparseNASError when the space cannot serve ``task`` (wrong input rank, size...)."""
 
+    def require_images(self, task: Task, min_hw: int = 4, why: str = "") -> None:
+        """The check every image space shares: (C, H, W) input of at least ``min_hw`` pixels a side."""
+        if len(task.input_shape) != 3:
+            raise SparseNASError(f"space '{self.name}' needs image data (C, H, W); dataset '{task.dataset}' has "
+                                 f"input shape {task.input_shape}. Use an image dataset such as digits, mnist, "
+                                 "fashion_mnist or cifar10, or g2g_mlp for sequences")
+        if min(task.input_shape[1:]) < min_hw:
+            raise SparseNASError(f"space '{self.name}' needs inputs of at least {min_hw}x{min_hw}{why}, "
+                                 f"got {task.input_shape}")
+
     def suggest(self, trial: "optuna.Trial", task: Task) -> Arch:
         return Arch(self.name, self.version,
                     {k: trial.suggest_categorical(k, v) for k, v in self.choices(task).items()})

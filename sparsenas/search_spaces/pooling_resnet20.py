@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 
 from ..arch import Arch
-from ..errors import SparseNASError
 from ..task import Task
 from . import SPACES
 from .base import SearchSpace
@@ -46,13 +45,7 @@ class PoolingResNet20Space(SearchSpace):
     default_dataset = "digits"
 
     def check_task(self, task: Task) -> None:
-        if len(task.input_shape) != 3:
-            raise SparseNASError(f"space '{self.name}' needs image data (C, H, W); dataset '{task.dataset}' has "
-                                 f"input shape {task.input_shape}. Use an image dataset such as digits, mnist, "
-                                 "fashion_mnist or cifar10, or g2g_mlp for sequences")
-        if min(task.input_shape[1:]) < 4:
-            raise SparseNASError(f"space '{self.name}' downsamples twice and needs inputs of at least 4x4, "
-                                 f"got {task.input_shape}")
+        self.require_images(task, 4, " (it downsamples twice)")
 
     def choices(self, task: Task) -> dict[str, list]:
         self.check_task(task)

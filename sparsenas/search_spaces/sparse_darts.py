@@ -72,13 +72,7 @@ class SparseDartsSpace(SearchSpace):
     default_dataset = "digits"
 
     def check_task(self, task: Task) -> None:
-        if len(task.input_shape) != 3:
-            raise SparseNASError(f"space '{self.name}' needs image data (C, H, W); dataset '{task.dataset}' "
-                                 f"has input shape {task.input_shape}. Use an image dataset such as digits, "
-                                 "mnist, fashion_mnist or cifar10")
-        if min(task.input_shape[1:]) < 4:
-            raise SparseNASError(f"space '{self.name}' needs inputs of at least 4x4 (two reductions), "
-                                 f"got {task.input_shape}")
+        self.require_images(task, 4, " (two reductions)")
 
     def choices(self, task: Task) -> dict[str, list]:
         self.check_task(task)

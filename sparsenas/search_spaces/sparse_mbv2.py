@@ -14,7 +14,6 @@ import itertools
 import math
 
 from ..arch import Arch
-from ..errors import SparseNASError
 from ..task import Task
 from . import SPACES
 from .base import SearchSpace
@@ -50,12 +49,7 @@ class SparseMBV2Space(SearchSpace):
     default_dataset = "digits"
 
     def check_task(self, task: Task) -> None:
-        if len(task.input_shape) != 3:
-            raise SparseNASError(f"space '{self.name}' needs image data (C, H, W); dataset '{task.dataset}' "
-                                 f"has input shape {task.input_shape}. Use an image dataset such as digits, "
-                                 "mnist, fashion_mnist or cifar10, or a space for sequences such as g2g_mlp")
-        if min(task.input_shape[1:]) < 4:
-            raise SparseNASError(f"space '{self.name}' needs inputs of at least 4x4, got {task.input_shape}")
+        self.require_images(task, 4)
 
     def choices(self, task: Task) -> dict[str, list]:
         self.check_task(task)
