@@ -37,9 +37,11 @@ SCHEMA = "sparsenas-hwprofile/1"
 TIMING_FIELDS = ("wall_ms", "cpu_ms", "wall_iqr_ms", "cpu_iqr_ms", "repeats")
 DEFAULT_PROFILE = "cpu-x86-2core.json"  # shipped inside this package
 # Calibration inputs (see table.py): kernel sum, layer counts (all, and per implementation: native,
-# then the names of sparsenas.ops.KERNELS), output activations in millions, constant.
+# then the names of sparsenas.ops.KERNELS), output activations in millions, depthwise (grouped) layers
+# and their output activations (each carries BN + activation + often a residual add that no
+# profiled kernel covers), constant.
 FEATURES = ("sum_ms", "layers", "layers_native", "layers_dense", "layers_torch_csr", "layers_scipy_csr",
-            "act_melems", "one")
+            "act_melems", "dw_layers", "dw_act_melems", "one")
 
 
 class ProfileError(SparseNASError):

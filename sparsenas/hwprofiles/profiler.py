@@ -38,7 +38,7 @@ __all__ = ["KernelTimer", "profile_space", "run_profile", "fit_calibration", "pa
 SAVE_EVERY_S = 10.0
 # "layers" is left out: it is the sum of the per-implementation counts.
 CALIBRATION_FEATURES = ("sum_ms", "layers_native", "layers_dense", "layers_torch_csr", "layers_scipy_csr",
-                        "act_melems", "one")
+                        "act_melems", "dw_layers", "dw_act_melems", "one")
 
 
 def partial_path(out: str | Path) -> Path:

@@ -51,8 +51,10 @@ def _out_elems(spec: LayerSpec) -> int:
 def feature_vector(layers: Sequence[LayerSpec], picks: Sequence[tuple[str, float]]) -> list[float]:
     """The calibration's inputs, in :data:`FEATURES` order, from the layers and their (impl, ms)."""
     impls = [i for i, _ in picks]
+    depthwise = [s for s in layers if s.groups > 1]
     by_name = {"sum_ms": float(sum(ms for _, ms in picks)), "layers": float(len(layers)),
-               "act_melems": sum(_out_elems(s) for s in layers) / 1e6, "one": 1.0}
+               "act_melems": sum(_out_elems(s) for s in layers) / 1e6, "dw_layers": float(len(depthwise)),
+               "dw_act_melems": sum(_out_elems(s) for s in depthwise) / 1e6, "one": 1.0}
     for f in FEATURES:
         if f.startswith("layers_"):
             by_name[f] = float(impls.count(f[len("layers_"):]))
