@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from ..data import DataSplits
 from ..errors import SparseNASError
 from ..evaluators import TrainingDiverged, train
-from ..ops import sparse_modules
+from ..ops import LayerSpec, sparse_modules
 from ..timing import num_threads
 from ..search_spaces.base import SearchSpace
 from ..supernets.mixed import MIXED, MixedSupernet, OpLatency, build_mixed_supernet, measured_op_latency
@@ -105,9 +105,19 @@ class DassConfig:
 def op_latency_for(ctx: SearchContext) -> OpLatency:
     """The one place that decides where the latency term's per-kernel ms come from.
 
-    Today: each kernel timed on this machine (cached per layer spec). A hardware profile's
-    LatencyTable (``LayerSpec -> ms``) can be returned here instead once it exists."""
-    return measured_op_latency
+    When the search predicts latency from a hardware profile, the profile's fastest kernel median
+    (so the term and the trials' latency agree); a kernel the profile lacks (the supernet's own
+    shapes can differ from any child's) and searches that measure are timed on this machine,
+    cached per layer spec. Both are thread CPU ms."""
+    table = getattr(ctx.evaluator.latency_of, "table", None)
+    if table is None:
+        return measured_op_latency
+
+    def op_latency(spec: LayerSpec) -> float:
+        timings = table.timings(spec)
+        return min(timings.values()) if timings else measured_op_latency(spec)
+
+    return op_latency
 
 
 # ---------------------------------------------------------------- the search
