@@ -37,7 +37,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Iterator
 
 import optuna
 import torch
@@ -94,6 +94,24 @@ class EntangledOptions:
 
 def _lr(base: float, progress: float) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _steps(ctx: SearchContext, supernet, loader, epochs: int, mask_every: int,
+           w_opt: torch.optim.Optimizer) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The training batches of ``epochs`` epochs, with what every supernet phase does around a step:
+    masks refreshed every ``mask_every`` steps, the weight learning rate on its cosine, progress shown."""
+    total = epochs * len(loader)
+    base_lr = ctx.evaluator.budget.lr
+    step = 0
+    for _ in range(epochs):
+        for x, y in loader:
+            if step % mask_every == 0:
+                supernet.refresh_masks()
+            for g in w_opt.param_groups:
+                g["lr"] = _lr(base_lr, step / total)
+            yield x, y
+            step += 1
+            ctx.progress.trial_progress(step / total)
 
 
 def _weight_optimizer(params: list[torch.nn.Parameter], lr: float, wd: float) -> torch.optim.Optimizer:
@@ -173,31 +191,22 @@ class EntangledStrategy(Strategy):
         a_opt = torch.optim.Adam(alphas, lr=opts.arch_lr, betas=(0.5, 0.999), weight_decay=1e-3)
         train = ctx.data.loader("train", budget.batch_size, shuffle=True, seed=ctx.seed)
         val = itertools.cycle(ctx.data.loader("val", budget.batch_size, shuffle=True, seed=ctx.seed + 1))
-        total = opts.search_epochs * len(train)
         ctx.progress.trial_started(0, f"supernet gradient search, {opts.search_epochs} epochs")
-        step = 0
-        for _ in range(opts.search_epochs):
-            for x, y in train:
-                if step % opts.mask_every == 0:
-                    supernet.refresh_masks()
-                xv, yv = next(val)
-                # architecture step (first-order DARTS): gradients of the validation loss w.r.t. alpha only
-                loss_v = F.cross_entropy(supernet(xv.to(ctx.device)), yv.to(ctx.device))
-                _finite(loss_v, "the architecture step")
-                grads = torch.autograd.grad(loss_v, alphas)
-                for a, g in zip(alphas, grads):
-                    a.grad = g
-                a_opt.step()
-                # weight step on the training batch
-                for g in w_opt.param_groups:
-                    g["lr"] = _lr(budget.lr, step / total)
-                loss = F.cross_entropy(supernet(x.to(ctx.device)), y.to(ctx.device))
-                _finite(loss, "the weight step")
-                w_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                w_opt.step()
-                step += 1
-                ctx.progress.trial_progress(step / total)
+        for x, y in _steps(ctx, supernet, train, opts.search_epochs, opts.mask_every, w_opt):
+            xv, yv = next(val)
+            # architecture step (first-order DARTS): gradients of the validation loss w.r.t. alpha only
+            loss_v = F.cross_entropy(supernet(xv.to(ctx.device)), yv.to(ctx.device))
+            _finite(loss_v, "the architecture step")
+            grads = torch.autograd.grad(loss_v, alphas)
+            for a, g in zip(alphas, grads):
+                a.grad = g
+            a_opt.step()
+            # weight step on the training batch
+            loss = F.cross_entropy(supernet(x.to(ctx.device)), y.to(ctx.device))
+            _finite(loss, "the weight step")
+            w_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            w_opt.step()
         return supernet.derive()
 
     def _sandwich(self, ctx: SearchContext, supernet, opts: EntangledOptions) -> None:
@@ -209,26 +218,17 @@ class EntangledStrategy(Strategy):
         supernet.train()
         w_opt = _weight_optimizer(supernet.weight_parameters(), budget.lr, budget.weight_decay)
         train = ctx.data.loader("train", budget.batch_size, shuffle=True, seed=ctx.seed + 3)
-        total = opts.sandwich_epochs * len(train)
         ctx.progress.trial_started(0, f"sandwich training of the supernet, {opts.sandwich_epochs} epochs")
-        step = 0
-        for _ in range(opts.sandwich_epochs):
-            for x, y in train:
-                if step % opts.mask_every == 0:
-                    supernet.refresh_masks()
-                for g in w_opt.param_groups:
-                    g["lr"] = _lr(budget.lr, step / total)
-                x, y = x.to(ctx.device), y.to(ctx.device)
-                children = [supernet.extreme(True, rng.choice(placements)), supernet.extreme(False, rng.choice(placements))]
-                children += [supernet.sample(rng) for _ in range(opts.sandwich_random)]
-                w_opt.zero_grad(set_to_none=True)
-                for arch in children:
-                    loss = F.cross_entropy(supernet.set_arch(arch)(x), y)
-                    _finite(loss, "sandwich training")
-                    loss.backward()
-                w_opt.step()
-                step += 1
-                ctx.progress.trial_progress(step / total)
+        for x, y in _steps(ctx, supernet, train, opts.sandwich_epochs, opts.mask_every, w_opt):
+            x, y = x.to(ctx.device), y.to(ctx.device)
+            children = [supernet.extreme(True, rng.choice(placements)), supernet.extreme(False, rng.choice(placements))]
+            children += [supernet.sample(rng) for _ in range(opts.sandwich_random)]
+            w_opt.zero_grad(set_to_none=True)
+            for arch in children:
+                loss = F.cross_entropy(supernet.set_arch(arch)(x), y)
+                _finite(loss, "sandwich training")
+                loss.backward()
+            w_opt.step()
         supernet.set_mixed()
 
     def _inherited_search(self, ctx: SearchContext, supernet, opts: EntangledOptions, derived: Arch,
