@@ -34,6 +34,7 @@ class SearchConfig:
     max_latency_ms: float | None = None
     latency: str = "auto"               # "table" (hardware profile), "measured", or "auto": table where the profile covers the space
     hw: str | None = None               # hardware profile file for the table latency evaluator
+    hw_anchor: bool = True              # scale table predictions by this machine's speed now (hwprofiles/anchor.py)
     timeout: float | None = None        # seconds for this run of the search
     threads: int = 1                    # torch threads while searching (see search())
     limit: int | None = None            # cap on training samples (quick runs, tests)
@@ -103,7 +104,7 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     data = load_dataset(config.dataset or space.default_dataset, data_dir=config.data_dir,
                         input_size=config.input_size, seed=config.seed, limit=config.limit)
     space.check_task(data.task)
-    latency = LATENCY.get(_latency_kind(config, space.name, data.task))(hw=config.hw)
+    latency = LATENCY.get(_latency_kind(config, space.name, data.task))(hw=config.hw, anchor=config.hw_anchor)
     strategy.check(space, data.task, config.options)
     objectives = MULTI if config.objective == "multi" else SINGLE
     spec = StudySpec(space.name, space.version, data.task.dataset, data.task.to_dict(), objectives)

@@ -333,7 +333,9 @@ def make_report(storage: str, study_name: str | None, out: str | os.PathLike, *,
         pred = a.get("predicted_latency_ms")
         if pred is None and str(a.get("latency_source") or "").startswith("table"):
             pred = a.get("latency_ms")
-        meas = a.get("measured_latency_ms")
+        # compare like with like: the measurement in the statistic the profile predicts
+        metric = a.get("predicted_metric") or "wall_ms"
+        meas = a.get(f"measured_latency_{metric}", a.get("measured_latency_ms"))
         if pred is not None and meas is not None:
             pairs.append((float(pred), float(meas)))
     if pairs:

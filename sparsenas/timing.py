@@ -5,6 +5,14 @@ collapse with more than one thread, so timings run with ``threads=1`` unless tol
 CPU time is 3x less noisy than wall time on a shared machine, so both are recorded; candidates must
 be compared in interleaved rounds, since absolute times drift by up to 1.7x between runs while
 ratios measured side by side are reproducible to about 5%.
+
+Besides the median, every timing keeps its 10th percentile (``*_p10_ms``). On this shared VM other
+tenants' work only ever *adds* time to a call, and it comes in bursts, so per-call times are a
+mixture of undisturbed and disturbed calls and their median jumps between the two: two copies of
+the same 40 networks timed interleaved in one run agreed within +-10% on only 55% of networks by
+median, but on 100% by 10th percentile (88% within +-5%). The lower tail is the machine's own
+speed; hardware profiles use it (``cpu_p10_ms``) so that kernels and whole networks are compared
+on the same undisturbed footing.
 """
 from __future__ import annotations
 
@@ -22,7 +30,7 @@ __all__ = ["Timing", "num_threads", "time_callable", "time_interleaved"]
 
 @dataclass(frozen=True)
 class Timing:
-    """Medians and inter-quartile ranges of per-call times, in milliseconds.
+    """Medians, inter-quartile ranges and 10th percentiles of per-call times, in milliseconds.
 
     ``cpu_ms`` is the calling thread's CPU time (``time.thread_time_ns``); with ``threads > 1`` it
     does not include the work of torch's worker threads.
@@ -34,6 +42,8 @@ class Timing:
     cpu_iqr_ms: float
     repeats: int
     threads: int
+    wall_p10_ms: float = float("nan")
+    cpu_p10_ms: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,12 +89,12 @@ def _record(fn: Callable[[], Any], calls: int, wall: list[int], cpu: list[int]) 
 def _summarise(wall_ns: list[int], cpu_ns: list[int], threads: int) -> Timing:
     w = np.asarray(wall_ns, dtype=np.float64) / 1e6
     c = np.asarray(cpu_ns, dtype=np.float64) / 1e6
-    wq = np.percentile(w, [25, 50, 75])
-    cq = np.percentile(c, [25, 50, 75])
+    wq = np.percentile(w, [10, 25, 50, 75])
+    cq = np.percentile(c, [10, 25, 50, 75])
     return Timing(
-        wall_ms=float(wq[1]), cpu_ms=float(cq[1]),
-        wall_iqr_ms=float(wq[2] - wq[0]), cpu_iqr_ms=float(cq[2] - cq[0]),
-        repeats=len(w), threads=threads,
+        wall_ms=float(wq[2]), cpu_ms=float(cq[2]),
+        wall_iqr_ms=float(wq[3] - wq[1]), cpu_iqr_ms=float(cq[3] - cq[1]),
+        repeats=len(w), threads=threads, wall_p10_ms=float(wq[0]), cpu_p10_ms=float(cq[0]),
     )
 
 

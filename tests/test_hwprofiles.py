@@ -29,7 +29,8 @@ SHAPE = (16, 4, 4)
 
 
 def timing(ms: float) -> dict[str, float]:
-    return {"wall_ms": ms * 1.1, "cpu_ms": ms, "wall_iqr_ms": 0.0, "cpu_iqr_ms": 0.0, "repeats": 100}
+    return {"wall_ms": ms * 1.1, "cpu_ms": ms * 1.05, "wall_iqr_ms": 0.0, "cpu_iqr_ms": 0.0, "repeats": 100,
+            "wall_p10_ms": ms * 1.02, "cpu_p10_ms": ms}
 
 
 def hand_profile(times: dict[LayerSpec, dict[str, float]], levels=(0.0, 0.9), calibrations=None) -> dict:
@@ -77,6 +78,23 @@ def test_prediction_from_a_hand_made_profile(tmp_path):
     assert p.plain_sum_ms == pytest.approx(0.15) and p.calibration == "toy@16x4x4"
     with pytest.raises(ProfileError, match="no calibration for other@16x4x4"):
         table.predict(layers, "other", SHAPE)
+
+
+def test_a_median_profile_still_predicts_in_its_own_metric(tmp_path):
+    """Profiles written before the p10 statistic keep predicting in the median they were measured in."""
+    data = hand_profile({CONV: {"dense": 0.30, "torch_csr": 0.10}, FC: {"dense": 0.05}})
+    data["timing"].update(metric="cpu_ms", statistic="median")
+    for entry in data["entries"].values():
+        for t in entry["impls"].values():
+            del t["cpu_p10_ms"], t["wall_p10_ms"]
+    path = tmp_path / "median.json"
+    write_json_atomic(path, data)
+    p = LatencyTable.load(path).predict(trace_layers(two_layer_model(), SHAPE))
+    assert p.metric == "cpu_ms" and p.ms == pytest.approx(1.05 * (0.10 + 0.05))
+    data["timing"]["metric"] = "cpu_p10_ms"  # claims p10 but has no p10 numbers: corrupt
+    write_json_atomic(path, data)
+    with pytest.raises(ProfileError, match="cpu_p10_ms"):
+        LatencyTable.load(path)
 
 
 def test_missing_keys_name_the_keys_and_the_command(tmp_path):
@@ -183,6 +201,9 @@ def test_tiny_real_profile_resumes_round_trips_and_validates(tmp_path):
     assert not partial_path(out).exists()
     assert data["machine"]["threads"] == 1 and data["machine"]["torch"] == torch.__version__
     assert data["machine"]["cpu_model"] and data["sparsity_levels"] == [0.0, 0.5, 0.9]
+    assert data["timing"]["metric"] == "cpu_p10_ms" and data["timing"]["statistic"] == "p10"
+    for entry in data["entries"].values():  # the lower tail the profile predicts in never exceeds the median
+        assert all(0 < t["cpu_p10_ms"] <= t["cpu_ms"] for t in entry["impls"].values())
     table = LatencyTable.load(out)
     assert set(table.entries) == {s.key() for s in specs}
     sparse_1x1 = next(s for s in specs if s.kernel == 1 and s.sparsity == 0.9)
@@ -192,11 +213,16 @@ def test_tiny_real_profile_resumes_round_trips_and_validates(tmp_path):
     arch = space.sample(random.Random(3), task)
     p = table.predict(space.layers(arch, task), "tiny_hw", task.input_shape)
     assert p.ms > 0 and len(p.kernels) == 3
-    report = validate(table, space, task, n=3, repeats=5, rounds=1, drift_networks=2, plot=tmp_path / "v.png")
+    anchor = table.anchor(space, task, networks=3, repeats=5)  # re-times 3 calibration networks now
+    assert anchor.networks == 3 and anchor.speed > 0
+    anchored = table.predict(space.layers(arch, task), "tiny_hw", task.input_shape)
+    assert anchored.speed == anchor.speed and anchored.ms == pytest.approx(p.ms * anchor.speed)
+    assert table.predict(space.layers(arch, task)).ms == pytest.approx(p.plain_sum_ms)  # the plain sum is not scaled
+    report = validate(table, space, task, n=3, repeats=5, rounds=1, anchor_networks=2, plot=tmp_path / "v.png")
     assert report["n"] == 3 and (tmp_path / "v.png").stat().st_size > 1000
-    for key in ("calibrated", "plain_sum"):
+    for key in ("anchored", "unanchored", "plain_sum"):
         assert 0.0 <= report[key]["within_10"] <= 1.0 and np.isfinite(report[key]["mape"])
-    assert report["drift"] > 0
+    assert report["speed"] > 0 and report["anchor"]["networks"] == 2
 
 
 def test_sparse_mbv2_kernel_enumeration_covers_traced_networks():
@@ -251,6 +277,6 @@ def test_validate_cli_prints_figures_and_writes_the_plot(tmp_path, capsys):
                  "--network-repeats", "3", "--plot", str(plot), "--no-progress", "--json"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     report = json.loads(out[-1])["reports"][0]
-    assert report["n"] == 2 and report["metric"] == "cpu_ms" and report["input_shape"] == [1, 16, 16]
-    assert set(report["calibrated"]) >= {"mape", "within_10", "spearman"} and report["drift"] > 0
+    assert report["n"] == 2 and report["metric"] == "cpu_p10_ms" and report["input_shape"] == [1, 16, 16]
+    assert set(report["anchored"]) >= {"mape", "within_10", "spearman"} and report["speed"] > 0
     assert plot.stat().st_size > 1000

@@ -122,7 +122,8 @@ def _validate(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ..hwprofiles import LatencyTable
-    from ..hwprofiles.validate import validate
+    from ..hwprofiles.profile import METRICS
+    from ..hwprofiles.validate import report_rows, validate
 
     table = LatencyTable.load(args.validate)
     console = Console()
@@ -130,23 +131,21 @@ def _validate(args: argparse.Namespace) -> int:
     for space, task in _jobs(args):
         plot = args.plot or f"{Path(args.validate).stem}-validate-{space.name}-{task.input_shape[-1]}.png"
         r = validate(table, space, task, n=args.n, seed=args.seed + 1, repeats=args.network_repeats, plot=plot,
-                     drift_networks=min(16, args.n),
+                     anchor_networks=min(16, args.n),
                      log=lambda s: Console(stderr=True).print(s) if not args.no_progress else None)
         reports.append(r)
         t = Table(title=f"{table.name} on {space.name} {task.input_shape}: {r['n']} random networks, "
-                        f"{r['metric']} (median of {r['repeats']} calls)")
+                        f"{r['metric']} ({METRICS[r['metric']]} of {r['repeats']} calls)")
         for col in ("model", "MAPE", "within ±10%", "Spearman", "median pred/meas"):
             t.add_column(col, justify="right")
-        for label, key in (("calibrated table", "calibrated"), ("plain sum of kernels", "plain_sum"),
-                           ("calibrated vs wall time", "calibrated_vs_wall"),
-                           (f"calibrated x drift {r['drift']:.2f}", "calibrated_drift_adjusted")):
-            f = r[key]
+        for label, f in report_rows(r):
             t.add_row(label, f"{f['mape']:.1%}", f"{f['within_10']:.0%}", f"{f['spearman']:.3f}",
                       f"{f['median_ratio']:.2f}")
         console.print(t)
         verdict = "meets" if r["passed"] else "misses"
         console.print(f"{verdict} the bar (>= {r['bar']['within_10']:.0%} within ±10% and Spearman >= "
-                      f"{r['bar']['spearman']}); machine drift since profiling: x{r['drift']:.2f}; plot: {plot}")
+                      f"{r['bar']['spearman']}); the machine runs x{r['speed']:.2f} the time it took when profiled "
+                      f"(speed anchor: {r['anchor']['networks']} calibration networks); plot: {plot}")
     if args.json:
         print_json({"profile": args.validate, "reports": [{k: v for k, v in r.items() if k != "networks"}
                                                           for r in reports]})

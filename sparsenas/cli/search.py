@@ -40,6 +40,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hw", default=None, metavar="PROFILE.json",
                    help="hardware profile for the table (default: the one shipped for 2-core x86 CPUs; "
                         "make your own with `nas profile`)")
+    p.add_argument("--no-hw-anchor", dest="hw_anchor", action="store_false",
+                   help="predict at the speed the machine had when profiled, without re-timing 16 of the "
+                        "profile's calibration networks first (the speed anchor)")
     s = p.add_argument_group("supernet strategies (dass, entangled, balanced)")
     s.add_argument("--target-sparsity", type=float, default=None, help="sparsity the sparse ops are pruned to (dass: 0.9)")
     s.add_argument("--latency-weight", type=float, default=None, help="weight of the expected-latency term in the loss")

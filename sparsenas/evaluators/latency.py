@@ -33,19 +33,21 @@ class LatencyEvaluator(Protocol):
 
 def measure_latency(model: nn.Module, task: Task, *, warmup: int = 20, repeats: int = 100) -> dict[str, Any]:
     """Batch 1, 1 thread, inference mode, sparse kernels in place; median of ``repeats`` calls with
-    thread CPU time beside wall time (kernels.md: 2 threads under load spread 48-146% per call)."""
+    thread CPU time beside wall time (kernels.md: 2 threads under load spread 48-146% per call), and
+    the 10th percentiles that hardware profiles predict (``predicted_metric``)."""
     inf = to_inference(model.cpu().eval(), task.input_shape)
     x = torch.randn(1, *task.input_shape)
     with torch.inference_mode():
         t = time_callable(lambda: inf(x), warmup=warmup, repeats=repeats, threads=1)
     return {"measured_latency_ms": t.wall_ms, "measured_latency_cpu_ms": t.cpu_ms,
+            "measured_latency_cpu_p10_ms": t.cpu_p10_ms, "measured_latency_wall_p10_ms": t.wall_p10_ms,
             "measured_latency_iqr_ms": t.wall_iqr_ms, "kernels": kernel_choices(inf)}
 
 
 @LATENCY.register("measured")
 class MeasuredLatency:
-    def __init__(self, hw: str | None = None, repeats: int = 100) -> None:
-        self.repeats = repeats
+    def __init__(self, hw: str | None = None, repeats: int = 100, anchor: bool = True) -> None:
+        self.repeats, self.anchor = repeats, anchor
         self.hw = hw  # a profile is not needed to measure; when one loads, its prediction is recorded beside
         self._table: "TableLatency | str | None" = None
 
@@ -61,7 +63,7 @@ class MeasuredLatency:
 
         try:
             if self._table is None:
-                self._table = TableLatency(self.hw)
+                self._table = TableLatency(self.hw, anchor=self.anchor)
             if isinstance(self._table, str):
                 return {"predicted_latency_error": self._table}
             t = self._table(arch, model, task)
@@ -69,7 +71,7 @@ class MeasuredLatency:
             if self._table is None:
                 self._table = str(e)
             return {"predicted_latency_error": str(e)}
-        return {k: t.attrs[k] for k in ("predicted_latency_ms", "predicted_metric", "hw_profile")}
+        return {k: t.attrs[k] for k in ("predicted_latency_ms", "predicted_metric", "hw_profile", "hw_speed")}
 
 
 @LATENCY.register("table")
@@ -77,19 +79,36 @@ class TableLatency:
     """Latency predicted from a hardware profile (:class:`sparsenas.hwprofiles.LatencyTable`): the
     kernels of the network, each with the implementation the profile finds fastest (the one
     ``to_inference(choose=table.choose)`` exports), through the profile's calibration for this
-    space and input shape. ``hw``: a profile file; None: the profile shipped with sparsenas."""
+    space and input shape. ``hw``: a profile file; None: the profile shipped with sparsenas.
 
-    def __init__(self, hw: str | None = None) -> None:
+    With ``anchor`` (the default), the first prediction for a space and input shape re-times 16 of
+    the profile's calibration networks (a second or two) and scales predictions by how much faster
+    or slower this machine runs now than when it was profiled (:mod:`sparsenas.hwprofiles.anchor`)."""
+
+    def __init__(self, hw: str | None = None, anchor: bool = True) -> None:
         from ..hwprofiles import LatencyTable
 
         self.table = LatencyTable.load(hw)
+        self.anchor = anchor
+        self._anchored: set[tuple[str, tuple[int, ...]]] = set()
+
+    def _anchor(self, arch: Arch, task: Task) -> None:
+        key = (arch.space, tuple(task.input_shape))
+        if not self.anchor or key in self._anchored:
+            return
+        from ..search_spaces import get_space
+
+        self._anchored.add(key)
+        self.table.calibration(arch.space, task.input_shape)  # no calibration: predict() says so, clearly
+        self.table.anchor(get_space(arch.space), task)
 
     def __call__(self, arch: Arch, model: nn.Module, task: Task) -> LatencyResult:
         from ..ops import trace_named_layers
 
+        self._anchor(arch, task)
         named = trace_named_layers(model, task.input_shape)
         p = self.table.predict([s for _, s in named], arch.space, task.input_shape)
         attrs = {"predicted_latency_ms": p.ms, "predicted_metric": p.metric, "hw_profile": p.profile,
-                 "hw_profile_path": self.table.path, "kernel_sum_ms": p.plain_sum_ms,
+                 "hw_speed": p.speed, "hw_profile_path": self.table.path, "kernel_sum_ms": p.plain_sum_ms,
                  "kernels": {name: impl for (name, _), impl in zip(named, p.kernels)}}
         return LatencyResult(p.ms, f"table:{p.profile}", attrs)

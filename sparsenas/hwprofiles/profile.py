@@ -4,10 +4,10 @@ This is the one place that reads and writes profiles. A profile is JSON::
 
     {"schema": "sparsenas-hwprofile/1", "name": ..., "created": ..., "updated": ...,
      "machine": {"cpu_model", "cores", "threads", "torch", "python", "platform", "load_avg"},
-     "timing": {"metric": "cpu_ms", "statistic": "median", "threads": 1, "batch": 1, ...},
+     "timing": {"metric": "cpu_p10_ms", "statistic": "p10", "threads": 1, "batch": 1, ...},
      "sparsity_levels": [0.0, 0.5, ...],
      "entries": {LayerSpec.key(): {"spec": {...}, "impls": {impl: {"wall_ms", "cpu_ms",
-                                                                  "wall_iqr_ms", "cpu_iqr_ms", "repeats"}}}},
+                                                 "wall_iqr_ms", "cpu_iqr_ms", "wall_p10_ms", "cpu_p10_ms", "repeats"}}}},
      "calibrations": {"<space>@<C>x<H>x<W>": {"features": [...], "coef": [...], "networks": [...], ...}},
      "profiled": [{"space", "input_shape", "kernels", "seconds", "date"}]}
 
@@ -15,6 +15,10 @@ This is the one place that reads and writes profiles. A profile is JSON::
 sparse convs) or a name of :data:`sparsenas.ops.KERNELS` (sparse linear and 1x1 convs, as
 ``to_inference`` builds them). Keys use the *nominal* sparsity of the grid the profile was measured
 at (``sparsity_levels``); a traced layer is snapped to the nearest level when looked up.
+
+``timing.metric`` is the field predictions use. New profiles use ``cpu_p10_ms``, the 10th percentile
+of per-call thread CPU time (why: :mod:`sparsenas.timing`); profiles written with the median
+(``cpu_ms``) still load and predict in it.
 """
 from __future__ import annotations
 
@@ -30,11 +34,14 @@ from typing import Any
 
 from ..errors import SparseNASError
 
-__all__ = ["SCHEMA", "FEATURES", "TIMING_FIELDS", "DEFAULT_PROFILE", "ProfileError", "machine_info", "new_profile",
+__all__ = ["SCHEMA", "FEATURES", "TIMING_FIELDS", "METRICS", "DEFAULT_METRIC", "DEFAULT_PROFILE", "ProfileError",
+           "machine_info", "new_profile",
            "read_profile", "write_json_atomic", "default_profile_path", "calibration_key", "check_profile"]
 
 SCHEMA = "sparsenas-hwprofile/1"
-TIMING_FIELDS = ("wall_ms", "cpu_ms", "wall_iqr_ms", "cpu_iqr_ms", "repeats")
+TIMING_FIELDS = ("wall_ms", "cpu_ms", "wall_iqr_ms", "cpu_iqr_ms", "repeats")  # every profile has these
+METRICS = {"cpu_p10_ms": "p10", "wall_p10_ms": "p10", "cpu_ms": "median", "wall_ms": "median"}
+DEFAULT_METRIC = "cpu_p10_ms"
 DEFAULT_PROFILE = "cpu-x86-2core.json"  # shipped inside this package
 # Calibration inputs (see table.py): kernel sum, layer counts (all, and per implementation: native,
 # then the names of sparsenas.ops.KERNELS), output activations in millions, depthwise (grouped) layers
@@ -87,7 +94,8 @@ def now() -> str:
 def new_profile(name: str, threads: int, timing: dict[str, Any]) -> dict[str, Any]:
     stamp = now()
     return {"schema": SCHEMA, "name": name, "created": stamp, "updated": stamp, "machine": machine_info(threads),
-            "timing": {"metric": "cpu_ms", "statistic": "median", "threads": threads, "batch": 1, **timing},
+            "timing": {"metric": DEFAULT_METRIC, "statistic": METRICS[DEFAULT_METRIC], "threads": threads, "batch": 1,
+                       **timing},
             "sparsity_levels": [], "entries": {}, "calibrations": {}, "profiled": []}
 
 
@@ -110,15 +118,16 @@ def check_profile(data: Any, path: str | Path = "<profile>") -> dict[str, Any]:
         if not isinstance(data.get(field), kind):
             raise _bad(path, f"is corrupt: field '{field}' is missing or not a {kind.__name__}")
     metric = data["timing"].get("metric")
-    if metric not in ("cpu_ms", "wall_ms"):
-        raise _bad(path, f"is corrupt: timing.metric is {metric!r}; allowed: cpu_ms, wall_ms")
+    if metric not in METRICS:
+        raise _bad(path, f"is corrupt: timing.metric is {metric!r}; allowed: {', '.join(METRICS)}")
+    fields = (*TIMING_FIELDS, metric)
     for key, entry in data["entries"].items():
         impls = entry.get("impls") if isinstance(entry, dict) else None
         if not isinstance(impls, dict) or not impls or not isinstance(entry.get("spec"), dict):
             raise _bad(path, f"is corrupt: entry '{key}' needs a 'spec' object and a non-empty 'impls' object")
         for impl, t in impls.items():
-            if not isinstance(t, dict) or not all(isinstance(t.get(f), (int, float)) for f in TIMING_FIELDS):
-                raise _bad(path, f"is corrupt: entry '{key}' impl '{impl}' needs numbers {', '.join(TIMING_FIELDS)}")
+            if not isinstance(t, dict) or not all(isinstance(t.get(f), (int, float)) for f in fields):
+                raise _bad(path, f"is corrupt: entry '{key}' impl '{impl}' needs numbers {', '.join(dict.fromkeys(fields))}")
     for key, cal in data["calibrations"].items():
         if not (isinstance(cal, dict) and isinstance(cal.get("features"), list) and isinstance(cal.get("coef"), list)
                 and len(cal["features"]) == len(cal["coef"])

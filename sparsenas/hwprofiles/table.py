@@ -84,6 +84,7 @@ class Prediction:
     calibration: str | None            # calibration key, None when uncalibrated (plain sum)
     profile: str
     metric: str
+    speed: float = 1.0                 # the anchor's factor applied (see :mod:`.anchor`)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -97,6 +98,8 @@ class LatencyTable:
         self.metric: str = data["timing"]["metric"]
         self.entries: dict[str, dict[str, Any]] = data["entries"]
         self.levels = sorted(float(v) for v in data.get("sparsity_levels", []))
+        # time now / time when profiled, per calibration key; set by anchoring (:mod:`.anchor`)
+        self.speed: dict[str, float] = {}
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "LatencyTable":
@@ -152,6 +155,15 @@ class LatencyTable:
         return "dense" if impl == NATIVE else impl
 
     # ------------------------------------------------------------------ prediction
+    def anchor(self, space: Any, task: Any, networks: int = 16, repeats: int = 100) -> Any:
+        """Re-time a few of the profile's calibration networks now and scale this space's
+        predictions by how much faster or slower the machine runs than when it was profiled."""
+        from .anchor import measure_anchor
+
+        a = measure_anchor(self, space, task, networks, repeats)
+        self.speed[calibration_key(space.name, task.input_shape)] = a.speed
+        return a
+
     def calibration(self, space: str, input_shape: tuple[int, ...]) -> dict[str, Any]:
         key = calibration_key(space, input_shape)
         cal = self.data["calibrations"].get(key)
@@ -167,7 +179,8 @@ class LatencyTable:
         """Latency of a network running ``layers`` (as ``space.layers(arch, task)`` lists them).
 
         With ``space`` and ``input_shape`` the profile's calibration for them is applied (an error if
-        there is none); without, the result is the plain sum of kernel medians.
+        there is none), times the speed anchor when one was measured (:meth:`anchor`); without, the
+        result is the plain sum of kernel timings.
         """
         missing = self.missing(layers)
         if missing:
@@ -183,5 +196,6 @@ class LatencyTable:
             key = calibration_key(space, input_shape)
             by_name = dict(zip(FEATURES, feats))
             ms = float(sum(c * by_name[f] for f, c in zip(cal["features"], cal["coef"])))
-        return Prediction(ms=ms, plain_sum_ms=plain, kernels=[i for i, _ in picks], layer_ms=layer_ms,
-                          features=feats, calibration=key, profile=self.name, metric=self.metric)
+        speed = self.speed.get(key, 1.0) if key else 1.0
+        return Prediction(ms=ms * speed, plain_sum_ms=plain, kernels=[i for i, _ in picks], layer_ms=layer_ms,
+                          features=feats, calibration=key, profile=self.name, metric=self.metric, speed=speed)
