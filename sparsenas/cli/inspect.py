@@ -41,7 +41,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     space = get_space(arch.space)
     task = load_dataset(args.dataset or space.default_dataset, data_dir=args.data_dir,
                         input_size=args.input_size).task
-    space.validate(arch, task)
+    arch = space.validate(arch, task)  # an architecture of an older space version, in today's terms
     model = space.build(arch, task)
     layers = space.layers(arch, task)
     params, nnz = count_params(model)
