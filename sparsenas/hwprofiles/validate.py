@@ -76,9 +76,7 @@ def validate(table: LatencyTable, space: Any, task: Task, *, n: int = 50, seed: 
     cal = table.calibration(space.name, task.input_shape)  # a clear error before any work
     metric = table.metric
     ref_nets = cal.get("networks", [])[:drift_networks]
-    # digests of the calibration networks as this space version writes them (they may be older)
-    archs = sample_archs(space, task, n, seed=seed,
-                         exclude={space.upgrade(Arch.from_dict(r["arch"])).digest() for r in cal.get("networks", [])})
+    archs = sample_archs(space, task, n, seed=seed, exclude={r["digest"] for r in cal.get("networks", [])})
     log(f"building {len(archs)} random {space.name} networks (+{len(ref_nets)} calibration networks for drift)")
     nets = [build_network(space, a, task, table.choose) for a in archs]
     preds = [table.predict(net.layers, space.name, task.input_shape) for net in nets]
