@@ -25,7 +25,9 @@ decision is coupled with sparsity: the soft mask is ``p_magnitude * sum_s p_s * 
 p_g2g * sum_s p_s * g2g_mask_s``, the G2G masks built once, at construction, on the layer's
 largest weight (a G2G mask depends on the layer's shape -- ensembles, ER draws -- so it is not
 nested across slices: gradient mode sees the largest layer's G2G pattern, an approximation;
-sampling mode and ``extract`` use each child's exact mask). BatchNorm affine
+sampling mode and ``extract`` use each child's exact mask). Each weight's magnitude bucket and
+G2G code (which levels' G2G masks keep it) share one byte, so the whole soft mask is one small
+(levels x codes) table gathered once per layer, as cheap as the sparsity decision alone. BatchNorm affine
 parameters are mixed the same way (a channel kept by fewer candidates is scaled down), as
 TangleNAS does, because batch statistics would otherwise normalise the weight scaling away.
 Expansion 1 (no expand conv) is the identity folded into the expand weight, so the skip costs no
@@ -68,7 +70,7 @@ from ..search_spaces.sparse_mbv2 import (
 from ..task import Task
 
 __all__ = ["EntangledMBV2", "ENTANGLED", "entangled_supernet", "prefix", "centre_mask", "sparsity_buckets",
-           "soft_sparsity", "g2g_child_mask", "g2g_level_masks", "soft_g2g"]
+           "g2g_child_mask", "g2g_codes", "mask_codes", "soft_conn_mask"]
 
 STEM = 16
 KMAX = max(KERNELS)
@@ -117,11 +119,6 @@ def sparsity_buckets(weight: Tensor, sparsities: list[float] = SPARSITIES) -> Te
     return (torch.searchsorted(zeros, rank, right=True) - 1).view_as(weight)
 
 
-def soft_sparsity(probs: Tensor, buckets: Tensor) -> Tensor:
-    """``sum_s probs[s] * mask_s``, computed as ``cumsum(probs)`` gathered at each weight's bucket."""
-    return torch.cumsum(probs, 0)[buckets]
-
-
 def g2g_child_mask(n_in: int, n_out: int, sparsity: float, grouping: str, seed: int) -> Tensor:
     """(n_out, n_in, 1, 1) 0/1 mask of the G2GConv2d that ``pointwise(..., conn="g2g")`` builds for
     these arguments (the standalone child's mask)."""
@@ -129,18 +126,33 @@ def g2g_child_mask(n_in: int, n_out: int, sparsity: float, grouping: str, seed: 
     return g2g_layer_mask(n_in, n_out, ensembles, p_inter, "er", grouping, seed)[0][:, :, None, None]
 
 
-def g2g_level_masks(n_in: int, n_out: int, grouping: str, seed: int,
-                    sparsities: list[float] = SPARSITIES) -> Tensor:
-    """Bool (levels - 1, n_out, n_in, 1, 1): the G2G mask at every sparsity level but the first (0: dense)."""
-    return torch.stack([g2g_child_mask(n_in, n_out, s, grouping, seed).bool() for s in sparsities[1:]])
+G2G_LEVELS = len(SPARSITIES) - 1   # sparse levels, each with its own G2G mask
+G2G_CODES = 2 ** G2G_LEVELS         # a weight's G2G code: bit s-1 set when level s's mask keeps it
+assert len(SPARSITIES) * G2G_CODES <= 256, "mask codes must fit a byte"
+_BITS = ((torch.arange(G2G_CODES)[:, None] >> torch.arange(G2G_LEVELS)) & 1).float()  # (codes, levels)
 
 
-def soft_g2g(probs: Tensor, masks: Tensor) -> Tensor:
-    """``sum_s probs[s] * g2g_mask_s`` with the dense level 0 as all ones; ``masks`` from :func:`g2g_level_masks`."""
-    out = probs[0].expand(masks.shape[1:])
-    for p, m in zip(probs[1:], masks):
-        out = out + p * m
-    return out
+def g2g_codes(n_in: int, n_out: int, grouping: str, seed: int) -> Tensor:
+    """uint8 (n_out, n_in, 1, 1): the G2G code of each weight over the sparse levels of SPARSITIES."""
+    code = torch.zeros(n_out, n_in, 1, 1, dtype=torch.long)
+    for bit, s in enumerate(SPARSITIES[1:]):
+        code |= g2g_child_mask(n_in, n_out, s, grouping, seed).long() << bit
+    return code.to(torch.uint8)
+
+
+def mask_codes(buckets: Tensor, codes: Tensor) -> Tensor:
+    """uint8: a weight's magnitude bucket (:func:`sparsity_buckets`) and G2G code in one byte."""
+    return (buckets.long() * G2G_CODES + codes.long()).to(torch.uint8)
+
+
+def soft_conn_mask(p_sparsity: Tensor, p_conn: Tensor, codes: Tensor) -> Tensor:
+    """``p_magnitude * sum_s p_s * magnitude_mask_s + p_g2g * sum_s p_s * g2g_mask_s`` (level 0: all
+    ones), for weights coded by :func:`mask_codes`: a (levels x G2G codes) table gathered once, so
+    the connectivity decision costs no more elementwise work than the sparsity decision alone."""
+    magnitude = torch.cumsum(p_sparsity, 0)                                 # (levels,) by bucket
+    g2g = p_sparsity[0] + _BITS.to(p_sparsity) @ p_sparsity[1:]             # (codes,) by G2G code
+    table = p_conn[0] * magnitude[:, None] + p_conn[1] * g2g[None, :]
+    return table.flatten()[codes.long()]
 
 
 def _bn(bn: nn.BatchNorm2d, x: Tensor, c: int, scale: Tensor | None = None) -> Tensor:
@@ -202,10 +214,10 @@ class EntangledBlock(nn.Module):
         self.register_buffer("pre_kernel", torch.stack([centre_mask(k) for k in KERNELS]), persistent=False)
         same = [[float(ci == co) for co in self.out_sizes] for ci in self.in_sizes]
         self.register_buffer("same_width", torch.tensor(same), persistent=False)
-        # G2G masks of the largest weights per sparsity level (gradient mode), 1 byte per weight and level
-        self.register_buffer("g2g_exp", g2g_level_masks(self.cin_max, h, EXPAND_GROUPING, self.seed("exp")),
+        # G2G masks of the largest weights at every level (gradient mode), as one code byte per weight
+        self.register_buffer("g2g_exp", g2g_codes(self.cin_max, h, EXPAND_GROUPING, self.seed("exp")),
                              persistent=False)
-        self.register_buffer("g2g_proj", g2g_level_masks(h, self.cout_max, PROJECT_GROUPING, self.seed("proj")),
+        self.register_buffer("g2g_proj", g2g_codes(h, self.cout_max, PROJECT_GROUPING, self.seed("proj")),
                              persistent=False)
         self._buckets: dict[str, Tensor] = {}
         self._masks: dict[tuple, Tensor] = {}
@@ -266,15 +278,11 @@ class EntangledBlock(nn.Module):
         return x + y if stride == 1 and cin == cout else y
 
     # ---- gradient mode
-    def _buckets_for(self, key: str, w: Tensor) -> Tensor:
-        if key not in self._buckets:  # uint8: 1 byte per weight kept between refreshes
-            self._buckets[key] = sparsity_buckets(w).to(torch.uint8)
-        return self._buckets[key].long()
-
     def soft_mask(self, key: str, w: Tensor, mix: Mix) -> Tensor:
         """The sparsity x connectivity soft mask of the mixed 1x1 weight ``w`` ("exp" | "proj")."""
-        magnitude = soft_sparsity(mix.p_sparsity, self._buckets_for(key, w))
-        return mix.p_conn[0] * magnitude + mix.p_conn[1] * soft_g2g(mix.p_sparsity, getattr(self, f"g2g_{key}"))
+        if key not in self._buckets:  # uint8: 1 byte per weight kept between refreshes
+            self._buckets[key] = mask_codes(sparsity_buckets(w), getattr(self, f"g2g_{key}"))
+        return soft_conn_mask(mix.p_sparsity, mix.p_conn, self._buckets[key])
 
     def mixed_weights(self, mix: Mix) -> dict[str, Tensor]:
         """The ONE weight each layer runs in gradient mode: ``exp`` (with the identity of expansion 1
@@ -365,8 +373,8 @@ class EntangledMBV2(nn.Module):
         nn.init.kaiming_normal_(self.stem[0].weight, mode="fan_out")
         self.alphas = nn.ParameterDict({k: nn.Parameter(torch.zeros(len(v)))
                                         for k, v in self.choices.items() if k != "downsample"})
-        self.register_buffer("g2g_head", g2g_level_masks(max(in_sizes), HEAD_CHANNELS, HEAD_GROUPING,
-                                                         g2g_seed("head")), persistent=False)
+        self.register_buffer("g2g_head", g2g_codes(max(in_sizes), HEAD_CHANNELS, HEAD_GROUPING, g2g_seed("head")),
+                             persistent=False)
         self.active: Arch | None = None
         self._head_buckets: Tensor | None = None
         self._head_masks: dict[tuple, Tensor] = {}
@@ -488,10 +496,8 @@ class EntangledMBV2(nn.Module):
         used = soft_prefix(p["s5_width"], self.widths[5], self.w_head.shape[1])
         w = self.w_head * used[None, :, None, None]
         if self._head_buckets is None:
-            self._head_buckets = sparsity_buckets(w).to(torch.uint8)
-        p_conn = p["head_conn"]
-        return w * (p_conn[0] * soft_sparsity(p["head_sparsity"], self._head_buckets.long())
-                    + p_conn[1] * soft_g2g(p["head_sparsity"], self.g2g_head))
+            self._head_buckets = mask_codes(sparsity_buckets(w), self.g2g_head)
+        return w * soft_conn_mask(p["head_sparsity"], p["head_conn"], self._head_buckets)
 
     def _features_mixed(self, x: Tensor) -> Tensor:
         p = self.probs()
