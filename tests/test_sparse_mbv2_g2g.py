@@ -193,3 +193,18 @@ def test_optuna_searches_sample_conn_unchanged(storage_url, strategy, space):
 
 def study_task(study):
     return Task.from_dict(study.user_attrs["task"])
+
+
+def test_inspect_shows_each_layers_mask_and_upgrades_version_1_files(space, tmp_path, capsys):
+    from sparsenas.cli import main
+
+    g2g = all_g2g(space.default_arch(TASK16), s3b1_sparsity=0.8)
+    v1 = Arch("sparse_mbv2", 1, {k: v for k, v in g2g.choices.items() if not k.endswith("_conn")})
+    for arch, kind in ((g2g, "g2g"), (v1, "magnitude")):
+        path = tmp_path / f"{kind}.json"
+        path.write_text(arch.to_json())
+        assert main(["inspect", str(path), "--input-size", "16", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert out["arch"]["version"] == 2 and out["arch"]["choices"]["s3b1_conn"] == kind
+        assert [l["mask"] for l in out["layers"] if l["sparsity"] > 0] == [kind, kind]
+        assert {l["mask"] for l in out["layers"] if l["sparsity"] == 0} == {"-"}
