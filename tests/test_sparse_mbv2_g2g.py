@@ -208,3 +208,18 @@ def test_inspect_shows_each_layers_mask_and_upgrades_version_1_files(space, tmp_
         assert out["arch"]["version"] == 2 and out["arch"]["choices"]["s3b1_conn"] == kind
         assert [l["mask"] for l in out["layers"] if l["sparsity"] > 0] == [kind, kind]
         assert {l["mask"] for l in out["layers"] if l["sparsity"] == 0} == {"-"}
+
+
+def test_g2g_network_exports_and_loads_back(space, tmp_path):
+    from sparsenas.export import load, write_export
+
+    arch = all_g2g(space.default_arch(TASK8), s2b1_sparsity=0.9, head_sparsity=0.7)
+    torch.manual_seed(1)
+    model = space.build(arch, TASK8).eval()
+    write_export(model, arch, TASK8, tmp_path / "g2g", formats="json,pt,torchscript")
+    back = load(tmp_path / "g2g")
+    x = torch.randn(2, *TASK8.input_shape)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), model(x))
+        torch.testing.assert_close(load(tmp_path / "g2g", plain=True)(x), model(x), atol=1e-5, rtol=1e-5)
+    assert [m.mask_kind for m in sparse_modules(back)] == ["g2g"] * 3

@@ -65,5 +65,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"params {params:,}  non-zeros {nnz:,}  MACs {flops:,}  effective MACs {int(eff):,}")
     if args.json:
         print_json({"arch": arch.to_dict(), "digest": arch.digest(), "task": task.to_dict(), "params": params,
-                    "nnz": nnz, "flops": flops, "effective_flops": eff, "layers": [{**l.to_dict(), "mask": m} for l, m in zip(layers, masks)]})
+                    "nnz": nnz, "flops": flops, "effective_flops": eff,
+                    "layers": [{**l.to_dict(), "mask": m} for l, m in zip(layers, masks)]})
     return 0

@@ -27,8 +27,8 @@ largest weight (a G2G mask depends on the layer's shape -- ensembles, ER draws -
 nested across slices: gradient mode sees the largest layer's G2G pattern, an approximation;
 sampling mode and ``extract`` use each child's exact mask). Each weight's magnitude bucket and
 G2G code (which levels' G2G masks keep it) share one byte, so the whole soft mask is one small
-(levels x codes) table gathered once per layer, as cheap as the sparsity decision alone. BatchNorm affine
-parameters are mixed the same way (a channel kept by fewer candidates is scaled down), as
+(levels x codes) table gathered once per layer, as cheap as the sparsity decision alone.
+BatchNorm affine parameters are mixed the same way (a channel kept by fewer candidates is scaled down), as
 TangleNAS does, because batch statistics would otherwise normalise the weight scaling away.
 Expansion 1 (no expand conv) is the identity folded into the expand weight, so the skip costs no
 extra activation (nni.md §2: folding the skip into the weight is what keeps memory at ~1.0x); in
@@ -220,8 +220,7 @@ class EntangledBlock(nn.Module):
         self.register_buffer("g2g_proj", g2g_codes(h, self.cout_max, PROJECT_GROUPING, self.seed("proj")),
                              persistent=False)
         self._buckets: dict[str, Tensor] = {}
-        self._masks: dict[tuple, Tensor] = {}
-        self._g2g_masks: dict[tuple, Tensor] = {}  # structural: kept across refresh_masks()
+        self._masks: dict[tuple, Tensor] = {}  # sampling mode's masks (magnitude and G2G) until the next refresh
 
     def extra_repr(self) -> str:
         return (f"{self.name}: cin in {self.in_sizes}, cout in {self.out_sizes}, hidden<={self.hidden_max}, "
@@ -241,7 +240,7 @@ class EntangledBlock(nn.Module):
             return None
         if conn == "g2g":
             grouping = EXPAND_GROUPING if key == "exp" else PROJECT_GROUPING
-            return _cached_g2g(self._g2g_masks, w, sparsity, grouping, self.seed(key))
+            return _cached_g2g(self._masks, key, w, sparsity, grouping, self.seed(key))
         if not self.training:  # evaluation: always the mask of the current weights (exact)
             return magnitude_mask(w, sparsity)
         k = (key, tuple(w.shape), sparsity)
@@ -378,7 +377,6 @@ class EntangledMBV2(nn.Module):
         self.active: Arch | None = None
         self._head_buckets: Tensor | None = None
         self._head_masks: dict[tuple, Tensor] = {}
-        self._head_g2g: dict[tuple, Tensor] = {}
 
     def extra_repr(self) -> str:
         mode = "gradient" if self.active is None else f"sampling {self.active.digest()}"
@@ -454,7 +452,7 @@ class EntangledMBV2(nn.Module):
     def _head_child(self, x: Tensor, sparsity: float, conn: str = "magnitude") -> Tensor:
         w = self.w_head[:, :x.shape[1]]
         if sparsity > 0 and conn == "g2g":
-            w = w * _cached_g2g(self._head_g2g, w, sparsity, HEAD_GROUPING, g2g_seed("head"))
+            w = w * _cached_g2g(self._head_masks, "head", w, sparsity, HEAD_GROUPING, g2g_seed("head"))
         elif sparsity > 0:
             if self.training:
                 key = (tuple(w.shape), sparsity)
@@ -551,9 +549,11 @@ class EntangledMBV2(nn.Module):
         return model.eval()
 
 
-def _cached_g2g(cache: dict[tuple, Tensor], w: Tensor, sparsity: float, grouping: str, seed: int) -> Tensor:
-    """The standalone child's G2G mask for the slice ``w`` (out, in, 1, 1), built once per shape and level."""
-    key = (tuple(w.shape), sparsity, w.device, w.dtype)
+def _cached_g2g(cache: dict[tuple, Tensor], layer: str, w: Tensor, sparsity: float, grouping: str,
+                seed: int) -> Tensor:
+    """The standalone child's G2G mask for the slice ``w`` (out, in, 1, 1) of ``layer``, kept in
+    ``cache`` (emptied by ``refresh_masks``, which bounds its size; a rebuild takes ~2 ms)."""
+    key = ("g2g", layer, tuple(w.shape), sparsity, w.device, w.dtype)
     if key not in cache:
         cache[key] = g2g_child_mask(w.shape[1], w.shape[0], sparsity, grouping, seed).to(w)
     return cache[key]
