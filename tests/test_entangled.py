@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from sparsenas.errors import SparseNASError
-from sparsenas.ops import SparseConv2d, magnitude_mask
+from sparsenas.ops import G2GConv2d, SparseConv2d, magnitude_mask
 from sparsenas.search_spaces import get_space
+from sparsenas.search_spaces._mbv2_modules import EXPAND_GROUPING, PROJECT_GROUPING, g2g_seed, pointwise
 from sparsenas.search_spaces.sparse_mbv2 import EXPANSIONS, KERNELS, SPARSITIES
 from sparsenas.supernets.entangled import EntangledMBV2, centre, entangled_supernet
 from sparsenas.task import Task
@@ -40,6 +41,8 @@ def test_child_slice_in_supernet_equals_extracted_child(space):
     x = torch.randn(3, *TASK.input_shape)
     rng = random.Random(1)
     archs = [net.extreme(True), net.extreme(False)] + [space.sample(rng, TASK) for _ in range(4)]
+    g2g = {k: "g2g" for k in archs[-1].choices if k.endswith("_conn")}
+    archs.append(archs[-1].replace(**g2g, **{k: 0.9 for k in archs[-1].choices if k.endswith("_sparsity")}))
     for arch in archs:
         net.set_arch(arch).eval()
         inside = net(x)
@@ -61,8 +64,17 @@ def _pad_kernel(w, kmax=7):
     return F.pad(w, (s, s, s, s))
 
 
-def _soft_masked(core, p_s):
-    return core * sum(p * magnitude_mask(core, s) for p, s in zip(p_s, SPARSITIES))
+def _g2g_mask(n_in, n_out, sparsity, grouping, seed):
+    """The mask of the standalone network's G2G 1x1 conv of that shape and seed (ones when dense)."""
+    conv = pointwise(n_in, n_out, sparsity, "g2g", grouping, seed)
+    return conv.mask.double() if sparsity > 0 else torch.ones(n_out, n_in, 1, 1, dtype=torch.double)
+
+
+def _soft_masked(core, p_s, p_conn, grouping, seed):
+    """core * (p_magnitude * sum_s p_s magnitude_mask_s + p_g2g * sum_s p_s g2g_mask_s)."""
+    magnitude = sum(p * magnitude_mask(core, s) for p, s in zip(p_s, SPARSITIES))
+    g2g = sum(p * _g2g_mask(core.shape[1], core.shape[0], s, grouping, seed) for p, s in zip(p_s, SPARSITIES))
+    return core * (p_conn[0] * magnitude + p_conn[1] * g2g)
 
 
 def test_mixed_weight_is_alpha_weighted_sum_of_padded_slices(space):
@@ -90,9 +102,12 @@ def test_mixed_weight_is_alpha_weighted_sum_of_padded_slices(space):
                     dw += pe * mix.p_kernel[l] * _pad(_pad_kernel(centre(W_dw[:ci * e], k)), W_dw.shape)
                 for w, co in enumerate(blk.out_sizes):
                     proj_core += pe * mix.p_out[w] * _pad(W_proj[:co, :ci * e], W_proj.shape)
-        torch.testing.assert_close(got["exp"], _soft_masked(exp_core, mix.p_sparsity) + exp_ident)
+        assert 0.05 < mix.p_conn[1] < 0.95  # both connectivities take part
+        torch.testing.assert_close(got["exp"], _soft_masked(exp_core, mix.p_sparsity, mix.p_conn, EXPAND_GROUPING,
+                                                            g2g_seed(f"{key}.exp")) + exp_ident)
         torch.testing.assert_close(got["dw"], dw)
-        torch.testing.assert_close(got["proj"], _soft_masked(proj_core, mix.p_sparsity))
+        torch.testing.assert_close(got["proj"], _soft_masked(proj_core, mix.p_sparsity, mix.p_conn,
+                                                             PROJECT_GROUPING, g2g_seed(f"{key}.proj")))
         assert got["exp"].shape == (H, Ci, 1, 1) and got["proj"].shape == (Co, H, 1, 1)
 
 
@@ -109,7 +124,8 @@ def test_gradient_mode_runs_one_conv_per_layer_and_trains_alphas(space):
     loss.backward()
     n_blocks = len(net.blocks)
     assert len(calls) == 3 * n_blocks + 2  # stem; expand, depthwise, project per block; head
-    for name in ("s2b1_kernel", "s3_depth", "s4_width", "head_sparsity", "s5b3_sparsity", "s1b1_expand"):
+    for name in ("s2b1_kernel", "s3_depth", "s4_width", "head_sparsity", "s5b3_sparsity", "s1b1_expand",
+                 "s3b2_conn", "head_conn"):
         g = net.alphas[name].grad
         assert g is not None and g.abs().sum() > 0, name
     # derive() is the per-decision argmax
@@ -120,12 +136,15 @@ def test_gradient_mode_runs_one_conv_per_layer_and_trains_alphas(space):
     arch = net.derive()
     space.validate(arch, TASK)
     assert arch["s2b1_kernel"] == 7 and arch["s3_depth"] == 3 and arch["head_sparsity"] == 0.95
+    assert arch["s2b1_conn"] == "g2g" and arch["head_conn"] == "g2g"
     assert arch["downsample"] == net.downsample
 
 
-def test_extract_round_trip_and_bn_recalibration(space):
+@pytest.mark.parametrize("conn", ["magnitude", "g2g"])
+def test_extract_round_trip_and_bn_recalibration(space, conn):
     net = _randomised(space, seed=5)
-    arch = space.sample(random.Random(7), TASK).replace(s1b1_sparsity=0.8, s1b1_expand=3, s1_depth=1)
+    arch = space.sample(random.Random(7), TASK).replace(s1b1_sparsity=0.8, s1b1_expand=3, s1_depth=1,
+                                                        s1b1_conn=conn)
     batches = [torch.randn(8, *TASK.input_shape) for _ in range(3)]
     child = net.extract(arch, calibration=batches)
     # the state dict loads strictly into the space's own network for arch, which then computes the same
@@ -138,11 +157,16 @@ def test_extract_round_trip_and_bn_recalibration(space):
     expected = [(ch[f"s{s}b{b}_expand"], ch[f"s{s}b{b}_kernel"], ch[f"s{s}b{b}_sparsity"],
                  2 if b == 1 and f"s{s}" in down else 1) for s in range(1, 6) for b in range(1, ch[f"s{s}_depth"] + 1)]
     assert [(b.expand, b.kernel, b.sparsity, b.stride) for b in child.blocks] == expected
-    # sparse 1x1 convs carry the magnitude mask of the inherited slice
+    # sparse 1x1 convs carry the magnitude mask of the inherited slice, or their own G2G mask
     expand = child.blocks[0].body[0]
-    assert isinstance(expand, SparseConv2d)
     torch.testing.assert_close(expand.weight, net.blocks["s1b1"].w_exp[:16 * 3, :16].detach())
-    torch.testing.assert_close(expand.mask, magnitude_mask(expand.weight, 0.8))
+    if conn == "magnitude":
+        assert isinstance(expand, SparseConv2d)
+        torch.testing.assert_close(expand.mask, magnitude_mask(expand.weight, 0.8))
+    else:
+        assert isinstance(expand, G2GConv2d)
+        torch.testing.assert_close(expand.mask, space.build(arch, TASK).blocks[0].body[0].mask)  # a new build's
+        assert abs(expand.density - 0.2) < 0.01
     # BatchNorm statistics were re-estimated on the calibration batches (cumulative mean)
     with torch.no_grad():
         stem_out = torch.cat([child.stem[0](b) for b in batches])

@@ -29,6 +29,14 @@ def read_arch_file(path: str):
     return Arch.from_json(text)
 
 
+def layer_masks(model, task) -> list[str]:
+    """The mask kind of each traced layer (``-`` for dense ones): magnitude, nm, score or g2g."""
+    from ..ops.spec import trace_named_layers
+
+    modules = dict(model.named_modules())
+    return [getattr(modules.get(name), "mask_kind", "-") for name, _ in trace_named_layers(model, task.input_shape)]
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -41,20 +49,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     space = get_space(arch.space)
     task = load_dataset(args.dataset or space.default_dataset, data_dir=args.data_dir,
                         input_size=args.input_size).task
-    space.validate(arch, task)
+    arch = space.validate(arch, task)  # an architecture of an older space version, in today's terms
     model = space.build(arch, task)
     layers = space.layers(arch, task)
+    masks = layer_masks(model, task)
     params, nnz = count_params(model)
     flops, eff = count_flops(layers)
     table = Table(title=f"{arch.space} v{arch.version} {arch.digest()} on {task.dataset} {task.input_shape}")
-    for col in ("#", "op", "in->out", "k", "s", "groups", "input", "sparsity", "MACs"):
+    for col in ("#", "op", "in->out", "k", "s", "groups", "input", "sparsity", "mask", "MACs"):
         table.add_column(col, justify="right")
-    for i, l in enumerate(layers):
+    for i, (l, mask) in enumerate(zip(layers, masks)):
         table.add_row(str(i), l.op, f"{l.cin}->{l.cout}", str(l.kernel), str(l.stride), str(l.groups),
-                      "x".join(map(str, l.in_hw)) or "-", f"{l.sparsity:.2f}", f"{l.flops():,}")
+                      "x".join(map(str, l.in_hw)) or "-", f"{l.sparsity:.2f}", mask, f"{l.flops():,}")
     Console().print(table)
     print(f"params {params:,}  non-zeros {nnz:,}  MACs {flops:,}  effective MACs {int(eff):,}")
     if args.json:
         print_json({"arch": arch.to_dict(), "digest": arch.digest(), "task": task.to_dict(), "params": params,
-                    "nnz": nnz, "flops": flops, "effective_flops": eff, "layers": [l.to_dict() for l in layers]})
+                    "nnz": nnz, "flops": flops, "effective_flops": eff,
+                    "layers": [{**l.to_dict(), "mask": m} for l, m in zip(layers, masks)]})
     return 0

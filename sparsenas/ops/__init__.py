@@ -18,7 +18,7 @@ from .sparse import (
 from .spec import OPS, LayerSpec, trace_layers, trace_named_layers
 from .g2g import (
     DST_GROW, DST_PRUNE, G2G_GRAPHS, G2G_GROUPINGS, DSTConfig, G2GConv2d, G2GLinear, G2GMixin, enable_dst, g2g_density,
-    g2g_mask, g2g_modules, group_assignment, group_graph, hebbian_scores,
+    g2g_layer_mask, g2g_mask, g2g_modules, g2g_plan, group_assignment, group_graph, hebbian_scores,
 )
 
 __all__ = [
@@ -33,5 +33,6 @@ __all__ = [
     "sparse_modules", "update_masks",
     "OPS", "LayerSpec", "trace_layers", "trace_named_layers",
     "DST_GROW", "DST_PRUNE", "G2G_GRAPHS", "G2G_GROUPINGS", "DSTConfig", "G2GConv2d", "G2GLinear", "G2GMixin",
-    "enable_dst", "g2g_density", "g2g_mask", "g2g_modules", "group_assignment", "group_graph", "hebbian_scores",
+    "enable_dst", "g2g_density", "g2g_layer_mask", "g2g_mask", "g2g_modules", "g2g_plan", "group_assignment",
+    "group_graph", "hebbian_scores",
 ]

@@ -51,7 +51,8 @@ from .sparse import SparseMixin
 
 __all__ = [
     "G2G_GRAPHS", "G2G_GROUPINGS", "DST_PRUNE", "DST_GROW", "DSTConfig", "G2GMixin", "G2GLinear", "G2GConv2d",
-    "group_assignment", "group_graph", "g2g_mask", "g2g_density", "g2g_modules", "enable_dst", "hebbian_scores",
+    "group_assignment", "group_graph", "g2g_mask", "g2g_layer_mask", "g2g_plan", "g2g_density", "g2g_modules",
+    "enable_dst", "hebbian_scores",
 ]
 
 G2G_GRAPHS = ("block", "er", "small_world", "full")
@@ -124,6 +125,46 @@ def g2g_mask(out_groups: Tensor, in_groups: Tensor, graph: nx.DiGraph, p_inter: 
     return mask.float()
 
 
+def g2g_layer_mask(n_in: int, n_out: int, ensembles: int, p_inter: float, graph: str, grouping: str,
+                   seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The mask a G2G layer with these settings builds: (mask (out, in), in_groups (in,), out_groups (out,)).
+    A function of its arguments alone (own generator), so a supernet can rebuild a child's mask."""
+    gen = torch.Generator().manual_seed(seed)
+    in_g = group_assignment(n_in, ensembles, grouping, gen)
+    out_g = group_assignment(n_out, ensembles, grouping, gen)
+    gg = group_graph(graph, ensembles, p_inter, seed)
+    return g2g_mask(out_g, in_g, gg, float(p_inter), graph, gen), in_g, out_g
+
+
+def g2g_plan(n_in: int, n_out: int, density: float, grouping: str = "index") -> tuple[int, float]:
+    """``(ensembles, p_inter)`` of an ``"er"`` G2G layer (n_in -> n_out) whose mask keeps
+    ``round(density * n_in * n_out)`` weights, so that it can stand in for a magnitude mask of the
+    same density (and the same latency-table entry).
+
+    ``ensembles`` G is the smallest power of two with ``1/G <= density``, capped at ``min(n_in,
+    n_out)`` so that no ensemble is empty; ``p_inter`` fills the rest from the layer's *realised*
+    intra-ensemble pairs (more than ``numel / G`` when G does not divide the sizes). Where even the
+    cap leaves more intra pairs than the target (small layers at high sparsity, e.g. 8 channels at
+    density 0.05), ``p_inter`` is 0 and the layer is as sparse as dense ensembles allow: its density
+    is the intra fraction (1/8 in that example), above ``density``."""
+    _check_choice("grouping", grouping, G2G_GROUPINGS)
+    if not 0.0 < float(density) <= 1.0:
+        raise SparseNASError(f"G2G density must be in (0, 1], got {density!r}")
+    numel = n_in * n_out
+    target = int(round(float(density) * numel))
+    if target >= numel:
+        return 1, 0.0
+    ensembles = min(2 ** math.ceil(math.log2(1.0 / float(density)) - 1e-9), n_in, n_out)
+    # "random" grouping permutes index blocks: the same group sizes, hence the same intra count
+    sizes = "interleaved" if grouping == "interleaved" else "index"
+    in_g, out_g = group_assignment(n_in, ensembles, sizes), group_assignment(n_out, ensembles, sizes)
+    intra = int((out_g[:, None] == in_g[None, :]).sum())
+    inter = numel - intra
+    if inter == 0 or target <= intra:
+        return ensembles, 0.0
+    return ensembles, (target - intra) / inter
+
+
 def hebbian_scores(pre: Tensor, post: Tensor) -> Tensor:
     """``|cos|`` between each post-neuron's and each pre-neuron's activity over a batch: (out, in).
 
@@ -183,11 +224,7 @@ class G2GMixin(SparseMixin):
         self.dst: DSTConfig | None = None
         self._pre: Tensor | None = None
         self._post: Tensor | None = None
-        gen = torch.Generator().manual_seed(seed)
-        in_g = group_assignment(n_in, ensembles, grouping, gen)
-        out_g = group_assignment(n_out, ensembles, grouping, gen)
-        gg = group_graph(graph, ensembles, p_inter, seed)
-        mask2d = g2g_mask(out_g, in_g, gg, self.p_inter, graph, gen)
+        mask2d, in_g, out_g = g2g_layer_mask(n_in, n_out, ensembles, self.p_inter, graph, grouping, seed)
         self.register_buffer("in_group", in_g)  # type: ignore[attr-defined]
         self.register_buffer("out_group", out_g)  # type: ignore[attr-defined]
         self.register_buffer("mask", mask2d.reshape(self.weight.shape).to(self.weight.dtype))  # type: ignore[attr-defined]

@@ -1,35 +1,63 @@
 """The nn.Modules that sparse_mbv2 (and its supernets) assemble."""
 from __future__ import annotations
 
+import zlib
+
 import torch
 from torch import nn
 
-from ..ops import SparseConv2d, update_masks
+from ..ops import G2GConv2d, SparseConv2d, g2g_plan, update_masks
+from ..errors import SparseNASError
+from ..ops.g2g import G2GMixin
+from .sparse_mbv2 import CONNS
+
+# G2GNet's "mixer": the expand conv groups channels by index, the project conv interleaves them, so
+# that information crosses ensembles from one 1x1 conv to the next
+EXPAND_GROUPING, PROJECT_GROUPING, HEAD_GROUPING = "index", "interleaved", "index"
 
 
-def pointwise(cin: int, cout: int, sparsity: float) -> nn.Module:
-    """1x1 conv: dense when sparsity is 0, else a magnitude-masked SparseConv2d."""
+def g2g_seed(layer: str) -> int:
+    """Seed of a G2G layer's mask draws, from its name (``"s2b1.exp"``, ``"s2b1.proj"``, ``"head"``):
+    stable across processes, so a supernet rebuilds exactly the mask the standalone network has."""
+    return zlib.crc32(layer.encode())
+
+
+def pointwise(cin: int, cout: int, sparsity: float, conn: str = "magnitude", grouping: str = "index",
+              seed: int = 0) -> nn.Module:
+    """1x1 conv: dense when sparsity is 0 (``conn`` is then ignored); else a magnitude-masked
+    SparseConv2d (``conn="magnitude"``) or a G2GConv2d at the same density (``conn="g2g"``, Erdos-
+    Renyi between ensembles, see :func:`~sparsenas.ops.g2g.g2g_plan`)."""
     if sparsity <= 0:
         return nn.Conv2d(cin, cout, 1, bias=False)
+    if conn not in CONNS:
+        raise SparseNASError(f"unknown 1x1 conv connectivity {conn!r}; allowed: {', '.join(CONNS)}")
+    if conn == "g2g":
+        ensembles, p_inter = g2g_plan(cin, cout, 1.0 - sparsity, grouping)
+        return G2GConv2d(cin, cout, ensembles=ensembles, p_inter=p_inter, graph="er", grouping=grouping, seed=seed)
     return SparseConv2d(cin, cout, 1, bias=False, sparsity=sparsity)
 
 
 class InvertedResidual(nn.Module):
     """MobileNetV2 block: [1x1 expand] -> kxk depthwise (stride) -> 1x1 project, residual when shapes match.
 
-    (B, cin, H, W) -> (B, cout, H/stride, W/stride)
+    ``conn`` picks the sparse 1x1 convs' connectivity (magnitude | g2g); ``name`` (``"s2b1"``)
+    seeds their G2G masks. (B, cin, H, W) -> (B, cout, H/stride, W/stride)
     """
 
-    def __init__(self, cin: int, cout: int, stride: int, expand: int, kernel: int, sparsity: float) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, expand: int, kernel: int, sparsity: float,
+                 conn: str = "magnitude", name: str = "") -> None:
         super().__init__()
         hidden = cin * expand
         self.cin, self.cout, self.stride, self.expand, self.kernel, self.sparsity = cin, cout, stride, expand, kernel, sparsity
+        self.conn = conn
         layers: list[nn.Module] = []
         if expand != 1:
-            layers += [pointwise(cin, hidden, sparsity), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
+            layers += [pointwise(cin, hidden, sparsity, conn, EXPAND_GROUPING, g2g_seed(f"{name}.exp")),
+                       nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
         layers += [nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden, bias=False),
                    nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
-                   pointwise(hidden, cout, sparsity), nn.BatchNorm2d(cout)]
+                   pointwise(hidden, cout, sparsity, conn, PROJECT_GROUPING, g2g_seed(f"{name}.proj")),
+                   nn.BatchNorm2d(cout)]
         self.body = nn.Sequential(*layers)
         self.residual = stride == 1 and cin == cout
 
@@ -38,28 +66,32 @@ class InvertedResidual(nn.Module):
         return x + y if self.residual else y
 
     def extra_repr(self) -> str:
+        conn = f", conn={self.conn}" if self.sparsity > 0 else ""
         return (f"{self.cin}->{self.cout}, stride={self.stride}, expand={self.expand}, kernel={self.kernel}, "
-                f"sparsity={self.sparsity}, residual={self.residual}")
+                f"sparsity={self.sparsity}{conn}, residual={self.residual}")
 
 
 class MobileNetV2(nn.Module):
     """stem 3x3 -> stages of InvertedResidual -> 1x1 head -> global pool -> linear.
 
-    ``stages``: list of (channels, stride of the first block, [(expand, kernel, sparsity), ...]).
+    ``stages``: list of (channels, stride of the first block, [(expand, kernel, sparsity, conn), ...]);
+    block ``i`` of stage ``s`` (from 1) is named ``s{s}b{i}``, which seeds its G2G masks.
     """
 
     def __init__(self, in_ch: int, num_classes: int, stages: list, head: int, head_sparsity: float,
-                 stem: int = 16) -> None:
+                 stem: int = 16, head_conn: str = "magnitude") -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_ch, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem),
                                   nn.ReLU6(inplace=True))
         blocks, cin = [], stem
-        for cout, stride, stage_blocks in stages:
-            for i, (expand, kernel, sparsity) in enumerate(stage_blocks):
-                blocks.append(InvertedResidual(cin, cout, stride if i == 0 else 1, expand, kernel, sparsity))
+        for s, (cout, stride, stage_blocks) in enumerate(stages, 1):
+            for i, (expand, kernel, sparsity, conn) in enumerate(stage_blocks):
+                blocks.append(InvertedResidual(cin, cout, stride if i == 0 else 1, expand, kernel, sparsity, conn,
+                                               f"s{s}b{i + 1}"))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Sequential(pointwise(cin, head, head_sparsity), nn.BatchNorm2d(head), nn.ReLU6(inplace=True))
+        self.head = nn.Sequential(pointwise(cin, head, head_sparsity, head_conn, HEAD_GROUPING, g2g_seed("head")),
+                                  nn.BatchNorm2d(head), nn.ReLU6(inplace=True))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(head, num_classes)
         self._init_weights()
@@ -71,6 +103,8 @@ class MobileNetV2(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+            if isinstance(m, G2GMixin):  # its init rescaling (to the active fan-in) follows the new weights
+                m._rescale_init()
         update_masks(self)  # masks follow the re-initialised weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

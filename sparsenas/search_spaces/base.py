@@ -58,9 +58,18 @@ class SearchSpace(ABC):
     def sample(self, rng: random.Random, task: Task) -> Arch:
         return Arch(self.name, self.version, {k: rng.choice(v) for k, v in self.choices(task).items()})
 
-    def validate(self, arch: Arch, task: Task) -> None:
+    def upgrade(self, arch: Arch) -> Arch:
+        """``arch`` in this version's terms. Spaces that change their choices bump ``version`` and
+        override this to translate the architectures of older versions (stored in studies, profiles
+        and ``arch.json`` files); the default translates nothing, so other versions fail validation."""
+        return arch
+
+    def validate(self, arch: Arch, task: Task) -> Arch:
+        """Raise SparseNASError unless ``arch`` (after :meth:`upgrade`) is an architecture of this
+        space for ``task``; returns the upgraded architecture, which is the one to build."""
         if arch.space != self.name:
             raise SparseNASError(f"architecture is for space '{arch.space}', not '{self.name}'")
+        arch = self.upgrade(arch)
         if arch.version != self.version:
             raise SparseNASError(f"architecture is for version {arch.version} of space '{self.name}'; "
                                  f"this sparsenas has version {self.version}")
@@ -74,6 +83,7 @@ class SearchSpace(ABC):
                 raise InvalidArch(key, None, values, self.name)
             if arch.choices[key] not in values:
                 raise InvalidArch(key, arch.choices[key], values, self.name)
+        return arch
 
     def layers(self, arch: Arch, task: Task, batch: int = 1) -> "list[LayerSpec]":
         """The kernels the built network runs, in order: derived by tracing the real network, so the

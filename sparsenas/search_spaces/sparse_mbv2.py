@@ -5,8 +5,19 @@ Choices, with ``sN`` a stage and ``sNbM`` a block of it:
   (8x8 -> 1, 16x16 -> 2, 32x32 -> 3) so every network ends at about 4x4;
 - ``sN_depth``, ``sN_width``: blocks in the stage and its width multiplier;
 - ``sNbM_expand``, ``sNbM_kernel``: MobileNetV2 expansion ratio and depthwise kernel;
-- ``sNbM_sparsity``: the op of the block's 1x1 convolutions, dense (0.0) or SparseConv2d at that
-  sparsity (DASS's operation choice); ``head_sparsity`` likewise for the final 1x1 conv.
+- ``sNbM_sparsity``: the op of the block's 1x1 convolutions, dense (0.0) or sparse at that
+  sparsity (DASS's operation choice); ``head_sparsity`` likewise for the final 1x1 conv;
+- ``sNbM_conn`` (``head_conn``): how those sparse 1x1 convs are connected at that sparsity:
+  ``"magnitude"`` (SparseConv2d, the smallest weights pruned, gradually during training) or
+  ``"g2g"`` (G2GConv2d, G2GNet's fixed modular mask at the same density: channels in ensembles,
+  dense inside, Erdos-Renyi between; the expand conv groups by index, the project conv
+  interleaves, so consecutive 1x1 convs mix ensembles; see ``ops.g2g.g2g_plan``). Ignored when the
+  sparsity is 0 (dense conv). Both keep the weight's shape and the non-zero count (except for
+  layers too small for dense ensembles at 0.9/0.95, see ``g2g_plan``), so the kernels, the kernel
+  list and the hardware profile are those of the magnitude networks.
+
+Version 2 added the ``conn`` choices; version-1 architectures are upgraded to ``"magnitude"``
+everywhere (what they built).
 """
 from __future__ import annotations
 
@@ -25,6 +36,7 @@ EXPANSIONS = [1, 3, 6]
 KERNELS = [3, 5, 7]
 SPARSITIES = [0.0, 0.5, 0.7, 0.8, 0.9, 0.95]
 WIDTHS = [0.5, 0.75, 1.0]
+CONNS = ["magnitude", "g2g"]  # connectivity of the sparse 1x1 convs
 
 
 def make_divisible(c: float, divisor: int = 4) -> int:
@@ -43,9 +55,9 @@ def block_keys() -> list[tuple[int, int]]:
 @SPACES.register("sparse_mbv2")
 class SparseMBV2Space(SearchSpace):
     name = "sparse_mbv2"
-    version = 1
+    version = 2
     description = ("MobileNetV2 for 8x8..32x32 images: per block expansion, kernel and dense/sparse 1x1 "
-                   "convs; per stage depth and width; downsampling placement")
+                   "convs (magnitude or G2G connectivity); per stage depth and width; downsampling placement")
     default_dataset = "digits"
 
     def check_task(self, task: Task) -> None:
@@ -63,8 +75,17 @@ class SparseMBV2Space(SearchSpace):
             c[f"s{s}b{b}_expand"] = EXPANSIONS
             c[f"s{s}b{b}_kernel"] = KERNELS
             c[f"s{s}b{b}_sparsity"] = SPARSITIES
+            c[f"s{s}b{b}_conn"] = CONNS
         c["head_sparsity"] = SPARSITIES
+        c["head_conn"] = CONNS
         return c
+
+    def upgrade(self, arch: Arch) -> Arch:
+        """Version 1 had no ``conn`` choices: its sparse 1x1 convs were all magnitude-masked."""
+        if arch.space != self.name or arch.version != 1:
+            return arch
+        conns = {f"s{s}b{b}_conn": CONNS[0] for s, b in block_keys()} | {"head_conn": CONNS[0]}
+        return Arch(self.name, 2, {**conns, **arch.choices})
 
     def default_arch(self, task: Task) -> Arch:
         """MobileNetV2-like dense reference: full depth, width 1, t=6 (t=1 first), k=3."""
@@ -78,22 +99,22 @@ class SparseMBV2Space(SearchSpace):
     def build(self, arch: Arch, task: Task):
         from ._mbv2_modules import MobileNetV2
 
-        self.validate(arch, task)
-        ch = arch.choices
+        ch = self.validate(arch, task).choices
         down = set(ch["downsample"].split("+"))
         stages = []
         for s in range(1, 6):
             width = ch[f"s{s}_width"]
-            blocks = [(ch[f"s{s}b{b}_expand"], ch[f"s{s}b{b}_kernel"], ch[f"s{s}b{b}_sparsity"])
+            blocks = [(ch[f"s{s}b{b}_expand"], ch[f"s{s}b{b}_kernel"], ch[f"s{s}b{b}_sparsity"], ch[f"s{s}b{b}_conn"])
                       for b in range(1, ch[f"s{s}_depth"] + 1)]
             stages.append((make_divisible(STAGE_CHANNELS[s - 1] * width), 2 if f"s{s}" in down else 1, blocks))
-        return MobileNetV2(task.input_shape[0], task.num_classes, stages, HEAD_CHANNELS, ch["head_sparsity"])
+        return MobileNetV2(task.input_shape[0], task.num_classes, stages, HEAD_CHANNELS, ch["head_sparsity"],
+                           head_conn=ch["head_conn"])
 
     def kernel_specs(self, task: Task, **_: object) -> set:
         """Exact enumeration of every conv/linear kernel (batch 1) any architecture can run: the
         shapes of a block follow from the stage widths, the input resolution of its stage (set by
-        the downsampling placement), expansion, kernel and sparsity. ``tests`` check it against
-        traced networks."""
+        the downsampling placement), expansion, kernel and sparsity (``conn`` changes which weights
+        are zero, not the shapes or the level). ``tests`` check it against traced networks."""
         from ..ops.spec import LayerSpec
 
         ch = self.choices(task)

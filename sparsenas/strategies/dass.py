@@ -43,7 +43,7 @@ from . import STRATEGIES
 from .base import SearchContext, Strategy
 
 PHASES = ("warmup", "prune", "finetune")
-SUPERNET_OPTIONS = ("channels", "cells", "search_cells", "downscale", "depth", "width", "expand")
+SUPERNET_OPTIONS = ("channels", "cells", "search_cells", "downscale", "depth", "width", "expand", "conns")
 
 
 @dataclass

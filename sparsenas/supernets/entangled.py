@@ -5,7 +5,9 @@ One weight per layer at the largest choice; every candidate is a slice of it:
 - expansion e and stage width w: the first ``cin * e`` hidden / first ``make_divisible(C * w)``
   output channels (input channels follow the previous stage's width);
 - depth d: the first d blocks of a stage;
-- sparsity s: the magnitude mask at sparsity s of the (mixed) 1x1 weight.
+- sparsity s: the magnitude mask at sparsity s of the (mixed) 1x1 weight;
+- connectivity (``conn``) of the sparse 1x1 convs: that magnitude mask, or the fixed G2G mask the
+  standalone child's G2GConv2d builds for the slice's shape and s (same function, same seed).
 
 Two ways to run it:
 
@@ -18,8 +20,15 @@ expansion for the project conv). Because slices are prefixes of one tensor, the 
 slices equals ``W * C`` with ``C`` the summed 0/1 prefix masks, which is how it is computed. The
 sparsity choice multiplies the mixed 1x1 weight by ``sum_s p_s * magnitude_mask_s`` (the masks are
 nested, so this is ``cumsum(p)`` gathered at each weight's magnitude rank; ranks are refreshed by
-``refresh_masks()``, as the standalone trainer refreshes masks every 50 steps). BatchNorm affine
-parameters are mixed the same way (a channel kept by fewer candidates is scaled down), as
+``refresh_masks()``, as the standalone trainer refreshes masks every 50 steps). The connectivity
+decision is coupled with sparsity: the soft mask is ``p_magnitude * sum_s p_s * magnitude_mask_s +
+p_g2g * sum_s p_s * g2g_mask_s``, the G2G masks built once, at construction, on the layer's
+largest weight (a G2G mask depends on the layer's shape -- ensembles, ER draws -- so it is not
+nested across slices: gradient mode sees the largest layer's G2G pattern, an approximation;
+sampling mode and ``extract`` use each child's exact mask). Each weight's magnitude bucket and
+G2G code (which levels' G2G masks keep it) share one byte, so the whole soft mask is one small
+(levels x codes) table gathered once per layer, as cheap as the sparsity decision alone.
+BatchNorm affine parameters are mixed the same way (a channel kept by fewer candidates is scaled down), as
 TangleNAS does, because batch statistics would otherwise normalise the weight scaling away.
 Expansion 1 (no expand conv) is the identity folded into the expand weight, so the skip costs no
 extra activation (nni.md §2: folding the skip into the weight is what keeps memory at ~1.0x); in
@@ -52,7 +61,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ..arch import Arch
 from ..errors import SparseNASError
-from ..ops import SparseConv2d, magnitude_mask, recalibrate_bn
+from ..ops import SparseConv2d, g2g_layer_mask, g2g_plan, magnitude_mask, recalibrate_bn
+from ..search_spaces._mbv2_modules import EXPAND_GROUPING, HEAD_GROUPING, PROJECT_GROUPING, g2g_seed
 from ..search_spaces.base import SearchSpace
 from ..search_spaces.sparse_mbv2 import (
     EXPANSIONS, HEAD_CHANNELS, KERNELS, SPARSITIES, STAGE_CHANNELS, STAGE_MAX_DEPTH, WIDTHS, make_divisible,
@@ -60,7 +70,7 @@ from ..search_spaces.sparse_mbv2 import (
 from ..task import Task
 
 __all__ = ["EntangledMBV2", "ENTANGLED", "entangled_supernet", "prefix", "centre_mask", "sparsity_buckets",
-           "soft_sparsity"]
+           "g2g_child_mask", "g2g_codes", "mask_codes", "soft_conn_mask"]
 
 STEM = 16
 KMAX = max(KERNELS)
@@ -109,9 +119,40 @@ def sparsity_buckets(weight: Tensor, sparsities: list[float] = SPARSITIES) -> Te
     return (torch.searchsorted(zeros, rank, right=True) - 1).view_as(weight)
 
 
-def soft_sparsity(probs: Tensor, buckets: Tensor) -> Tensor:
-    """``sum_s probs[s] * mask_s``, computed as ``cumsum(probs)`` gathered at each weight's bucket."""
-    return torch.cumsum(probs, 0)[buckets]
+def g2g_child_mask(n_in: int, n_out: int, sparsity: float, grouping: str, seed: int) -> Tensor:
+    """(n_out, n_in, 1, 1) 0/1 mask of the G2GConv2d that ``pointwise(..., conn="g2g")`` builds for
+    these arguments (the standalone child's mask)."""
+    ensembles, p_inter = g2g_plan(n_in, n_out, 1.0 - sparsity, grouping)
+    return g2g_layer_mask(n_in, n_out, ensembles, p_inter, "er", grouping, seed)[0][:, :, None, None]
+
+
+G2G_LEVELS = len(SPARSITIES) - 1   # sparse levels, each with its own G2G mask
+G2G_CODES = 2 ** G2G_LEVELS         # a weight's G2G code: bit s-1 set when level s's mask keeps it
+assert len(SPARSITIES) * G2G_CODES <= 256, "mask codes must fit a byte"
+_BITS = ((torch.arange(G2G_CODES)[:, None] >> torch.arange(G2G_LEVELS)) & 1).float()  # (codes, levels)
+
+
+def g2g_codes(n_in: int, n_out: int, grouping: str, seed: int) -> Tensor:
+    """uint8 (n_out, n_in, 1, 1): the G2G code of each weight over the sparse levels of SPARSITIES."""
+    code = torch.zeros(n_out, n_in, 1, 1, dtype=torch.long)
+    for bit, s in enumerate(SPARSITIES[1:]):
+        code |= g2g_child_mask(n_in, n_out, s, grouping, seed).long() << bit
+    return code.to(torch.uint8)
+
+
+def mask_codes(buckets: Tensor, codes: Tensor) -> Tensor:
+    """uint8: a weight's magnitude bucket (:func:`sparsity_buckets`) and G2G code in one byte."""
+    return (buckets.long() * G2G_CODES + codes.long()).to(torch.uint8)
+
+
+def soft_conn_mask(p_sparsity: Tensor, p_conn: Tensor, codes: Tensor) -> Tensor:
+    """``p_magnitude * sum_s p_s * magnitude_mask_s + p_g2g * sum_s p_s * g2g_mask_s`` (level 0: all
+    ones), for weights coded by :func:`mask_codes`: a (levels x G2G codes) table gathered once, so
+    the connectivity decision costs no more elementwise work than the sparsity decision alone."""
+    magnitude = torch.cumsum(p_sparsity, 0)                                 # (levels,) by bucket
+    g2g = p_sparsity[0] + _BITS.to(p_sparsity) @ p_sparsity[1:]             # (codes,) by G2G code
+    table = p_conn[0] * magnitude[:, None] + p_conn[1] * g2g[None, :]
+    return table.flatten()[codes.long()]
 
 
 def _bn(bn: nn.BatchNorm2d, x: Tensor, c: int, scale: Tensor | None = None) -> Tensor:
@@ -141,6 +182,7 @@ class Mix:
     p_kernel: Tensor      # over KERNELS
     p_sparsity: Tensor    # over SPARSITIES
     stride: int
+    p_conn: Tensor        # over sparse_mbv2.CONNS: (magnitude, g2g)
 
 
 class EntangledBlock(nn.Module):
@@ -172,21 +214,33 @@ class EntangledBlock(nn.Module):
         self.register_buffer("pre_kernel", torch.stack([centre_mask(k) for k in KERNELS]), persistent=False)
         same = [[float(ci == co) for co in self.out_sizes] for ci in self.in_sizes]
         self.register_buffer("same_width", torch.tensor(same), persistent=False)
+        # G2G masks of the largest weights at every level (gradient mode), as one code byte per weight
+        self.register_buffer("g2g_exp", g2g_codes(self.cin_max, h, EXPAND_GROUPING, self.seed("exp")),
+                             persistent=False)
+        self.register_buffer("g2g_proj", g2g_codes(h, self.cout_max, PROJECT_GROUPING, self.seed("proj")),
+                             persistent=False)
         self._buckets: dict[str, Tensor] = {}
-        self._masks: dict[tuple, Tensor] = {}
+        self._masks: dict[tuple, Tensor] = {}  # sampling mode's masks (magnitude and G2G) until the next refresh
 
     def extra_repr(self) -> str:
         return (f"{self.name}: cin in {self.in_sizes}, cout in {self.out_sizes}, hidden<={self.hidden_max}, "
                 f"kernel<={KMAX}")
+
+    def seed(self, layer: str) -> int:
+        """Seed of the G2G masks of this block's ``layer`` ("exp" | "proj"), as the standalone block's."""
+        return g2g_seed(f"{self.name}.{layer}")
 
     def refresh_masks(self) -> None:
         self._buckets.clear()
         self._masks.clear()
 
     # ---- sampling mode
-    def child_mask(self, key: str, w: Tensor, sparsity: float) -> Tensor | None:
+    def child_mask(self, key: str, w: Tensor, sparsity: float, conn: str = "magnitude") -> Tensor | None:
         if sparsity <= 0:
             return None
+        if conn == "g2g":
+            grouping = EXPAND_GROUPING if key == "exp" else PROJECT_GROUPING
+            return _cached_g2g(self._masks, key, w, sparsity, grouping, self.seed(key))
         if not self.training:  # evaluation: always the mask of the current weights (exact)
             return magnitude_mask(w, sparsity)
         k = (key, tuple(w.shape), sparsity)
@@ -194,26 +248,26 @@ class EntangledBlock(nn.Module):
             self._masks[k] = magnitude_mask(w, sparsity)
         return self._masks[k]
 
-    def child_weights(self, cin: int, cout: int, expand: int, kernel: int, sparsity: float
-                      ) -> tuple[Tensor | None, Tensor, Tensor]:
+    def child_weights(self, cin: int, cout: int, expand: int, kernel: int, sparsity: float,
+                      conn: str = "magnitude") -> tuple[Tensor | None, Tensor, Tensor]:
         """The child's (masked) weights: expand (or None for expansion 1), depthwise, project."""
         hidden = cin * expand
         w_exp = None
         if expand != 1:
             w_exp = self.w_exp[:hidden, :cin]
-            m = self.child_mask("exp", w_exp, sparsity)
+            m = self.child_mask("exp", w_exp, sparsity, conn)
             w_exp = w_exp if m is None else w_exp * m
         w_dw = centre(self.w_dw[:hidden], kernel)
         w_proj = self.w_proj[:cout, :hidden]
-        m = self.child_mask("proj", w_proj, sparsity)
+        m = self.child_mask("proj", w_proj, sparsity, conn)
         return w_exp, w_dw, (w_proj if m is None else w_proj * m)
 
     def forward_child(self, x: Tensor, cout: int, stride: int, expand: int, kernel: int,
-                      sparsity: float) -> Tensor:
+                      sparsity: float, conn: str = "magnitude") -> Tensor:
         """(B, cin, H, W) -> (B, cout, H/stride, W/stride), exactly the standalone block."""
         cin = x.shape[1]
         hidden = cin * expand
-        w_exp, w_dw, w_proj = self.child_weights(cin, cout, expand, kernel, sparsity)
+        w_exp, w_dw, w_proj = self.child_weights(cin, cout, expand, kernel, sparsity, conn)
         h = x
         if w_exp is not None:
             h = F.relu6(_bn(self.bn1, F.conv2d(x, w_exp), hidden), inplace=True)
@@ -223,10 +277,11 @@ class EntangledBlock(nn.Module):
         return x + y if stride == 1 and cin == cout else y
 
     # ---- gradient mode
-    def _buckets_for(self, key: str, w: Tensor) -> Tensor:
+    def soft_mask(self, key: str, w: Tensor, mix: Mix) -> Tensor:
+        """The sparsity x connectivity soft mask of the mixed 1x1 weight ``w`` ("exp" | "proj")."""
         if key not in self._buckets:  # uint8: 1 byte per weight kept between refreshes
-            self._buckets[key] = sparsity_buckets(w).to(torch.uint8)
-        return self._buckets[key].long()
+            self._buckets[key] = mask_codes(sparsity_buckets(w), getattr(self, f"g2g_{key}"))
+        return soft_conn_mask(mix.p_sparsity, mix.p_conn, self._buckets[key])
 
     def mixed_weights(self, mix: Mix) -> dict[str, Tensor]:
         """The ONE weight each layer runs in gradient mode: ``exp`` (with the identity of expansion 1
@@ -237,7 +292,7 @@ class EntangledBlock(nn.Module):
         # sum over pairs of p * prefix_rows x prefix_cols == sum of the zero-padded slices
         coef = torch.einsum("t,to,ti->oi", conv, self.pre_hidden, self.pre_in)
         exp_core = self.w_exp * coef[:, :, None, None]
-        exp_core = exp_core * soft_sparsity(mix.p_sparsity, self._buckets_for("exp", exp_core))
+        exp_core = exp_core * self.soft_mask("exp", exp_core, mix)
         diag = (pair * self.is_skip) @ self.pre_in                     # identity of expansion 1
         ident = F.pad(torch.diag(diag), (0, 0, 0, self.hidden_max - self.cin_max))
         w_exp = exp_core + ident[:, :, None, None]
@@ -248,7 +303,7 @@ class EntangledBlock(nn.Module):
 
         out = mix.p_out @ self.pre_out
         proj = self.w_proj * (out[:, None] * hidden[None, :])[:, :, None, None]
-        w_proj = proj * soft_sparsity(mix.p_sparsity, self._buckets_for("proj", proj))
+        w_proj = proj * self.soft_mask("proj", proj, mix)
         return {"exp": w_exp, "dw": w_dw, "proj": w_proj, "hidden": hidden, "out": out}
 
     def forward_mixed(self, x: Tensor, mix: Mix, first: bool) -> Tensor:
@@ -317,6 +372,8 @@ class EntangledMBV2(nn.Module):
         nn.init.kaiming_normal_(self.stem[0].weight, mode="fan_out")
         self.alphas = nn.ParameterDict({k: nn.Parameter(torch.zeros(len(v)))
                                         for k, v in self.choices.items() if k != "downsample"})
+        self.register_buffer("g2g_head", g2g_codes(max(in_sizes), HEAD_CHANNELS, HEAD_GROUPING, g2g_seed("head")),
+                             persistent=False)
         self.active: Arch | None = None
         self._head_buckets: Tensor | None = None
         self._head_masks: dict[tuple, Tensor] = {}
@@ -340,8 +397,7 @@ class EntangledMBV2(nn.Module):
 
     def set_arch(self, arch: Arch) -> "EntangledMBV2":
         """Sampling mode: run only ``arch``'s slices."""
-        self.space.validate(arch, self.task)
-        self.active = arch
+        self.active = self.space.validate(arch, self.task)
         return self
 
     def refresh_masks(self) -> None:
@@ -370,9 +426,13 @@ class EntangledMBV2(nn.Module):
 
     # ---- named children
     def extreme(self, largest: bool, downsample: str | None = None) -> Arch:
-        """The largest (or smallest) child: expansion, kernel, depth, width max (min) and sparsity min (max)."""
+        """The largest (or smallest) child: expansion, kernel, depth, width max (min) and sparsity min
+        (max); connectivity is not a size: magnitude in both."""
         picks = {}
         for k, v in self.choices.items():
+            if k.endswith("_conn"):
+                picks[k] = v[0]
+                continue
             big = v[-1] if not k.endswith("sparsity") else v[0]
             small = v[0] if not k.endswith("sparsity") else v[-1]
             picks[k] = big if largest else small
@@ -389,9 +449,11 @@ class EntangledMBV2(nn.Module):
         x = F.adaptive_avg_pool2d(x, 1)
         return self.classifier(torch.flatten(x, 1))
 
-    def _head_child(self, x: Tensor, sparsity: float) -> Tensor:
+    def _head_child(self, x: Tensor, sparsity: float, conn: str = "magnitude") -> Tensor:
         w = self.w_head[:, :x.shape[1]]
-        if sparsity > 0:
+        if sparsity > 0 and conn == "g2g":
+            w = w * _cached_g2g(self._head_masks, "head", w, sparsity, HEAD_GROUPING, g2g_seed("head"))
+        elif sparsity > 0:
             if self.training:
                 key = (tuple(w.shape), sparsity)
                 if key not in self._head_masks:
@@ -409,9 +471,10 @@ class EntangledMBV2(nn.Module):
             cout = self.widths[s][WIDTHS.index(ch[f"s{s}_width"])]
             for b in range(1, ch[f"s{s}_depth"] + 1):
                 stride = 2 if b == 1 and f"s{s}" in down else 1
-                x = self.blocks[f"s{s}b{b}"].forward_child(x, cout, stride, ch[f"s{s}b{b}_expand"],
-                                                           ch[f"s{s}b{b}_kernel"], ch[f"s{s}b{b}_sparsity"])
-        return self._head_child(x, ch["head_sparsity"])
+                key = f"s{s}b{b}"
+                x = self.blocks[key].forward_child(x, cout, stride, ch[f"{key}_expand"], ch[f"{key}_kernel"],
+                                                   ch[f"{key}_sparsity"], ch[f"{key}_conn"])
+        return self._head_child(x, ch["head_sparsity"], ch["head_conn"])
 
     def stage_mixes(self, p: Mapping[str, Tensor]) -> dict[str, Mix]:
         """The :class:`Mix` of every block for the probabilities ``p`` (see :meth:`probs`)."""
@@ -421,17 +484,18 @@ class EntangledMBV2(nn.Module):
             for b in range(1, STAGE_MAX_DEPTH[s - 1] + 1):
                 key = f"s{s}b{b}"
                 mixes[key] = Mix(p_in, p[f"s{s}_width"], p[f"{key}_expand"], p[f"{key}_kernel"],
-                                 p[f"{key}_sparsity"], 2 if b == 1 and f"s{s}" in down else 1)
+                                 p[f"{key}_sparsity"], 2 if b == 1 and f"s{s}" in down else 1, p[f"{key}_conn"])
                 p_in = p[f"s{s}_width"]
         return mixes
 
     def head_weight_mixed(self, p: Mapping[str, Tensor]) -> Tensor:
-        """The head's one mixed weight: input channels weighted by s5's width, soft-sparsified."""
+        """The head's one mixed weight: input channels weighted by s5's width, soft-sparsified
+        (magnitude and G2G masks mixed by ``head_conn``, as the blocks' 1x1 weights)."""
         used = soft_prefix(p["s5_width"], self.widths[5], self.w_head.shape[1])
         w = self.w_head * used[None, :, None, None]
         if self._head_buckets is None:
-            self._head_buckets = sparsity_buckets(w).to(torch.uint8)
-        return w * soft_sparsity(p["head_sparsity"], self._head_buckets.long())
+            self._head_buckets = mask_codes(sparsity_buckets(w), self.g2g_head)
+        return w * soft_conn_mask(p["head_sparsity"], p["head_conn"], self._head_buckets)
 
     def _features_mixed(self, x: Tensor) -> Tensor:
         p = self.probs()
@@ -452,8 +516,9 @@ class EntangledMBV2(nn.Module):
     @torch.no_grad()
     def extract(self, arch: Arch, calibration: Iterable[Tensor] | None = None) -> nn.Module:
         """``space.build(arch)`` carrying this supernet's weights (slices, masks, BN statistics);
-        with ``calibration`` (input batches), BatchNorm statistics are recomputed on them."""
-        self.space.validate(arch, self.task)
+        with ``calibration`` (input batches), BatchNorm statistics are recomputed on them. G2G convs
+        keep the mask they build themselves, the one sampling mode runs."""
+        arch = self.space.validate(arch, self.task)
         model = self.space.build(arch, self.task)
         ch = arch.choices
         _copy_conv(model.stem[0], self.stem[0].weight)
@@ -482,6 +547,16 @@ class EntangledMBV2(nn.Module):
         if calibration is not None:
             recalibrate_bn(model, calibration)
         return model.eval()
+
+
+def _cached_g2g(cache: dict[tuple, Tensor], layer: str, w: Tensor, sparsity: float, grouping: str,
+                seed: int) -> Tensor:
+    """The standalone child's G2G mask for the slice ``w`` (out, in, 1, 1) of ``layer``, kept in
+    ``cache`` (emptied by ``refresh_masks``, which bounds its size; a rebuild takes ~2 ms)."""
+    key = ("g2g", layer, tuple(w.shape), sparsity, w.device, w.dtype)
+    if key not in cache:
+        cache[key] = g2g_child_mask(w.shape[1], w.shape[0], sparsity, grouping, seed).to(w)
+    return cache[key]
 
 
 def _copy_conv(dst: nn.Conv2d, w: Tensor) -> None:

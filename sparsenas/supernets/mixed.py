@@ -126,8 +126,11 @@ class MixedSupernet(nn.Module, ABC):
         """Run every sparse layer at its target sparsity (True) or dense (False).
 
         Score masks are recomputed from the scores at every forward, so only the level is set here
-        (``set_sparsity`` would also sort the scores, for nothing)."""
+        (``set_sparsity`` would also sort the scores, for nothing). Structural masks (G2G) are the
+        op's connectivity, not a pruning level: they stay as they are."""
         for m in sparse_modules(self):
+            if m.structural_mask:
+                continue
             m.sparsity = m.target_sparsity if masked else 0.0
             if m.mask_kind != "score":
                 m.update_mask()
@@ -326,8 +329,14 @@ def _darts_supernet(space: SearchSpace, task: Task, *, target_sparsity: float = 
 # ---------------------------------------------------------------- sparse_mbv2
 class MBV2MixedSupernet(MixedSupernet):
     """A small MobileNetV2 supernet for sparse_mbv2: each block is a MixedOp over (depthwise kernel x
-    1x1-conv op), the op being dense or SparseConv at the target sparsity (DASS's operation choice);
-    the head's 1x1 conv is a MixedOp over dense / sparse too.
+    1x1-conv op), the op being dense, score-masked SparseConv at the target sparsity (DASS's operation
+    choice) or, with ``"g2g"`` in ``conns``, a G2G conv at the target sparsity (the space's
+    ``conn="g2g"``); the head's 1x1 conv is a MixedOp over the same ops.
+
+    A G2G candidate's mask is fixed by its structure, so DASS's phases treat it as a fixed-mask op:
+    it trains its weights at its sparsity in the warm-up as well (the dense warm-up is for the
+    magnitude candidates' scores), keeps them in the score-pruning phase (it has no scores) and
+    trains them again in the fine-tune.
 
     Kept small for a CPU by fixing the other choices: ``depth`` blocks per stage (default 1), width
     multiplier ``width`` (default 0.5), expansion ``expand`` (default 3), and the first downsampling
@@ -335,18 +344,20 @@ class MBV2MixedSupernet(MixedSupernet):
     """
 
     def __init__(self, space: SearchSpace, task: Task, target_sparsity: float = 0.9, depth: int = 1,
-                 width: float = 0.5, expand: int = 3) -> None:
+                 width: float = 0.5, expand: int = 3, conns: tuple[str, ...] = ("magnitude", "g2g")) -> None:
         super().__init__()
-        from ..search_spaces._mbv2_modules import InvertedResidual, pointwise
+        from ..search_spaces._mbv2_modules import HEAD_GROUPING, InvertedResidual, g2g_seed, pointwise
         from ..search_spaces.sparse_mbv2 import HEAD_CHANNELS, KERNELS, STAGE_CHANNELS, STAGE_MAX_DEPTH, make_divisible
 
         self.space, self.task, self.target_sparsity = space, task, target_sparsity
-        self.depth, self.width, self.expand = depth, width, expand
+        self.depth, self.width, self.expand, self.conns = depth, width, expand, tuple(conns)
         choices = space.choices(task)
         self.downsample = choices["downsample"][0]
         down = set(self.downsample.split("+"))
-        ops = [(k, s) for s in (0.0, target_sparsity) for k in KERNELS]
-        names = [f"k{k}_{'dense' if s == 0 else f'sparse{s:g}'}" for k, s in ops]
+        # 1x1 ops (sparsity, conn): dense, then the target sparsity with each connectivity
+        convs = [(0.0, "magnitude")] + [(target_sparsity, c) for c in self.conns]
+        ops = [(k, sp, c) for sp, c in convs for k in KERNELS]
+        names = [f"k{k}_{_op_name(sp, c)}" for k, sp, c in ops]
         self.ops = ops
         stem = 16
         self.stem = nn.Sequential(nn.Conv2d(task.input_shape[0], stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem),
@@ -358,14 +369,15 @@ class MBV2MixedSupernet(MixedSupernet):
             cout = make_divisible(STAGE_CHANNELS[s - 1] * width)
             for b in range(1, min(depth, STAGE_MAX_DEPTH[s - 1]) + 1):
                 stride = 2 if f"s{s}" in down and b == 1 else 1
-                self.blocks.append(MixedOp({n: InvertedResidual(cin, cout, stride, expand, k, sp)
-                                            for n, (k, sp) in zip(names, ops)}))
+                self.blocks.append(MixedOp({n: InvertedResidual(cin, cout, stride, expand, k, sp, c, f"s{s}b{b}")
+                                            for n, (k, sp, c) in zip(names, ops)}))
                 self.block_keys.append((s, b))
                 cin = cout
-        self.head = MixedOp({("dense" if sp == 0 else f"sparse{sp:g}"):
-                             nn.Sequential(pointwise(cin, HEAD_CHANNELS, sp), nn.BatchNorm2d(HEAD_CHANNELS),
-                                           nn.ReLU6(inplace=True)) for sp in (0.0, target_sparsity)})
-        self.head_sparsities = (0.0, target_sparsity)
+        self.head = MixedOp({_op_name(sp, c): nn.Sequential(pointwise(cin, HEAD_CHANNELS, sp, c, HEAD_GROUPING,
+                                                                       g2g_seed("head")),
+                                                             nn.BatchNorm2d(HEAD_CHANNELS), nn.ReLU6(inplace=True))
+                             for sp, c in convs})
+        self.head_ops = convs
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(HEAD_CHANNELS, task.num_classes)
         to_score_masks(self)
@@ -396,28 +408,43 @@ class MBV2MixedSupernet(MixedSupernet):
             depth = min(self.depth, STAGE_MAX_DEPTH[s - 1])
             picks[f"s{s}_depth"], picks[f"s{s}_width"] = depth, self.width
             for b in range(1, STAGE_MAX_DEPTH[s - 1] + 1):
-                k, sp = chosen.get((s, b), chosen[(s, 1)])  # blocks past the depth are unused; any valid value
-                picks[f"s{s}b{b}_expand"], picks[f"s{s}b{b}_kernel"], picks[f"s{s}b{b}_sparsity"] = self.expand, k, sp
-        picks["head_sparsity"] = self.head_sparsities[int(scores["head"][0].argmax())]
+                k, sp, conn = chosen.get((s, b), chosen[(s, 1)])  # blocks past the depth are unused; any value
+                picks.update({f"s{s}b{b}_expand": self.expand, f"s{s}b{b}_kernel": k, f"s{s}b{b}_sparsity": sp,
+                              f"s{s}b{b}_conn": conn})
+        picks["head_sparsity"], picks["head_conn"] = self.head_ops[int(scores["head"][0].argmax())]
         arch = Arch(self.space.name, self.space.version, picks)
         self.space.validate(arch, self.task)
         return arch
 
     def extra_repr(self) -> str:
         return (f"target_sparsity={self.target_sparsity}, depth={self.depth}, width={self.width}, "
-                f"expand={self.expand}, downsample={self.downsample}")
+                f"expand={self.expand}, conns={self.conns}, downsample={self.downsample}")
+
+
+def _op_name(sparsity: float, conn: str) -> str:
+    """Candidate name of a 1x1 op: ``dense``, ``sparse0.9`` (magnitude/score mask), ``g2g0.9``."""
+    if sparsity == 0:
+        return "dense"
+    return f"{'sparse' if conn == 'magnitude' else conn}{sparsity:g}"
 
 
 @MIXED.register("sparse_mbv2")
 def _mbv2_supernet(space: SearchSpace, task: Task, *, target_sparsity: float = 0.9, depth: int = 1,
-                   width: float = 0.5, expand: int = 3, **_: object) -> MBV2MixedSupernet:
-    from ..search_spaces.sparse_mbv2 import EXPANSIONS, SPARSITIES, STAGE_MAX_DEPTH, WIDTHS
+                   width: float = 0.5, expand: int = 3, conns: object = ("magnitude", "g2g"),
+                   **_: object) -> MBV2MixedSupernet:
+    from ..search_spaces.sparse_mbv2 import CONNS, EXPANSIONS, SPARSITIES, STAGE_MAX_DEPTH, WIDTHS
 
     _check_in("target sparsity", target_sparsity, [s for s in SPARSITIES if s > 0], space.name)
     _check_in("depth", depth, list(range(1, max(STAGE_MAX_DEPTH) + 1)), space.name)
     _check_in("width", width, WIDTHS, space.name)
     _check_in("expand", expand, EXPANSIONS, space.name)
-    return MBV2MixedSupernet(space, task, target_sparsity, depth, width, expand)
+    conns = (conns,) if isinstance(conns, str) else tuple(conns)  # type: ignore[arg-type]
+    if not conns or len(set(conns)) != len(conns):
+        raise SparseNASError(f"the mixed-op supernet of space '{space.name}' needs distinct conns (1x1 connectivities "
+                             f"among {', '.join(CONNS)}), got {conns!r}")
+    for c in conns:
+        _check_in("conn", c, CONNS, space.name)
+    return MBV2MixedSupernet(space, task, target_sparsity, depth, width, expand, conns)
 
 
 def _check_in(what: str, value: object, allowed: list, space: str) -> None:
