@@ -44,7 +44,7 @@ def anchor_networks(table: LatencyTable, space: Any, task: Task, n: int = ANCHOR
                     ) -> tuple[list[dict[str, Any]], list[Network]]:
     """The first ``n`` calibration networks of ``space`` at ``task``'s input, as stored and as built."""
     refs = table.calibration(space.name, task.input_shape).get("networks", [])[:n]
-    nets = [build_network(space, Arch.from_dict(r["arch"]), task, table.choose) for r in refs]
+    nets = [build_network(space, space.upgrade(Arch.from_dict(r["arch"])), task, table.choose) for r in refs]
     return refs, nets
 
 

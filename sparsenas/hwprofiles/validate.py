@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..arch import Arch
 from ..task import Task
 from .measure import build_network, measure_networks, sample_archs
 from .profile import calibration_key
@@ -81,7 +82,7 @@ def validate(table: LatencyTable, space: Any, task: Task, *, n: int = 50, seed: 
 
     cal = table.calibration(space.name, task.input_shape)  # a clear error before any work
     metric = table.metric
-    archs = sample_archs(space, task, n, seed=seed, exclude={r["digest"] for r in cal.get("networks", [])})
+    archs = sample_archs(space, task, n, seed=seed, exclude={space.upgrade(Arch.from_dict(r["arch"])).digest() for r in cal.get("networks", [])})
     log(f"building {len(archs)} random {space.name} networks (+{anchor_networks} calibration networks as the "
         "speed anchor)")
     nets = [build_network(space, a, task, table.choose) for a in archs]
