@@ -176,7 +176,7 @@ def test_extract_round_trip_and_bn_recalibration(space, conn):
 
 def test_bad_space_and_placement_are_clear(space):
     with pytest.raises(SparseNASError, match="no weight-entangled supernet"):
-        entangled_supernet(type("S", (), {"name": "g2g_mlp"})(), TASK)
+        entangled_supernet(type("S", (), {"name": "pooling_resnet20"})(), TASK)
     with pytest.raises(SparseNASError, match="downsample placement"):
         EntangledMBV2(space, TASK, downsample="s1")
     with pytest.raises(SparseNASError, match="mixing"):

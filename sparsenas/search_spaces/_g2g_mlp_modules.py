@@ -9,6 +9,17 @@ from torch import Tensor, nn
 from ..ops.g2g import DSTConfig, G2GLinear, enable_dst
 
 
+def layer_plan(in_features: int, widths: Sequence[int], ensembles: int, groupings: Sequence[str],
+               seed: int = 0) -> list[tuple[int, int, int, str, int]]:
+    """``(n_in, n_out, G, grouping, mask seed)`` of each hidden G2GLinear of :class:`G2GMLP`: the one
+    place that says how a layer's G2G mask is drawn, so that a supernet can rebuild a child's masks."""
+    plan, prev = [], in_features
+    for i, (w, grouping) in enumerate(zip(widths, groupings)):
+        plan.append((prev, w, min(ensembles, prev, w), grouping, seed * 1000 + i))
+        prev = w
+    return plan
+
+
 class G2GMLP(nn.Module):
     """Flatten -> [G2GLinear -> ReLU] x depth -> dense Linear classifier.
 
@@ -25,11 +36,9 @@ class G2GMLP(nn.Module):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         prev = in_features
-        for i, (w, grouping) in enumerate(zip(widths, groupings)):
-            g = min(ensembles, prev, w)
-            layers += [G2GLinear(prev, w, ensembles=g, p_inter=p_inter, graph=graph, grouping=grouping,
-                                 seed=seed * 1000 + i), nn.ReLU()]
-            prev = w
+        for n_in, prev, g, grouping, layer_seed in layer_plan(in_features, widths, ensembles, groupings, seed):
+            layers += [G2GLinear(n_in, prev, ensembles=g, p_inter=p_inter, graph=graph, grouping=grouping,
+                                 seed=layer_seed), nn.ReLU()]
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(prev, num_classes)
         self.dst = dst

@@ -17,7 +17,9 @@ Phases, all logged to the study:
    0 = raw inherited weights, which after minutes of supernet training are near chance for most
    children), its validation accuracy measured (``inherited_accuracy``; the raw one is
    ``inherited_accuracy_raw``) and its latency taken from the evaluator: seconds per architecture. Every one is a trial of the real study
-   (``phase=inherited``). It evaluates ``max(--trials, tau_archs + 2)`` distinct architectures.
+   (``phase=inherited``). It evaluates ``max(--trials, tau_archs + 2)`` distinct architectures,
+   over the supernet's ``choices`` (g2g_mlp's supernet searches ``dst="off"`` only: dynamic sparse
+   training is a training procedure, meaningless for inherited weights).
 4. **retraining**: the ``retrain_top`` best architectures of the inherited Pareto front plus
    architectures spread evenly over the inherited-accuracy ranking, up to ``tau_archs`` in all,
    are trained from scratch for ``retrain_epochs`` and logged again (``phase=retrained``, with
@@ -214,7 +216,9 @@ class EntangledStrategy(Strategy):
             return
         budget = ctx.evaluator.budget
         rng = random.Random(ctx.seed)
-        placements = supernet.choices["downsample"]
+        # weight-free decisions that gradient mode fixes (sparse_mbv2's downsampling placement) are
+        # drawn per step for the extremes; spaces without one pass None
+        placements = supernet.choices.get("downsample") or [None]
         supernet.train()
         w_opt = _weight_optimizer(supernet.weight_parameters(), budget.lr, budget.weight_decay)
         train = ctx.data.loader("train", budget.batch_size, shuffle=True, seed=ctx.seed + 3)
@@ -235,7 +239,8 @@ class EntangledStrategy(Strategy):
                           deadline: float | None) -> tuple[dict[str, dict[str, Any]], list[str]]:
         """NSGA-II (in memory) over inherited weights; every evaluated arch becomes a trial of the study."""
         space, task, tracker = ctx.space, ctx.task, ctx.tracker
-        choices = space.choices(task)
+        choices = space.choices(task)  # the study's distributions; the supernet may search a subset
+        searched = supernet.choices
         calib_loader = ctx.data.loader("train", ctx.evaluator.budget.batch_size, shuffle=True, seed=ctx.seed + 2)
         calib = [x for x, _ in itertools.islice(calib_loader, opts.calib_batches)]
         supernet.eval()
@@ -247,7 +252,7 @@ class EntangledStrategy(Strategy):
         records: dict[str, dict[str, Any]] = {}
 
         def objective(trial: optuna.Trial) -> tuple[float, float]:
-            arch = space.suggest(trial, task)
+            arch = Arch(space.name, space.version, {k: trial.suggest_categorical(k, v) for k, v in searched.items()})
             key = arch.digest()
             if key in records:  # NSGA-II may propose an architecture twice: evaluate it once
                 return records[key]["accuracy"], records[key]["latency_ms"]

@@ -4,3 +4,6 @@ Each kind lives in its own module (``mixed``: DARTS/DASS mixed ops; ``balanced``
 supernets over pooling placements). Supernet builders are looked up per space through each kind's
 registry, so a space never imports its supernets.
 """
+
+# modules registering weight-entangled supernets (``entangled.ENTANGLED``), loaded on first lookup
+__all_modules__ = ("entangled", "entangled_mlp")

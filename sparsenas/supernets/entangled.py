@@ -61,6 +61,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..arch import Arch
 from ..errors import SparseNASError
+from ..registry import Registry
 from ..ops import SparseConv2d, g2g_layer_mask, g2g_plan, magnitude_mask, recalibrate_bn
 from ..search_spaces._mbv2_modules import EXPAND_GROUPING, HEAD_GROUPING, PROJECT_GROUPING, g2g_seed
 from ..search_spaces.base import SearchSpace
@@ -69,13 +70,17 @@ from ..search_spaces.sparse_mbv2 import (
 )
 from ..task import Task
 
-__all__ = ["EntangledMBV2", "ENTANGLED", "entangled_supernet", "prefix", "centre_mask", "sparsity_buckets",
+__all__ = ["EntangledMBV2", "EntangledAlphas", "ENTANGLED", "entangled_supernet", "prefix", "centre_mask", "sparsity_buckets",
            "g2g_child_mask", "g2g_codes", "mask_codes", "soft_conn_mask"]
 
 STEM = 16
 KMAX = max(KERNELS)
 EMAX = max(EXPANSIONS)
 MIXINGS = ("softmax", "dirichlet")
+
+# space name -> weight-entangled supernet class; one module per space (``__all_modules__`` of the
+# supernets package), each class registered with ``@ENTANGLED.register(space name)``
+ENTANGLED: Registry[type[nn.Module]] = Registry("weight-entangled supernet", package="sparsenas.supernets")
 
 
 # ---------------------------------------------------------------- slicing helpers
@@ -330,7 +335,42 @@ class EntangledBlock(nn.Module):
         return y + _pad_channels(p_same * x, self.cout_max)
 
 
-class EntangledMBV2(nn.Module):
+class EntangledAlphas:
+    """What every weight-entangled supernet does with its ``alphas`` (a ParameterDict of logits per
+    decision) and ``mixing``: parameter groups, gradient mode, mixing probabilities."""
+
+    alphas: nn.ParameterDict
+    mixing: str
+    active: Arch | None
+    training: bool
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.alphas.values())
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        ids = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in ids]  # type: ignore[attr-defined]
+
+    def set_mixed(self):
+        """Gradient mode: every choice mixed by its alphas."""
+        self.active = None
+        return self
+
+    def probs(self) -> dict[str, Tensor]:
+        """Mixing weights per choice: softmax(alpha), or a DrNAS Dirichlet sample while training."""
+        if self.mixing == "dirichlet" and self.training:
+            return {k: torch.distributions.Dirichlet(F.elu(a) + 1).rsample() for k, a in self.alphas.items()}
+        if self.mixing == "dirichlet":
+            return {k: (F.elu(a) + 1) / (F.elu(a) + 1).sum() for k, a in self.alphas.items()}
+        return {k: F.softmax(a, 0) for k, a in self.alphas.items()}
+
+    @torch.no_grad()
+    def alpha_summary(self) -> dict[str, list[float]]:
+        return {k: [round(float(v), 4) for v in p] for k, p in self.probs().items()}
+
+
+@ENTANGLED.register("sparse_mbv2")
+class EntangledMBV2(EntangledAlphas, nn.Module):
     """The weight-entangled sparse_mbv2 supernet (see the module docstring).
 
     ``alphas``: a ParameterDict keyed by the space's choice names (all but ``downsample``).
@@ -382,19 +422,7 @@ class EntangledMBV2(nn.Module):
         mode = "gradient" if self.active is None else f"sampling {self.active.digest()}"
         return f"mode={mode}, mixing={self.mixing}, downsample(gradient mode)={self.downsample}"
 
-    # ---- parameters and modes
-    def arch_parameters(self) -> list[nn.Parameter]:
-        return list(self.alphas.values())
-
-    def weight_parameters(self) -> list[nn.Parameter]:
-        ids = {id(p) for p in self.arch_parameters()}
-        return [p for p in self.parameters() if id(p) not in ids]
-
-    def set_mixed(self) -> "EntangledMBV2":
-        """Gradient mode: every choice mixed by its alphas."""
-        self.active = None
-        return self
-
+    # ---- modes
     def set_arch(self, arch: Arch) -> "EntangledMBV2":
         """Sampling mode: run only ``arch``'s slices."""
         self.active = self.space.validate(arch, self.task)
@@ -407,22 +435,10 @@ class EntangledMBV2(nn.Module):
         self._head_buckets = None
         self._head_masks.clear()
 
-    def probs(self) -> dict[str, Tensor]:
-        """Mixing weights per choice: softmax(alpha), or a DrNAS Dirichlet sample while training."""
-        if self.mixing == "dirichlet" and self.training:
-            return {k: torch.distributions.Dirichlet(F.elu(a) + 1).rsample() for k, a in self.alphas.items()}
-        if self.mixing == "dirichlet":
-            return {k: (F.elu(a) + 1) / (F.elu(a) + 1).sum() for k, a in self.alphas.items()}
-        return {k: F.softmax(a, 0) for k, a in self.alphas.items()}
-
     def derive(self) -> Arch:
         """The per-decision argmax of alpha, at the gradient-mode placement."""
         picks = {k: self.choices[k][int(torch.argmax(a.detach()))] for k, a in self.alphas.items()}
         return Arch(self.space.name, self.space.version, {**picks, "downsample": self.downsample})
-
-    @torch.no_grad()
-    def alpha_summary(self) -> dict[str, list[float]]:
-        return {k: [round(float(v), 4) for v in p] for k, p in self.probs().items()}
 
     # ---- named children
     def extreme(self, largest: bool, downsample: str | None = None) -> Arch:
@@ -574,12 +590,9 @@ def _copy_bn(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, c: int) -> None:
     dst.num_batches_tracked.copy_(src.num_batches_tracked)
 
 
-ENTANGLED: dict[str, type[nn.Module]] = {"sparse_mbv2": EntangledMBV2}
-
-
 def entangled_supernet(space: SearchSpace, task: Task, **kwargs) -> nn.Module:
     """The weight-entangled supernet of ``space`` (one of :data:`ENTANGLED`)."""
     if space.name not in ENTANGLED:
         raise SparseNASError(f"no weight-entangled supernet for space '{space.name}'; spaces with one: "
-                             f"{', '.join(sorted(ENTANGLED))}")
-    return ENTANGLED[space.name](space, task, **kwargs)
+                             f"{', '.join(ENTANGLED.names())}")
+    return ENTANGLED.get(space.name)(space, task, **kwargs)
