@@ -49,7 +49,7 @@ from ..arch import Arch
 from ..errors import SparseNASError
 from ..evaluators import TrainingDiverged, TrainResult, accuracy
 from ..ops import recalibrate_bn
-from ..supernets.entangled import MIXINGS, entangled_supernet
+from ..supernets.entangled import ENTANGLED, MIXINGS, entangled_supernet
 from ..timing import num_threads
 from . import STRATEGIES
 from .base import SearchContext, Strategy
@@ -80,7 +80,10 @@ class EntangledOptions:
         if unknown:
             raise SparseNASError(f"strategy 'entangled' does not take option(s) {', '.join(sorted(unknown))}; "
                                  f"it takes: {', '.join(sorted(known))}")
-        o = cls(**{k: v for k, v in opts.items() if k in known})
+        # the space's supernet may set its own defaults (an MLP epoch takes a second, an MBV2 one minutes)
+        supernet_cls = ENTANGLED.get(ctx.space.name) if ctx.space.name in ENTANGLED else None
+        space_defaults = getattr(supernet_cls, "default_options", {})
+        o = cls(**{**space_defaults, **{k: v for k, v in opts.items() if k in known}})
         for name in ("search_epochs", "calib_batches", "mask_every", "threads"):
             if int(getattr(o, name)) < 1:
                 raise SparseNASError(f"entangled: {name.replace('_', '-')} must be at least 1, got {getattr(o, name)}")
