@@ -22,7 +22,11 @@ backward (``torch.autograd.graph.saved_tensors_hooks``, parameters excluded) -- 
 training. Step times are measured in this process, the three networks interleaved
 (:func:`sparsenas.timing.time_interleaved`, 1 thread, medians, thread CPU time beside wall).
 
-    python benchmarks/supernet_memory.py [--quick] [--json]
+    python benchmarks/supernet_memory.py [--quick] [--space g2g_mlp] [--json]
+
+``--space g2g_mlp`` measures :class:`~sparsenas.supernets.entangled_mlp.EntangledG2GMLP` in gradient
+mode (widths and depth mixed, connectivity sampled per step) against its largest child (3 x 512,
+dense) on MNIST-1D-shaped inputs (1 x 40); there is no DARTS baseline for that space.
 
 Goal (issue 5): entangled <= 1.1x largest in peak memory and <= 1.2x in step time.
 """
@@ -48,9 +52,11 @@ from sparsenas.search_spaces.sparse_mbv2 import (
     EXPANSIONS, HEAD_CHANNELS, KERNELS, SPARSITIES, STAGE_CHANNELS, STAGE_MAX_DEPTH, WIDTHS, make_divisible,
 )
 from sparsenas.supernets.entangled import EntangledMBV2
+from sparsenas.supernets.entangled_mlp import EntangledG2GMLP
 from sparsenas.task import Task
 
 CONFIGS = ("entangled", "darts", "largest")
+SPACE_CONFIGS = {"sparse_mbv2": CONFIGS, "g2g_mlp": ("entangled", "largest")}
 
 
 # ---------------------------------------------------------------- the DARTS-style baseline
@@ -155,8 +161,14 @@ class DartsMBV2(nn.Module):
 
 
 # ---------------------------------------------------------------- building and stepping
-def build(config: str, size: int, seed: int = 0) -> tuple[nn.Module, Task]:
+def build(config: str, size: int, seed: int = 0, space_name: str = "sparse_mbv2") -> tuple[nn.Module, Task]:
     torch.manual_seed(seed)
+    if space_name == "g2g_mlp":
+        space, task = get_space("g2g_mlp"), Task("mnist1d", (1, 40), 10)
+        net = EntangledG2GMLP(space, task)
+        if config == "entangled":
+            return net.set_mixed(), task
+        return space.build(net.extreme(largest=True), task), task
     space = get_space("sparse_mbv2")
     task = Task("digits", (1, size, size), 10)
     placement = space.choices(task)["downsample"][0]
@@ -208,10 +220,10 @@ def rss_bytes() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def worker(config: str, batch: int, size: int, steps: int, device: str) -> dict:
+def worker(config: str, batch: int, size: int, steps: int, device: str, space_name: str) -> dict:
     """Run in a fresh process: peak training memory of one configuration."""
     torch.set_num_threads(1)
-    model, task = build(config, size)
+    model, task = build(config, size, space_name=space_name)
     model.to(device)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, *task.input_shape, generator=g).to(device)
@@ -239,9 +251,9 @@ def worker(config: str, batch: int, size: int, steps: int, device: str) -> dict:
 
 def measure_memory(args: argparse.Namespace) -> dict[str, dict]:
     out = {}
-    for config in CONFIGS:
+    for config in SPACE_CONFIGS[args.space]:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", config, "--batch", str(args.batch),
-               "--size", str(args.size), "--steps", str(args.steps), "--device", args.device]
+               "--size", str(args.size), "--steps", str(args.steps), "--device", args.device, "--space", args.space]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         if proc.returncode != 0:
             raise RuntimeError(f"worker {config} failed:\n{proc.stderr}")
@@ -253,8 +265,8 @@ def measure_time(args: argparse.Namespace) -> dict[str, dict]:
     from sparsenas.timing import time_interleaved
 
     fns = {}
-    for config in CONFIGS:
-        model, task = build(config, args.size)
+    for config in SPACE_CONFIGS[args.space]:
+        model, task = build(config, args.size, space_name=args.space)
         model.to(args.device)
         g = torch.Generator().manual_seed(1)
         x = torch.randn(args.batch, *task.input_shape, generator=g).to(args.device)
@@ -278,13 +290,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="8x8 inputs, batch 16, fewer repeats")
+    p.add_argument("--space", choices=sorted(SPACE_CONFIGS), default="sparse_mbv2",
+                   help="g2g_mlp: the entangled MLP against its largest child (--size is ignored)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.batch, args.repeats, args.rounds, args.steps = 8, 16, 3, 3, 2
     if args.worker:
-        print(json.dumps(worker(args.worker, args.batch, args.size, args.steps, args.device)))
+        print(json.dumps(worker(args.worker, args.batch, args.size, args.steps, args.device, args.space)))
         return 0
     load_before = os.getloadavg()
     start = time.perf_counter()
@@ -292,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     tim = measure_time(args)
     ref_m, ref_t = mem["largest"], tim["largest"]
     rows = {}
-    for c in CONFIGS:
+    for c in SPACE_CONFIGS[args.space]:
         rows[c] = {**mem[c], "step_wall_ms": tim[c]["wall_ms"], "step_cpu_ms": tim[c]["cpu_ms"],
                    "peak_ratio": mem[c]["peak_mb"] / ref_m["peak_mb"],
                    "saved_ratio": mem[c]["saved_mb"] / ref_m["saved_mb"],
@@ -300,14 +314,15 @@ def main(argv: list[str] | None = None) -> int:
                    "time_ratio_cpu": tim[c]["cpu_ms"] / ref_t["cpu_ms"]}
     e = rows["entangled"]
     goal = {"peak_ratio<=1.1": e["peak_ratio"] <= 1.1, "time_ratio_cpu<=1.2": e["time_ratio_cpu"] <= 1.2}
-    result = {"benchmark": "supernet_memory", "device": args.device, "batch": args.batch, "size": args.size,
+    result = {"benchmark": "supernet_memory", "space": args.space, "device": args.device, "batch": args.batch, "size": args.size,
               "rows": rows, "goal": goal, "load_before": load_before, "load_after": os.getloadavg(),
               "seconds": round(time.perf_counter() - start, 1), "torch": torch.__version__,
               "machine": platform.processor() or platform.machine(), "memory_method": ref_m["memory"]}
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"training step, sparse_mbv2, batch {args.batch}, {args.size}x{args.size}, {args.device} "
+    shape = "1x40" if args.space == "g2g_mlp" else f"{args.size}x{args.size}"
+    table = Table(title=f"training step, {args.space}, batch {args.batch}, {shape}, {args.device} "
                         f"(ratios vs the largest child)")
     for col in ("network", "params", "peak MB", "peak x", "saved MB", "saved x", "step ms (cpu)", "time x (cpu)",
                 "time x (wall)"):
