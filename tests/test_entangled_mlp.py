@@ -107,6 +107,14 @@ def test_gradient_mode_trains_every_alpha_and_derives(space):
     F.cross_entropy(net(x), y).backward()
     for name, a in net.alphas.items():
         assert a.grad is not None and a.grad.abs().sum() > 0, name
+    # the sampled connectivity is held between mask refreshes, then drawn again
+    held = net.conn_pick()[0]
+    assert net.conn_pick()[0] == held
+    draws = []
+    for _ in range(10):
+        net.refresh_masks()
+        draws.append(tuple(net.conn_pick()[0].values()))
+    assert len(set(draws)) > 1
     with torch.no_grad():
         for a in net.arch_parameters():
             a.zero_()

@@ -41,9 +41,11 @@ beta-weighted features go through ONE classifier matmul (``beta = softmax(alpha[
 *Connectivity* has 5 x 6 x 4 x 3 = 360 joint values per layer and each is a 512 x 512 mask that is not
 a slice of another (it depends on the shape, the grouping draw and the ER draw), so mixing them
 densely would cost 360 mask products per layer. Instead each of the four decisions is sampled by a
-hard Gumbel-softmax with a straight-through gradient (GDAS): one joint combination ``c`` per step,
-its (fan-in scaled) mask ``M_c`` (at the layer's largest shape, cached) applied to the weight, and the layer's
-output multiplied by ``s = prod_k y_k[c_k]`` with ``y_k = onehot_k - softmax_k.detach() + softmax_k``
+hard Gumbel-softmax with a straight-through gradient (GDAS): one joint combination ``c``, drawn anew at
+every :meth:`~EntangledG2GMLP.refresh_masks` (every ``mask_every`` = 20 steps in the strategy, because
+drawing a new combination's three masks costs more than a step), its (fan-in scaled) mask ``M_c`` (at
+the layer's largest shape, cached) applied to the weight, and the layer's output multiplied by
+``s = prod_k y_k[c_k]`` with ``y_k = onehot_k - softmax_k.detach() + softmax_k`` recomputed every step
 (value 1; its gradient reaches every alpha of the four decisions through the softmaxes). The mixed
 weight of layer i is therefore ``s * W_i * outer(m_i, m_{i-1}) * M_c``. Outside training, gradient
 mode uses the argmax combination. As in the sparse_mbv2 supernet, gradient mode sees the largest
@@ -115,8 +117,12 @@ class EntangledG2GMLP(EntangledAlphas, nn.Module):
         self.classifier = nn.Linear(WMAX, task.num_classes)
         self.alphas = nn.ParameterDict({k: nn.Parameter(torch.zeros(len(v)))
                                         for k, v in self.choices.items() if k != "dst"})
+        # (len(WIDTHS), 512) 0/1 rows: prefix(w) of every width, so m_i = p_i @ prefixes is one op
+        self.register_buffer("prefixes", torch.stack([soft_prefix(torch.eye(len(WIDTHS))[j], WIDTHS, WMAX)
+                                                      for j in range(len(WIDTHS))]), persistent=False)
         self.active: Arch | None = None
         self._masks: OrderedDict[tuple, Tensor | None] = OrderedDict()  # LRU of scaled G2G masks
+        self._held: dict[str, int] | None = None  # gradient mode's connectivity sample (conn_pick)
 
     def extra_repr(self) -> str:
         mode = "gradient" if self.active is None else f"sampling {self.active.digest()}"
@@ -130,7 +136,9 @@ class EntangledG2GMLP(EntangledAlphas, nn.Module):
         return self
 
     def refresh_masks(self) -> None:
-        """Nothing to refresh: G2G masks depend on shapes and decisions, not on weight values."""
+        """Draw a new connectivity combination for gradient mode (:meth:`conn_pick`); the cached G2G
+        masks stay, as they depend on shapes and decisions, not on weight values."""
+        self._held = None
 
     def derive(self) -> Arch:
         """The per-decision argmax of alpha (``dst`` off)."""
@@ -199,14 +207,21 @@ class EntangledG2GMLP(EntangledAlphas, nn.Module):
 
     def conn_pick(self) -> tuple[dict[str, object], Tensor]:
         """The connectivity combination gradient mode runs now and its straight-through scale ``s``:
-        a hard Gumbel-softmax sample per decision while training with gradients, else the argmax (s = 1)."""
+        while training with gradients, a hard Gumbel-softmax sample per decision, held until the next
+        :meth:`refresh_masks` (the strategy calls it every ``mask_every`` steps: a new combination's
+        masks cost 1-12 ms to draw, more than a step), with ``s = prod_k (onehot_k - softmax_k.detach()
+        + softmax_k)[c_k]`` recomputed every step; otherwise the argmax (s = 1)."""
         picks, scale = {}, torch.ones((), device=self.classifier.weight.device)
+        sampling = self.training and torch.is_grad_enabled()
+        if sampling and self._held is None:
+            self._held = {k: int(F.gumbel_softmax(self.alphas[k].detach(), tau=self.tau, hard=True).argmax())
+                          for k in CONN_DECISIONS}
         for k in CONN_DECISIONS:
             a = self.alphas[k]
-            if self.training and torch.is_grad_enabled():
-                y = F.gumbel_softmax(a, tau=self.tau, hard=True)
-                i = int(y.argmax())
-                scale = scale * y[i]
+            if sampling:
+                i = self._held[k]
+                soft = F.softmax(a / self.tau, 0)
+                scale = scale * (1.0 - soft[i].detach() + soft[i])
             else:
                 i = int(a.detach().argmax())
             picks[k] = self.choices[k][i]
@@ -214,7 +229,7 @@ class EntangledG2GMLP(EntangledAlphas, nn.Module):
 
     def width_probs(self, p: dict[str, Tensor]) -> list[Tensor]:
         """``m_i`` (512,) per hidden layer: the probability that each unit is in use."""
-        return [soft_prefix(p[f"h{i}_width"], WIDTHS, WMAX) for i in range(1, MAX_DEPTH + 1)]
+        return [p[f"h{i}_width"] @ self.prefixes for i in range(1, MAX_DEPTH + 1)]
 
     def largest_masks(self, conn: dict[str, object]) -> list[Tensor | None]:
         """The connectivity combination ``conn``'s G2G masks at every layer's largest shape."""
@@ -245,8 +260,9 @@ class EntangledG2GMLP(EntangledAlphas, nn.Module):
         for i, m in enumerate(self.width_probs(p)):
             w = self.weights[i] if masks[i] is None else self.weights[i] * masks[i]
             z = F.linear(x if m_prev is None else x * m_prev, w)
-            x = F.relu(m * (scale * z + self.biases[i]))
-            cls_in = cls_in + beta[i] * (m * x)
+            # m * (s * z + b) with the scalars folded into (512,) vectors: two activation-sized ops
+            x = F.relu(torch.addcmul(m * self.biases[i], m * scale, z))
+            cls_in = cls_in + x * (beta[i] * m)
             m_prev = m
         return self.classifier(cls_in)
 
