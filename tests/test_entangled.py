@@ -209,3 +209,20 @@ def test_entangled_search_logs_trials_front_and_kendall_tau(storage_url):
     with pytest.raises(SparseNASError, match="does not take"):
         search(space="sparse_mbv2", strategy="entangled", dataset="synthetic", storage=storage_url, study="bad",
                progress=False, options={"search_epoch": 1})
+
+
+def test_fused_masked_mix_has_autograd_gradients():
+    """The hand-written backward of the soft-masked 1x1 weight agrees with finite differences, and its
+    forward with the plain expression, for weights, slice coefficients and both probability vectors."""
+    from sparsenas.search_spaces.sparse_mbv2 import SPARSITIES
+    from sparsenas.supernets.entangled import G2G_CODES, masked_mix, soft_conn_mask
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 5, 1, 1, dtype=torch.double, generator=g).requires_grad_()
+    coef = torch.rand(6, 5, dtype=torch.double, generator=g).requires_grad_()
+    ps = torch.softmax(torch.randn(len(SPARSITIES), dtype=torch.double, generator=g), 0).requires_grad_()
+    pc = torch.softmax(torch.randn(2, dtype=torch.double, generator=g), 0).requires_grad_()
+    codes = torch.randint(0, len(SPARSITIES) * G2G_CODES, (6, 5, 1, 1), generator=g).to(torch.uint8)
+    plain = w * coef[:, :, None, None] * soft_conn_mask(ps, pc, codes)
+    assert torch.allclose(masked_mix(w, coef, ps, pc, codes), plain)
+    assert torch.autograd.gradcheck(lambda *a: masked_mix(*a, codes), (w, coef, ps, pc))
