@@ -159,6 +159,23 @@ class Tracker:
         for k, v in result.to_attrs().items():
             trial.set_user_attr(k, _jsonable(v))
 
+    def twin(self, canonical_digest: str) -> FrozenTrial | None:
+        """A COMPLETE trial of this study that built the same network (same ``canonical_digest``)."""
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.user_attrs.get("canonical_digest") == canonical_digest:
+                return t
+        return None
+
+    def record_duplicate(self, trial: optuna.Trial, twin: FrozenTrial) -> list[float]:
+        """Give ``trial`` the results (and saved weights) of ``twin``, the same network under another
+        encoding, instead of training it again; returns the twin's values."""
+        own = {"arch", "arch_digest", "canonical_digest", "strategy"}
+        for k, v in twin.user_attrs.items():
+            if k not in own:
+                trial.set_user_attr(k, v)
+        trial.set_user_attr("duplicate_of", twin.number)
+        return list(twin.values)
+
     def values(self, result: EvalResult) -> list[float]:
         return [float(getattr(result, o)) for o in self.objectives]
 

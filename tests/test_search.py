@@ -116,3 +116,19 @@ def test_a_killed_search_resumes_without_losing_completed_trials(tmp_path):
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(complete) >= 4
     assert all(study.trials[n].params == p for n, p in before.items())  # nothing completed was lost or redone
+
+
+def test_a_network_proposed_under_another_encoding_is_not_trained_again(storage_url, tmp_path):
+    # ensembles=1 makes the layer dense: p_inter, graph and grouping (and unused widths) change nothing
+    fixed = {"depth": 1, "h1_width": 64, "dst": "off", "ensembles": 1}
+    study = sparsenas.search(space="g2g_mlp", dataset="synthetic", strategy="random", trials=3, epochs=1,
+                             batch_size=16, progress=False, storage=storage_url, study="dup", seed=0,
+                             latency="measured", artifact_dir=str(tmp_path / "art"), options={"fixed": fixed})
+    first, *others = study.get_trials()
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials())
+    assert "duplicate_of" not in first.user_attrs and first.intermediate_values  # trained
+    assert len({t.user_attrs["arch_digest"] for t in study.get_trials()}) > 1  # encodings differ...
+    for t in others:  # ...one network: later proposals take the first one's results and weights
+        assert t.user_attrs["duplicate_of"] == first.number and not t.intermediate_values
+        assert t.values == first.values
+        assert t.user_attrs["weights_artifact"] == first.user_attrs["weights_artifact"]

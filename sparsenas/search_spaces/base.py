@@ -64,6 +64,12 @@ class SearchSpace(ABC):
         and ``arch.json`` files); the default translates nothing, so other versions fail validation."""
         return arch
 
+    def canonical(self, arch: Arch) -> Arch:
+        """One representative of the architectures that build the same network: choices that
+        change nothing (a block past its stage's depth, ...) set to a fixed value, so a strategy can
+        tell that two proposals are one network. The default: every choice matters."""
+        return arch
+
     def validate(self, arch: Arch, task: Task) -> Arch:
         """Raise SparseNASError unless ``arch`` (after :meth:`upgrade`) is an architecture of this
         space for ``task``; returns the upgraded architecture, which is the one to build."""

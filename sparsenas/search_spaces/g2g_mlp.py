@@ -63,6 +63,19 @@ class G2GMLPSpace(SearchSpace):
         c.update(ensembles=ENSEMBLES, p_inter=P_INTER, graph=GRAPHS, grouping=GROUPINGS, dst=DST_RULES)
         return c
 
+    def canonical(self, arch: Arch) -> Arch:
+        """Widths past ``depth`` are unused; one ensemble or the full graph is a dense layer whatever
+        p_inter, graph and grouping say; the block graph draws no inter-ensemble edges, so p_inter
+        means nothing for it. Those choices are set to fixed values."""
+        ch = dict(arch.choices)
+        for i in range(ch.get("depth", MAX_DEPTH) + 1, MAX_DEPTH + 1):
+            ch[f"h{i}_width"] = WIDTHS[0]
+        if ch.get("ensembles") == 1 or ch.get("graph") == "full":
+            ch.update(ensembles=1, p_inter=P_INTER[0], graph="full", grouping=GROUPINGS[0])
+        elif ch.get("graph") == "block":
+            ch["p_inter"] = P_INTER[0]
+        return Arch(arch.space, arch.version, ch)
+
     def default_arch(self, task: Task) -> Arch:
         """G2GNet's reference setting: 2 hidden layers of 256, G=8, p_inter=0.15 (74% sparse), ER, index."""
         return Arch(self.name, self.version, {"depth": 2, "h1_width": 256, "h2_width": 256, "h3_width": 256,

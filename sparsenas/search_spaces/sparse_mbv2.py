@@ -87,6 +87,22 @@ class SparseMBV2Space(SearchSpace):
         conns = {f"s{s}b{b}_conn": CONNS[0] for s, b in block_keys()} | {"head_conn": CONNS[0]}
         return Arch(self.name, 2, {**conns, **arch.choices})
 
+    def canonical(self, arch: Arch) -> Arch:
+        """Blocks past their stage's depth are not built, and ``conn`` means nothing for a dense
+        (sparsity 0) 1x1 conv: those choices are set to the first value."""
+        arch = self.upgrade(arch)
+        ch = dict(arch.choices)
+        for s, b in block_keys():
+            key = f"s{s}b{b}"
+            if b > ch.get(f"s{s}_depth", b):
+                ch.update({f"{key}_expand": EXPANSIONS[0], f"{key}_kernel": KERNELS[0],
+                           f"{key}_sparsity": SPARSITIES[0], f"{key}_conn": CONNS[0]})
+            elif ch.get(f"{key}_sparsity") == 0:
+                ch[f"{key}_conn"] = CONNS[0]
+        if ch.get("head_sparsity") == 0:
+            ch["head_conn"] = CONNS[0]
+        return Arch(arch.space, arch.version, ch)
+
     def default_arch(self, task: Task) -> Arch:
         """MobileNetV2-like dense reference: full depth, width 1, t=6 (t=1 first), k=3."""
         ch = self.choices(task)

@@ -256,8 +256,8 @@ class EntangledStrategy(Strategy):
 
         def objective(trial: optuna.Trial) -> tuple[float, float]:
             arch = Arch(space.name, space.version, {k: trial.suggest_categorical(k, v) for k, v in searched.items()})
-            key = arch.digest()
-            if key in records:  # NSGA-II may propose an architecture twice: evaluate it once
+            key = space.canonical(arch).digest()
+            if key in records:  # NSGA-II may propose one network twice (or under two names): evaluate it once
                 return records[key]["accuracy"], records[key]["latency_ms"]
             ctx.progress.trial_started(len(tracker.study.trials), f"inherited {key}")
             t0 = time.perf_counter()
@@ -290,7 +290,7 @@ class EntangledStrategy(Strategy):
         inner.optimize(objective, n_trials=5 * n_eval, timeout=timeout, callbacks=[enough])
         front = []
         for t in inner.best_trials:
-            key = Arch(space.name, space.version, t.params).digest()
+            key = space.canonical(Arch(space.name, space.version, t.params)).digest()
             if key in records and key not in front and not records[key].get("over_latency"):
                 front.append(key)
         return records, front

@@ -46,8 +46,13 @@ class SamplerStrategy(Strategy):
 
         def objective(trial: optuna.Trial) -> list[float]:
             arch = space.suggest(trial, task)
-            tracker.record_arch(trial, arch, strategy=self.name)
+            canonical = space.canonical(arch).digest()
+            tracker.record_arch(trial, arch, strategy=self.name, canonical_digest=canonical)
             ctx.progress.trial_started(trial.number, arch.digest())
+            # the same network under another encoding (a block past its stage's depth, p_inter of a
+            # dense layer...) is not trained twice: it takes the first one's results and weights
+            if (twin := tracker.twin(canonical)) is not None:
+                return tracker.record_duplicate(trial, twin)
             model = evaluator.build(arch)
             lat = evaluator.latency(arch, model, task)
             trial.set_user_attr("latency_ms", lat.ms)
