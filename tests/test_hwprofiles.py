@@ -243,9 +243,16 @@ def test_shipped_profile_predicts_sparse_mbv2_on_digits():
     arch = space.sample(random.Random(11), task)
     torch.manual_seed(0)
     model = space.build(arch, task)
-    result = LATENCY.get("table")(hw=None)(arch, model, task)
+    evaluator = LATENCY.get("table")(hw=None)
+    result = evaluator(arch, model, task)
     assert isinstance(result, LatencyResult) and result.source == f"table:{table.name}"
     assert result.ms == result.attrs["predicted_latency_ms"] > result.attrs["kernel_sum_ms"] > 0
+    # anchored once per space and input: the speed factor is recorded and scales the calibrated figure
+    speed = result.attrs["hw_speed"]
+    assert 0.2 < speed < 5 and evaluator.table.speed == {"sparse_mbv2@1x16x16": speed}
+    unanchored = LATENCY.get("table")(hw=None, anchor=False)(arch, model, task)
+    assert unanchored.attrs["hw_speed"] == 1.0 and result.ms == pytest.approx(unanchored.ms * speed)
+    assert evaluator(arch, model, task).attrs["hw_speed"] == speed  # not re-timed per network
     exported = kernel_choices(to_inference(model, task.input_shape, choose=table.choose))
     predicted = result.attrs["kernels"]
     assert all(predicted[name] == impl for name, impl in exported.items())  # the predicted net is the exported net
