@@ -99,8 +99,7 @@ class TableLatency:
         from ..search_spaces import get_space
 
         self._anchored.add(key)
-        self.table.calibration(arch.space, task.input_shape)  # no calibration: predict() says so, clearly
-        self.table.anchor(get_space(arch.space), task)
+        self.table.anchor(get_space(arch.space), task)  # no calibration: a clear ProfileError, as predict() gives
 
     def __call__(self, arch: Arch, model: nn.Module, task: Task) -> LatencyResult:
         from ..ops import trace_named_layers
