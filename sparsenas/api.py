@@ -7,7 +7,8 @@ from typing import Any
 import optuna
 
 from .errors import SparseNASError
-from .tracking import DEFAULT_STORAGE, MULTI, SINGLE
+from .runtimes import DEFAULT_RUNTIME
+from .tracking import DEFAULT_STORAGE, MULTI, OBJECTIVE_NAMES, SINGLE
 
 
 DEFAULT_EPOCHS = 6
@@ -31,6 +32,8 @@ class SearchConfig:
     seed: int = 0
     device: str = "cpu"
     objective: str = "multi"            # "multi": (accuracy, latency); "accuracy": accuracy alone
+    objectives: str | None = None       # "accuracy,latency,size" (any subset, accuracy first); overrides objective
+    runtime: str = DEFAULT_RUNTIME      # inference runtime whose latency (and weight bytes) the search judges
     max_latency_ms: float | None = None
     latency: str = "auto"               # "table" (hardware profile), "measured", or "auto": table where the profile covers the space
     hw: str | None = None               # hardware profile file for the table latency evaluator
@@ -46,9 +49,22 @@ class SearchConfig:
         return self.study or f"{self.space}-{dataset}{size}-{self.strategy}{suffix}"
 
 
+def objectives_of(config: SearchConfig) -> tuple[str, ...]:
+    """The study's objectives (EvalResult fields) from ``objectives`` or the older ``objective``."""
+    if config.objectives is None:
+        return MULTI if config.objective == "multi" else SINGLE
+    names = [n.strip() for n in config.objectives.split(",") if n.strip()]
+    bad = [n for n in names if n not in OBJECTIVE_NAMES]
+    if bad or not names or names[0] != "accuracy" or len(set(names)) != len(names):
+        raise SparseNASError(f"--objectives {config.objectives!r} is not a list of distinct objectives starting with "
+                             f"accuracy; allowed: {', '.join(OBJECTIVE_NAMES)} (e.g. accuracy,latency,size)")
+    return tuple(OBJECTIVE_NAMES[n] for n in names)
+
+
 def _check(config: SearchConfig) -> None:
     if config.objective not in ("multi", "accuracy"):
         raise SparseNASError(f"unknown objective '{config.objective}'; allowed: multi, accuracy")
+    objectives_of(config)
     if config.max_latency_ms is not None and config.objective != "accuracy":
         raise SparseNASError("--max-latency-ms applies to the single-objective form; add --objective accuracy "
                              "(the multi-objective search already trades latency against accuracy)")
@@ -76,7 +92,7 @@ def _latency_kind(config: SearchConfig, space: str, task: Any) -> str:
         return config.latency
     from .hwprofiles import LatencyTable, calibration_key
 
-    table = LatencyTable.load(config.hw)  # a bad --hw file is an error, not a silent fallback
+    table = LatencyTable.load(config.hw, config.runtime)  # a bad --hw file is an error, not a silent fallback
     cal = table.data["calibrations"].get(calibration_key(space, task.input_shape))
     return "table" if cal is not None and cal.get("num_classes") == task.num_classes else "measured"
 
@@ -104,11 +120,15 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     data = load_dataset(config.dataset or space.default_dataset, data_dir=config.data_dir,
                         input_size=config.input_size, seed=config.seed, limit=config.limit)
     space.check_task(data.task)
-    latency = LATENCY.get(_latency_kind(config, space.name, data.task))(hw=config.hw, anchor=config.hw_anchor)
+    from .runtimes import get_runtime
+
+    get_runtime(config.runtime)  # not installed: a clear error naming the extra, before any work
+    latency = LATENCY.get(_latency_kind(config, space.name, data.task))(hw=config.hw, anchor=config.hw_anchor,
+                                                                         runtime=config.runtime)
     strategy.check(space, data.task, config.options)
-    objectives = MULTI if config.objective == "multi" else SINGLE
-    spec = StudySpec(space.name, space.version, data.task.dataset, data.task.to_dict(), objectives)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2) if objectives == SINGLE else None
+    objectives = objectives_of(config)
+    spec = StudySpec(space.name, space.version, data.task.dataset, data.task.to_dict(), objectives, config.runtime)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2) if len(objectives) == 1 else None
     tracker = Tracker(config.storage, config.study_name(data.task.dataset), spec, pruner=pruner,
                       extra_attrs={"strategy": config.strategy, "config": asdict(config)},
                       artifact_dir=config.artifact_dir)

@@ -33,6 +33,7 @@ from torch import nn
 from .arch import Arch
 from .errors import SparseNASError
 from .ops.kernels import frozen_weight
+from .ops.plain import to_plain
 from .ops.sparse import SparseMixin
 from .task import Task
 
@@ -70,32 +71,6 @@ def normalize_formats(formats: str | Iterable[str] | None) -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------- plain PyTorch
-def to_plain(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` in eval mode where every sparse layer is the plain ``nn.Conv2d`` /
-    ``nn.Linear`` it stands for, holding its masked weight. Needs nothing of sparsenas to run."""
-    out = copy.deepcopy(model).eval()
-    for name, m in list(out.named_modules()):
-        if not isinstance(m, SparseMixin):
-            continue
-        w = frozen_weight(m)
-        if isinstance(m, nn.Conv2d):
-            plain: nn.Module = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
-                                         m.dilation, m.groups, m.bias is not None, m.padding_mode)
-        elif isinstance(m, nn.Linear):
-            plain = nn.Linear(m.in_features, m.out_features, m.bias is not None)
-        else:
-            raise ExportError(f"cannot export sparse layer '{name}' of type {type(m).__name__}: only sparse "
-                              "Conv2d and Linear layers have a plain PyTorch equivalent")
-        with torch.no_grad():
-            plain.weight.copy_(w)
-            if m.bias is not None:
-                plain.bias.copy_(m.bias.detach())
-        if name == "":
-            return plain.eval()
-        out.set_submodule(name, plain)
-    return out.eval()
-
-
 def layer_sparsity(model: nn.Module) -> list[dict[str, Any]]:
     """Per conv/linear layer: name, type, weight shape, parameters, non-zeros and sparsity of the
     weight it runs with (masked for sparse layers)."""

@@ -34,6 +34,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=_positive_int, action="append", default=None,
                    help="input size SxS to profile (repeatable; default: the dataset's, 16 for digits)")
     p.add_argument("--out", default=None, metavar="FILE", help="profile to write (extended if it exists)")
+    p.add_argument("--runtime", default=None,
+                   help="inference runtime to time: onnxruntime (default: the exported model.onnx, as deployed), "
+                        "torch (PyTorch eager with CSR kernels) or openvino; with --validate, default: the profile's")
     p.add_argument("--name", default=None, help="profile name (default: the file name)")
     p.add_argument("--repeats", type=_positive_int, default=100, help="timed calls per kernel (default 100)")
     p.add_argument("--calibration-networks", type=int, default=80,
@@ -94,13 +97,17 @@ def _profile(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     jobs = _jobs(args)
-    data = run_profile(jobs, args.out, name=args.name, timer=KernelTimer(repeats=args.repeats),
+    from ..runtimes import DEFAULT_RUNTIME
+
+    timer = KernelTimer(repeats=args.repeats, runtime=args.runtime or DEFAULT_RUNTIME)
+    data = run_profile(jobs, args.out, name=args.name, timer=timer,
                        calibration_networks=args.calibration_networks, calibration_repeats=args.network_repeats,
                        seed=args.seed, cuda=args.device == "cuda", progress=not args.no_progress,
                        log=lambda s: console.print(s))
     out = Console()
-    out.print(f"wrote {args.out}: {len(data['entries'])} kernels on {data['machine']['cpu_model']} "
-              f"({data['machine']['cores']} cores, {data['timing']['threads']} thread), torch {data['machine']['torch']}")
+    rt = data["runtime"]
+    out.print(f"wrote {args.out}: {len(data['entries'])} kernels of runtime {rt['name']} {rt['version']} on "
+              f"{data['machine']['cpu_model']} ({data['machine']['cores']} cores, {data['timing']['threads']} thread)")
     summary = []
     for rec in data["profiled"]:
         cal = data["calibrations"].get(rec["key"], {})
@@ -112,6 +119,7 @@ def _profile(args: argparse.Namespace) -> int:
                       f"{len(cal['networks'])} networks, leave-one-out within ±10%: {loo['within_10']:.0%} "
                       f"(plain sum: {cal['plain_sum']['within_10']:.0%})")
     out.print(f"Check it:  nas profile --validate {args.out} --space {jobs[0][0].name} --n 50")
+    out.print(f"Use it:    nas search --space {jobs[0][0].name} --runtime {rt['name']} --hw {args.out}")
     if args.json:
         print_json({"out": args.out, "kernels": len(data["entries"]), "machine": data["machine"], "profiled": summary})
     return 0
@@ -125,7 +133,8 @@ def _validate(args: argparse.Namespace) -> int:
     from ..hwprofiles.profile import METRICS
     from ..hwprofiles.validate import report_rows, validate
 
-    table = LatencyTable.load(args.validate)
+    table = LatencyTable.load(args.validate, runtime=args.runtime)
+    table.runtime.require()  # measuring needs the runtime installed, predicting does not
     console = Console()
     reports = []
     for space, task in _jobs(args):
@@ -134,7 +143,7 @@ def _validate(args: argparse.Namespace) -> int:
                      anchor_networks=min(16, args.n),
                      log=lambda s: Console(stderr=True).print(s) if not args.no_progress else None)
         reports.append(r)
-        t = Table(title=f"{table.name} on {space.name} {task.input_shape}: {r['n']} random networks, "
+        t = Table(title=f"{table.name} ({table.runtime_name}) on {space.name} {task.input_shape}: {r['n']} random networks, "
                         f"{r['metric']} ({METRICS[r['metric']]} of {r['repeats']} calls)")
         for col in ("model", "MAPE", "within ±10%", "Spearman", "median pred/meas"):
             t.add_column(col, justify="right")

@@ -34,6 +34,13 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="multi: accuracy up and latency down (default); accuracy: accuracy alone, with pruning")
     p.add_argument("--max-latency-ms", type=positive_float, default=None,
                    help="with --objective accuracy: reject architectures slower than this before training them")
+    p.add_argument("--objectives", default=None, metavar="LIST",
+                   help="comma-separated objectives, accuracy first: accuracy,latency (the default), "
+                        "accuracy,latency,size (size: bytes of the exported weights in the runtime's smallest "
+                        "encoding) or accuracy,size")
+    p.add_argument("--runtime", default=None,
+                   help="inference runtime the latency (and size) is that of: onnxruntime (default, the exported "
+                        "model.onnx), torch (PyTorch eager with CSR kernels) or openvino; `nas runtimes` lists them")
     p.add_argument("--latency", default="auto",
                    help="table: predict from the hardware profile; measured: time each network here; auto (default): "
                         "table when the profile covers the space and input size, else measured")
@@ -70,7 +77,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from ..api import SearchConfig, search
 
     fields = SearchConfig.__dataclass_fields__
-    config = SearchConfig(**{k: v for k, v in vars(args).items() if k in fields},
+    given = {k: v for k, v in vars(args).items() if k in fields and not (k == "runtime" and v is None)}
+    config = SearchConfig(**given,
                           options={k: getattr(args, k) for k in STRATEGY_OPTIONS if getattr(args, k) is not None})
     study = search(config, progress=not args.no_progress)
     return _print_front(study, args.storage, args.json)
@@ -87,12 +95,14 @@ def _print_front(study: Any, storage: str, as_json: bool) -> int:
     for t in study.get_trials(deepcopy=False):
         states[t.state.name] = states.get(t.state.name, 0) + 1
     rows = [{"trial": t.number, "accuracy": t.values[0],
-             "latency_ms": t.values[1] if len(t.values) > 1 else t.user_attrs.get("latency_ms"),
+             "latency_ms": t.user_attrs.get("latency_ms"), "runtime": t.user_attrs.get("runtime", "torch"),
+             "model_bytes": t.user_attrs.get("model_bytes"),
              "test_accuracy": t.user_attrs.get("test_accuracy"), "params": t.user_attrs.get("params"),
              "nnz": t.user_attrs.get("nnz"), "effective_flops": t.user_attrs.get("effective_flops")} for t in front]
     console = Console()
+    runtime = study.user_attrs.get("runtime", "torch")
     table = Table(title=f"study '{study.study_name}': best architectures ({', '.join(f'{k} {v}' for k, v in states.items())})")
-    for col in ("trial", "val acc", "test acc", "latency ms", "params", "non-zeros", "eff. MFLOPs"):
+    for col in ("trial", "val acc", "test acc", f"latency ms ({runtime})", "params", "non-zeros", "eff. MFLOPs"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(str(r["trial"]), f"{r['accuracy']:.4f}", fmt(r["test_accuracy"], ".4f"),
