@@ -107,11 +107,16 @@ class Runtime(ABC):
         """``{"bytes": smallest encoding this runtime loads, "dense_bytes": all weights dense}``."""
 
     def kernels_in(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser) -> dict[str, str]:
-        """``{layer name: impl}`` as the artifact runs them (for records and the export check)."""
+        """``{layer name: impl}`` as the artifact runs them, in the profile's terms (for records and
+        the check that the exported network is the predicted one)."""
         from ..ops.spec import trace_named_layers
 
-        return {name: (choose(spec) if self.impls(spec) != (NATIVE,) else NATIVE)
-                for name, spec in trace_named_layers(model, input_shape)}
+        out = {}
+        for name, spec in trace_named_layers(model, input_shape):
+            impls = self.impls(spec)
+            pick = choose(spec) if impls != (NATIVE,) else NATIVE
+            out[name] = NATIVE if pick == "dense" and "dense" not in impls else pick  # to_inference says "dense"
+        return out
 
 
 def subtract(t: Timing, base: Timing) -> Timing:

@@ -90,19 +90,20 @@ class TorchRuntime(Runtime):
     def weight_bytes(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser) -> dict[str, int]:
         """Dense tensors, except sparse layers held as CSR where their kernel is CSR (values + column
         indices + row pointers) and grouped layers, which hold only their diagonal blocks."""
-        inf = to_inference(model.cpu().eval(), input_shape, choose=_kernel_choice(choose))
-        dense = sum(t.numel() * t.element_size() for t in model.state_dict().values() if t.is_floating_point())
-        total = 0
-        for m in inf.modules():
-            own = [t for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)] if t.is_floating_point()]
-            impl = getattr(m, "impl", None)
-            if impl in CSR_INDEX_BYTES:
-                idx = CSR_INDEX_BYTES[impl]
-                total += m.nnz * (4 + idx) + (m.out_features + 1) * idx
-                total += sum(t.numel() * t.element_size() for t in own if t.dim() == 2 and t.shape[1] == 1)  # bias
-            else:
+        def held(chooser: Chooser) -> int:
+            inf = to_inference(model.cpu().eval(), input_shape, choose=_kernel_choice(chooser))
+            total = 0
+            for m in inf.modules():
+                own = [t for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)] if t.is_floating_point()]
+                impl = getattr(m, "impl", None)
+                if impl in CSR_INDEX_BYTES:
+                    idx = CSR_INDEX_BYTES[impl]
+                    total += m.nnz * (4 + idx) + (m.out_features + 1) * idx
+                    own = [t for t in own if t.dim() == 2 and t.shape[1] == 1]  # the bias column
                 total += sum(t.numel() * t.element_size() for t in own)
-        return {"bytes": int(total), "dense_bytes": int(dense)}
+            return total
+
+        return {"bytes": held(choose), "dense_bytes": held(lambda spec: "dense")}
 
 
 def _kernel_choice(choose: Chooser) -> Chooser:
