@@ -27,6 +27,7 @@ class SearchContext:
     max_latency_ms: float | None = None
     progress: Progress = field(default_factory=Progress.disabled)
     options: dict[str, Any] = field(default_factory=dict)  # strategy-specific flags
+    checkpoint_dir: str | None = None  # supernet strategies checkpoint every epoch here (None: not at all)
 
 
 class Strategy(ABC):

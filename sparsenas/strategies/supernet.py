@@ -1,0 +1,246 @@
+"""The one supernet contract the supernet strategies (dass, entangled, balanced) share.
+
+A :class:`SupernetTrainer` builds its supernet and optimizers, trains one epoch at a time, hands
+its state for a checkpoint and takes it back, and derives its result. :func:`train_supernet` is
+the loop around it, the same for every strategy:
+
+- before every epoch the Python, numpy and torch generators are seeded from (seed, epoch), and a
+  trainer draws its batches with :func:`epoch_batches` (a permutation seeded the same way), so an
+  epoch's data order, masks and samples depend only on the seed, the epoch and the state the
+  previous epoch left, which the checkpoint holds;
+- after every epoch rank 0 writes the checkpoint atomically (a temporary file, then
+  ``os.replace``): the trainer's state (weights, architecture parameters, optimizers, step
+  counters), the generators' states, the epoch, the history and the settings it was made with;
+- the same command re-run loads it (``torch.load(weights_only=True)``) and goes on at the next
+  epoch; a checkpoint made with other settings is a clear error, never silently mixed in;
+- under ``torchrun`` every rank trains on its share of each batch (:mod:`sparsenas.distributed`),
+  rank 0 alone reads and writes the checkpoint and the others wait at a barrier.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import tempfile
+from abc import ABC, abstractmethod
+from typing import Any, Callable, ClassVar, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import distributed
+from ..errors import SparseNASError
+from .base import SearchContext
+
+CHECKPOINT_FILE = "supernet.pt"
+FORMAT = 1
+
+
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """A seed for (search seed, epoch, stream): independent of anything that ran before."""
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(stream)]).generate_state(1)[0])
+
+
+def epoch_batches(dataset: Any, batch_size: int, seed: int, epoch: int, stream: int = 0,
+                  device: str | torch.device = "cpu") -> Iterator[tuple[Tensor, Tensor, int]]:
+    """``(x, y, global rows)`` of one epoch over a TensorDataset, in an order seeded from (seed, epoch,
+    stream); under torchrun each rank gets its rows of every global batch (global batches with fewer
+    rows than ranks are skipped, so no rank ever runs an empty batch)."""
+    x_all, y_all = dataset.tensors
+    order = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(epoch_seed(seed, epoch, stream)))
+    world = distributed.world_size()
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        if len(idx) < world:
+            continue
+        x, y = distributed.shard((x_all[idx], y_all[idx]))
+        yield x.to(device), y.to(device), len(idx)
+
+
+def cycle_batches(dataset: Any, batch_size: int, seed: int, epoch: int, stream: int,
+                  device: str | torch.device = "cpu") -> Iterator[tuple[Tensor, Tensor, int]]:
+    """:func:`epoch_batches` without end (passes 0, 1, ... each seeded): for the validation batches
+    of bilevel steps, whose split is smaller than the training one."""
+    rep = 0
+    while True:
+        yield from epoch_batches(dataset, batch_size, seed, epoch * 1000 + rep, stream, device)
+        rep += 1
+
+
+def shard_loss(logits: Tensor, y: Tensor, global_rows: int) -> Tensor:
+    """Cross-entropy of this rank's rows as its share of the global batch's mean (the plain mean
+    in one process): averaged over the ranks, the gradient is the one-process gradient."""
+    if not distributed.active():
+        return torch.nn.functional.cross_entropy(logits, y)
+    return torch.nn.functional.cross_entropy(logits, y, reduction="sum") * distributed.shard_weight(global_rows)
+
+
+class SupernetTrainer(ABC):
+    """A supernet search's training, one epoch at a time (see the module docstring)."""
+
+    kind: ClassVar[str]          # the strategy's name, written into the checkpoint
+    epochs: int                  # epochs in all
+
+    @abstractmethod
+    def settings(self) -> dict[str, Any]:
+        """Plain-typed settings a checkpoint must have been made with to be resumed."""
+
+    @abstractmethod
+    def build(self) -> None:
+        """Make the supernet and its optimizers (the same on every rank for a seed)."""
+
+    @abstractmethod
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train epoch ``epoch`` (0-based); returns its log entry (JSON-able)."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain types only (the checkpoint is read with ``weights_only=True``)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what :meth:`state_dict` gave."""
+
+    @abstractmethod
+    def derive(self) -> Any:
+        """The search's result once every epoch has run."""
+
+
+# ---------------------------------------------------------------- generator states
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch generator states as tensors and plain types."""
+    version, inner, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(inner), gauss], "torch": torch.get_rng_state(),
+             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, inner, gauss = state["python"]
+    random.setstate((version, tuple(inner), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- checkpoint files
+def checkpoint_path(ctx: SearchContext) -> str | None:
+    return os.path.join(ctx.checkpoint_dir, CHECKPOINT_FILE) if ctx.checkpoint_dir else None
+
+
+def save_checkpoint(path: str, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically: a reader sees the old file or the new, never half of one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".supernet-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a foreign or damaged file: say so, do not train over it silently
+        raise SparseNASError(f"cannot read the supernet checkpoint {path}: {type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}; delete it to start the supernet "
+                             "training again") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise SparseNASError(f"{path} is not a sparsenas supernet checkpoint (format {FORMAT}); delete it or pass "
+                             "another --checkpoint-dir")
+    return state
+
+
+def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    keys = sorted(set(saved) | set(now))
+    return [f"{k}={saved.get(k)!r} (checkpoint) vs {now.get(k)!r} (this run)" for k in keys
+            if json.dumps(saved.get(k), sort_keys=True, default=str) != json.dumps(now.get(k), sort_keys=True, default=str)]
+
+
+def say(ctx: SearchContext, message: str) -> None:
+    if not distributed.is_main():
+        return
+    if ctx.progress.enabled:
+        ctx.progress.log(message)
+    else:
+        print(message, file=sys.stderr)
+
+
+def train_supernet(ctx: SearchContext, trainer: SupernetTrainer,
+                   on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Build ``trainer``, resume it from its checkpoint if there is one, train the remaining epochs
+    (checkpointing each) and return the history of all epochs, the resumed ones included."""
+    settings = {"strategy": trainer.kind, "seed": ctx.seed, **trainer.settings()}
+    path = checkpoint_path(ctx)
+    seed_everything(ctx.seed)
+    trainer.build()
+    state = None
+    if distributed.is_main() and path and os.path.exists(path):
+        state = load_checkpoint(path)
+        diff = _differences(state["settings"], json.loads(json.dumps(settings, default=str)))
+        if diff:
+            state = SparseNASError(f"the supernet checkpoint {path} was made with other settings: {'; '.join(diff)}. "
+                                   "Re-run with the same settings to resume it, or pass another --checkpoint-dir "
+                                   "(or --study) to start a new one")
+    state = distributed.broadcast(state)
+    if isinstance(state, SparseNASError):
+        raise state
+    start, history, starts = 0, [], []
+    if state is not None:
+        trainer.load_state_dict(state["trainer"])
+        set_rng_state(state["rng"])
+        start, history, starts = int(state["epoch"]), list(state["history"]), list(state["starts"])
+        say(ctx, f"{trainer.kind}: resuming the supernet from {path} at epoch {start + 1}/{trainer.epochs}")
+    starts.append(start)
+    for epoch in range(start, trainer.epochs):
+        entry = _epoch(trainer, ctx.seed, epoch)
+        history.append(entry)
+        if path and distributed.is_main():
+            save_checkpoint(path, {"format": FORMAT, "settings": json.loads(json.dumps(settings, default=str)),
+                                   "epoch": epoch + 1, "epochs": trainer.epochs, "starts": starts,
+                                   "history": history, "trainer": trainer.state_dict(), "rng": rng_state()})
+        distributed.barrier()  # the other ranks wait for the checkpoint: a kill now loses no rank's epoch
+        if on_epoch is not None:
+            on_epoch(epoch, entry)
+    return history
+
+
+def _epoch(trainer: SupernetTrainer, seed: int, epoch: int) -> dict[str, Any]:
+    seed_everything(epoch_seed(seed, epoch, 99))
+    return {"epoch": epoch + 1, **trainer.train_epoch(epoch)}
+
+
+def run_epochs(trainer: SupernetTrainer, seed: int) -> list[dict[str, Any]]:
+    """Build ``trainer`` and train all its epochs, without a checkpoint (library use and tests)."""
+    seed_everything(seed)
+    trainer.build()
+    return [_epoch(trainer, seed, epoch) for epoch in range(trainer.epochs)]
+
+
+def optimizer_state(opt: torch.optim.Optimizer | None) -> dict[str, Any] | None:
+    return None if opt is None else opt.state_dict()
+
+
+def load_optimizer(opt: torch.optim.Optimizer | None, state: dict[str, Any] | None) -> None:
+    if opt is not None and state is not None:
+        opt.load_state_dict(state)
