@@ -42,8 +42,9 @@ from ..task import Task
 from .. import distributed
 from . import STRATEGIES
 from .base import SearchContext, Strategy
-from .supernet import (SupernetTrainer, cycle_batches, epoch_batches, load_optimizer, optimizer_state, run_epochs,
-                       say, shard_loss, train_supernet)
+from ..supernets.base import (SupernetTrainer, cycle_batches, epoch_batches, load_optimizer, optimizer_state, run_epochs,
+                              shard_loss)
+from .supernet import train_supernet
 
 PHASES = ("warmup", "prune", "finetune")
 SUPERNET_OPTIONS = ("channels", "cells", "search_cells", "downscale", "depth", "width", "expand", "conns")
@@ -351,6 +352,7 @@ def sparse_layer_sparsity(model: nn.Module) -> float:
 @STRATEGIES.register("dass")
 class DASSStrategy(Strategy):
     name = "dass"
+    distributed = True
     description = ("DASS: DARTS-style bilevel search over mixed ops with alpha trained on the network masked at "
                    "the target sparsity (warm-up, score pruning, fine-tune); derived nets retrained and logged")
 

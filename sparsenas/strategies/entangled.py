@@ -55,7 +55,8 @@ from ..timing import num_threads
 from .. import distributed
 from . import STRATEGIES
 from .base import SearchContext, Strategy
-from .supernet import SupernetTrainer, cycle_batches, epoch_batches, epoch_seed, shard_loss, train_supernet
+from ..supernets.base import SupernetTrainer, cycle_batches, epoch_batches, epoch_seed, shard_loss
+from .supernet import train_supernet
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,7 @@ class EntangledTrainer(SupernetTrainer):
 @STRATEGIES.register("entangled")
 class EntangledStrategy(Strategy):
     name = "entangled"
+    distributed = True
     description = ("weight-entangled supernet (TangleNAS): gradient search mixing candidate weights in one op, "
                    "then NSGA-II over inherited weights (about a second per arch), top archs retrained")
 

@@ -1,13 +1,9 @@
-"""The one supernet contract the supernet strategies (dass, entangled, balanced) share.
+"""The supernet strategies' (dass, entangled, balanced) one training loop around their
+:class:`~sparsenas.supernets.base.SupernetTrainer`, with checkpoints:
 
-A :class:`SupernetTrainer` builds its supernet and optimizers, trains one epoch at a time, hands
-its state for a checkpoint and takes it back, and derives its result. :func:`train_supernet` is
-the loop around it, the same for every strategy:
-
-- before every epoch the Python, numpy and torch generators are seeded from (seed, epoch), and a
-  trainer draws its batches with :func:`epoch_batches` (a permutation seeded the same way), so an
-  epoch's data order, masks and samples depend only on the seed, the epoch and the state the
-  previous epoch left, which the checkpoint holds;
+- epochs run as :func:`~sparsenas.supernets.base.run_epoch` runs them (generators seeded from
+  (seed, epoch)), so an epoch depends only on the seed, the epoch and the state the previous
+  epoch left, which the checkpoint holds;
 - after every epoch rank 0 writes the checkpoint atomically (a temporary file, then
   ``os.replace``): the trainer's state (weights, architecture parameters, optimizers, step
   counters), the generators' states, the epoch, the history and the settings it was made with;
@@ -23,89 +19,18 @@ import os
 import random
 import sys
 import tempfile
-from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from .. import distributed
 from ..errors import SparseNASError
+from ..supernets.base import SupernetTrainer, run_epoch, seed_everything
 from .base import SearchContext
 
 CHECKPOINT_FILE = "supernet.pt"
 FORMAT = 1
-
-
-def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
-    """A seed for (search seed, epoch, stream): independent of anything that ran before."""
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(stream)]).generate_state(1)[0])
-
-
-def epoch_batches(dataset: Any, batch_size: int, seed: int, epoch: int, stream: int = 0,
-                  device: str | torch.device = "cpu") -> Iterator[tuple[Tensor, Tensor, int]]:
-    """``(x, y, global rows)`` of one epoch over a TensorDataset, in an order seeded from (seed, epoch,
-    stream); under torchrun each rank gets its rows of every global batch (global batches with fewer
-    rows than ranks are skipped, so no rank ever runs an empty batch)."""
-    x_all, y_all = dataset.tensors
-    order = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(epoch_seed(seed, epoch, stream)))
-    world = distributed.world_size()
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        if len(idx) < world:
-            continue
-        x, y = distributed.shard((x_all[idx], y_all[idx]))
-        yield x.to(device), y.to(device), len(idx)
-
-
-def cycle_batches(dataset: Any, batch_size: int, seed: int, epoch: int, stream: int,
-                  device: str | torch.device = "cpu") -> Iterator[tuple[Tensor, Tensor, int]]:
-    """:func:`epoch_batches` without end (passes 0, 1, ... each seeded): for the validation batches
-    of bilevel steps, whose split is smaller than the training one."""
-    rep = 0
-    while True:
-        yield from epoch_batches(dataset, batch_size, seed, epoch * 1000 + rep, stream, device)
-        rep += 1
-
-
-def shard_loss(logits: Tensor, y: Tensor, global_rows: int) -> Tensor:
-    """Cross-entropy of this rank's rows as its share of the global batch's mean (the plain mean
-    in one process): averaged over the ranks, the gradient is the one-process gradient."""
-    if not distributed.active():
-        return torch.nn.functional.cross_entropy(logits, y)
-    return torch.nn.functional.cross_entropy(logits, y, reduction="sum") * distributed.shard_weight(global_rows)
-
-
-class SupernetTrainer(ABC):
-    """A supernet search's training, one epoch at a time (see the module docstring)."""
-
-    kind: ClassVar[str]          # the strategy's name, written into the checkpoint
-    epochs: int                  # epochs in all
-
-    @abstractmethod
-    def settings(self) -> dict[str, Any]:
-        """Plain-typed settings a checkpoint must have been made with to be resumed."""
-
-    @abstractmethod
-    def build(self) -> None:
-        """Make the supernet and its optimizers (the same on every rank for a seed)."""
-
-    @abstractmethod
-    def train_epoch(self, epoch: int) -> dict[str, Any]:
-        """Train epoch ``epoch`` (0-based); returns its log entry (JSON-able)."""
-
-    @abstractmethod
-    def state_dict(self) -> dict[str, Any]:
-        """Tensors and plain types only (the checkpoint is read with ``weights_only=True``)."""
-
-    @abstractmethod
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Take back what :meth:`state_dict` gave."""
-
-    @abstractmethod
-    def derive(self) -> Any:
-        """The search's result once every epoch has run."""
 
 
 # ---------------------------------------------------------------- generator states
@@ -128,12 +53,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 # ---------------------------------------------------------------- checkpoint files
@@ -213,7 +132,7 @@ def train_supernet(ctx: SearchContext, trainer: SupernetTrainer,
         say(ctx, f"{trainer.kind}: resuming the supernet from {path} at epoch {start + 1}/{trainer.epochs}")
     starts.append(start)
     for epoch in range(start, trainer.epochs):
-        entry = _epoch(trainer, ctx.seed, epoch)
+        entry = run_epoch(trainer, ctx.seed, epoch)
         history.append(entry)
         if path and distributed.is_main():
             save_checkpoint(path, {"format": FORMAT, "settings": json.loads(json.dumps(settings, default=str)),
@@ -223,24 +142,3 @@ def train_supernet(ctx: SearchContext, trainer: SupernetTrainer,
         if on_epoch is not None:
             on_epoch(epoch, entry)
     return history
-
-
-def _epoch(trainer: SupernetTrainer, seed: int, epoch: int) -> dict[str, Any]:
-    seed_everything(epoch_seed(seed, epoch, 99))
-    return {"epoch": epoch + 1, **trainer.train_epoch(epoch)}
-
-
-def run_epochs(trainer: SupernetTrainer, seed: int) -> list[dict[str, Any]]:
-    """Build ``trainer`` and train all its epochs, without a checkpoint (library use and tests)."""
-    seed_everything(seed)
-    trainer.build()
-    return [_epoch(trainer, seed, epoch) for epoch in range(trainer.epochs)]
-
-
-def optimizer_state(opt: torch.optim.Optimizer | None) -> dict[str, Any] | None:
-    return None if opt is None else opt.state_dict()
-
-
-def load_optimizer(opt: torch.optim.Optimizer | None, state: dict[str, Any] | None) -> None:
-    if opt is not None and state is not None:
-        opt.load_state_dict(state)
