@@ -66,6 +66,7 @@ def save_checkpoint(path: str, state: dict[str, Any]) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".supernet-", suffix=".tmp", dir=folder)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is as readable as the study beside it
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
