@@ -75,6 +75,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     config = SearchConfig(**{k: v for k, v in vars(args).items() if k in fields},
                           options={k: getattr(args, k) for k in STRATEGY_OPTIONS if getattr(args, k) is not None})
     study = search(config, progress=not args.no_progress)
+    from .. import distributed
+
+    if not distributed.is_main():  # under torchrun rank 0 alone reports (the others hold no study)
+        return 0
     return _print_front(study, args.storage, args.json)
 
 
