@@ -104,7 +104,7 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     strategy = STRATEGIES.get(config.strategy)()
     device = _device(config.device)
     if distributed.env_world_size() > 1:  # under torchrun: only rank 0 opens the study (below)
-        if not strategy.distributed:
+        if not strategy.runs_distributed:
             raise SparseNASError(f"strategy '{config.strategy}' does not run under torchrun; the supernet strategies "
                                  "do (dass, entangled, balanced). Spread other searches with one `nas search` per "
                                  "worker on a shared --storage")

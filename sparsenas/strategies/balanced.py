@@ -53,7 +53,7 @@ def _option(ctx: SearchContext, name: str, default: int) -> int:
 @STRATEGIES.register("balanced")
 class BalancedStrategy(Strategy):
     name = "balanced"
-    distributed = True
+    runs_distributed = True
     description = ("balanced mixture of M supernets (default 4) over every architecture of a small space "
                    "(pooling_resnet20), ranked by supernet accuracy; the best retrained standalone")
 

@@ -33,7 +33,7 @@ class SearchContext:
 class Strategy(ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
-    distributed: ClassVar[bool] = False  # runs under torchrun (the supernet strategies)
+    runs_distributed: ClassVar[bool] = False  # runs under torchrun (the supernet strategies)
 
     def check(self, space: SearchSpace, task: Task, options: dict[str, Any]) -> None:
         """Raise SparseNASError for options or a space this strategy cannot use; called before the study

@@ -230,7 +230,9 @@ class DassTrainer(SupernetTrainer):
         self.table: list[tuple[str, int, Tensor]] | None = None
 
     def settings(self) -> dict[str, Any]:
-        return {"config": self.cfg.to_dict(), "space": getattr(self.space, "name", None),
+        # what shapes the supernet's training; retraining and thread settings may change on a resume
+        config = {k: v for k, v in self.cfg.to_dict().items() if k not in ("retrain_epochs", "retrain_top", "threads")}
+        return {"config": config, "space": getattr(self.space, "name", None),
                 "task": self.data.task.to_dict(), "train_rows": len(self.data.train)}
 
     def build(self) -> None:
@@ -352,7 +354,7 @@ def sparse_layer_sparsity(model: nn.Module) -> float:
 @STRATEGIES.register("dass")
 class DASSStrategy(Strategy):
     name = "dass"
-    distributed = True
+    runs_distributed = True
     description = ("DASS: DARTS-style bilevel search over mixed ops with alpha trained on the network masked at "
                    "the target sparsity (warm-up, score pruning, fine-tune); derived nets retrained and logged")
 

@@ -251,7 +251,7 @@ class EntangledTrainer(SupernetTrainer):
 @STRATEGIES.register("entangled")
 class EntangledStrategy(Strategy):
     name = "entangled"
-    distributed = True
+    runs_distributed = True
     description = ("weight-entangled supernet (TangleNAS): gradient search mixing candidate weights in one op, "
                    "then NSGA-II over inherited weights (about a second per arch), top archs retrained")
 
