@@ -149,3 +149,33 @@ def test_checkpoint_folder_follows_the_storage_or_checkpoint_dir(tmp_path):
     assert checkpoint_dir_for(f"journal://{tmp_path}/j.log", "x/y") == f"{tmp_path}/j-checkpoints/x_y"
     assert checkpoint_dir_for("postgresql://u@h/db", "s") is None
     assert checkpoint_dir_for("postgresql://u@h/db", "s", str(tmp_path)) == f"{tmp_path}/s"
+
+
+class _RunsCode:
+    """A pickle that would run a shell command when unpickled without weights_only."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_damaged_or_hostile_checkpoint_is_a_clear_error_and_runs_nothing(tmp_path):
+    import pickle
+
+    kw = dict(space="g2g_mlp", strategy="entangled", dataset="synthetic", limit=32, batch_size=32, trials=1,
+              progress=False, options={"search_epochs": 1, "sandwich_epochs": 0, "retrain_epochs": 0, "tau_archs": 0})
+    db = tmp_path / "c.db"
+    ckpt = tmp_path / "c-checkpoints" / "x" / "supernet.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(SparseNASError, match="cannot read the supernet checkpoint"):
+        sparsenas.search(storage=f"sqlite:///{db}", study="x", **kw)
+    marker = tmp_path / "ran"
+    with open(ckpt, "wb") as f:
+        pickle.dump({"format": 1, "trainer": _RunsCode(marker)}, f, protocol=2)
+    with pytest.raises(SparseNASError, match="cannot read the supernet checkpoint"):
+        sparsenas.search(storage=f"sqlite:///{db}", study="x", **kw)
+    assert not marker.exists()  # weights_only: the pickle's code never ran
+    assert not optuna.load_study(study_name="x", storage=f"sqlite:///{db}").trials

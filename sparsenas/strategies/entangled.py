@@ -131,6 +131,7 @@ class EntangledTrainer(SupernetTrainer):
         self.epochs = opts.search_epochs + opts.sandwich_epochs
         self.derived: Arch | None = None
         self.seconds = {"gradient_search_s": 0.0, "sandwich_s": 0.0}
+        self._shown: str | None = None  # the phase the progress display names
 
     def settings(self) -> dict[str, Any]:
         budget = self.ctx.evaluator.budget
@@ -171,16 +172,18 @@ class EntangledTrainer(SupernetTrainer):
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         opts = self.opts
-        if epoch < opts.search_epochs:
-            if epoch == 0:
-                self.ctx.progress.trial_started(0, f"supernet gradient search, {opts.search_epochs} epochs")
+        phase = "gradient" if epoch < opts.search_epochs else "sandwich"
+        if phase != self._shown:  # a new phase, or the first epoch of a resumed run
+            self._shown = phase
+            self.ctx.progress.trial_started(0, f"supernet gradient search, {opts.search_epochs} epochs"
+                                            if phase == "gradient" else
+                                            f"sandwich training of the supernet, {opts.sandwich_epochs} epochs")
+        if phase == "gradient":
             self._gradient_epoch(epoch)
             self.seconds["gradient_search_s"] += time.perf_counter() - t0
             if epoch == opts.search_epochs - 1:
                 self.derived = self.supernet.derive()
             return {"phase": "gradient", "alphas": self.supernet.alpha_summary()}
-        if epoch == opts.search_epochs:
-            self.ctx.progress.trial_started(0, f"sandwich training of the supernet, {opts.sandwich_epochs} epochs")
         self._sandwich_epoch(epoch)
         self.seconds["sandwich_s"] += time.perf_counter() - t0
         return {"phase": "sandwich"}

@@ -131,6 +131,9 @@ def train_supernet(ctx: SearchContext, trainer: SupernetTrainer,
         set_rng_state(state["rng"])
         start, history, starts = int(state["epoch"]), list(state["history"]), list(state["starts"])
         say(ctx, f"{trainer.kind}: resuming the supernet from {path} at epoch {start + 1}/{trainer.epochs}")
+    if path is None:
+        say(ctx, f"{trainer.kind}: this storage has no folder beside it, so the supernet is not checkpointed; pass "
+                 "--checkpoint-dir to resume after a crash")
     starts.append(start)
     for epoch in range(start, trainer.epochs):
         entry = run_epoch(trainer, ctx.seed, epoch)

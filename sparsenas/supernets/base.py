@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .. import distributed
+from ..errors import SparseNASError
 
 
 class SupernetTrainer(ABC):
@@ -80,6 +81,9 @@ def cycle_batches(dataset: Any, batch_size: int, seed: int, epoch: int, stream: 
                   device: str | torch.device = "cpu") -> Iterator[tuple[Tensor, Tensor, int]]:
     """:func:`epoch_batches` without end (passes 0, 1, ... each seeded): for the validation batches
     of bilevel steps, whose split is smaller than the training one."""
+    if len(dataset) < distributed.world_size():
+        raise SparseNASError(f"a split of {len(dataset)} rows cannot feed {distributed.world_size()} processes; "
+                             "use fewer processes or more data")
     rep = 0
     while True:
         yield from epoch_batches(dataset, batch_size, seed, epoch * 1000 + rep, stream, device)
