@@ -19,7 +19,7 @@ import os
 import random
 import sys
 import tempfile
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -106,8 +106,7 @@ def say(ctx: SearchContext, message: str) -> None:
         print(message, file=sys.stderr)
 
 
-def train_supernet(ctx: SearchContext, trainer: SupernetTrainer,
-                   on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+def train_supernet(ctx: SearchContext, trainer: SupernetTrainer) -> list[dict[str, Any]]:
     """Build ``trainer``, resume it from its checkpoint if there is one, train the remaining epochs
     (checkpointing each) and return the history of all epochs, the resumed ones included."""
     settings = {"strategy": trainer.kind, "seed": ctx.seed, **trainer.settings()}
@@ -116,8 +115,12 @@ def train_supernet(ctx: SearchContext, trainer: SupernetTrainer,
     trainer.build()
     state = None
     if distributed.is_main() and path and os.path.exists(path):
-        state = load_checkpoint(path)
-        diff = _differences(state["settings"], json.loads(json.dumps(settings, default=str)))
+        try:
+            state = load_checkpoint(path)
+        except SparseNASError as e:  # handed to every rank below, so none waits for a rank that stopped
+            state = e
+        diff = [] if isinstance(state, SparseNASError) else _differences(
+            state["settings"], json.loads(json.dumps(settings, default=str)))
         if diff:
             state = SparseNASError(f"the supernet checkpoint {path} was made with other settings: {'; '.join(diff)}. "
                                    "Re-run with the same settings to resume it, or pass another --checkpoint-dir "
@@ -130,7 +133,8 @@ def train_supernet(ctx: SearchContext, trainer: SupernetTrainer,
         trainer.load_state_dict(state["trainer"])
         set_rng_state(state["rng"])
         start, history, starts = int(state["epoch"]), list(state["history"]), list(state["starts"])
-        say(ctx, f"{trainer.kind}: resuming the supernet from {path} at epoch {start + 1}/{trainer.epochs}")
+        say(ctx, f"{trainer.kind}: resuming the supernet from {path} at epoch {start + 1}/{trainer.epochs}"
+            if start < trainer.epochs else f"{trainer.kind}: the supernet in {path} is fully trained; going on from it")
     if path is None:
         say(ctx, f"{trainer.kind}: this storage has no folder beside it, so the supernet is not checkpointed; pass "
                  "--checkpoint-dir to resume after a crash")
@@ -143,6 +147,4 @@ def train_supernet(ctx: SearchContext, trainer: SupernetTrainer,
                                    "epoch": epoch + 1, "epochs": trainer.epochs, "starts": starts,
                                    "history": history, "trainer": trainer.state_dict(), "rng": rng_state()})
         distributed.barrier()  # the other ranks wait for the checkpoint: a kill now loses no rank's epoch
-        if on_epoch is not None:
-            on_epoch(epoch, entry)
     return history
