@@ -37,9 +37,9 @@ def interrupt_at(monkeypatch, trainer_cls, epoch: int) -> None:
     monkeypatch.setattr(trainer_cls, "train_epoch", train_epoch)
 
 
-DASS_FLAGS = ["--space", "sparse_darts", "--strategy", "dass", "--dataset", "synthetic", "--limit", "128",
+DASS_FLAGS = ["--space", "sparse_darts", "--strategy", "dass", "--dataset", "synthetic", "--limit", "64",
               "--search-epochs", "4", "--retrain-epochs", "1", "--retrain-top", "1", "--cells", "3", "--no-progress"]
-DASS_KW = dict(space="sparse_darts", strategy="dass", dataset="synthetic", limit=128, progress=False,
+DASS_KW = dict(space="sparse_darts", strategy="dass", dataset="synthetic", limit=64, progress=False,
                options=dict(search_epochs=4, retrain_epochs=1, retrain_top=1, cells=3))
 
 
@@ -109,7 +109,7 @@ def test_entangled_interrupted_at_epoch_3_resumes_there_with_the_same_derived_ar
 
 
 def test_dass_interrupted_in_process_resumes_with_the_same_alphas(tmp_path, monkeypatch):
-    kw = {**DASS_KW, "limit": 64, "options": {**DASS_KW["options"], "search_epochs": 3, "search_cells": 2}}
+    kw = {**DASS_KW, "options": {**DASS_KW["options"], "search_epochs": 3, "search_cells": 2}}
     ref = sparsenas.search(storage=f"sqlite:///{tmp_path / 'ref.db'}", study="d", **kw)
     db = tmp_path / "k.db"
     with monkeypatch.context() as m:
