@@ -179,3 +179,15 @@ def test_damaged_or_hostile_checkpoint_is_a_clear_error_and_runs_nothing(tmp_pat
         sparsenas.search(storage=f"sqlite:///{db}", study="x", **kw)
     assert not marker.exists()  # weights_only: the pickle's code never ran
     assert not optuna.load_study(study_name="x", storage=f"sqlite:///{db}").trials
+
+
+def test_unwritable_checkpoint_dir_is_a_clear_cli_error(tmp_path):
+    from _small_study import run_cli
+
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the folder should go")
+    rc, _, err = run_cli(["search", "--space", "g2g_mlp", "--strategy", "entangled", "--dataset", "synthetic",
+                          "--limit", "32", "--trials", "1", "--search-epochs", "1", "--retrain-epochs", "0",
+                          "--storage", f"sqlite:///{tmp_path / 'u.db'}", "--checkpoint-dir", str(blocker),
+                          "--no-progress"])
+    assert rc == 2 and "checkpoint folder" in err and "Traceback" not in err

@@ -114,7 +114,13 @@ def train_supernet(ctx: SearchContext, trainer: SupernetTrainer) -> list[dict[st
     seed_everything(ctx.seed)
     trainer.build()
     state = None
-    if distributed.is_main() and path and os.path.exists(path):
+    if distributed.is_main() and path:
+        try:  # a folder that cannot be made is an error now, not after the first epoch
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        except OSError as e:
+            state = SparseNASError(f"cannot make the supernet checkpoint folder {os.path.dirname(path)}: "
+                                   f"{e.strerror or e}; pass a writable --checkpoint-dir")
+    if distributed.is_main() and path and state is None and os.path.exists(path):
         try:
             state = load_checkpoint(path)
         except SparseNASError as e:  # handed to every rank below, so none waits for a rank that stopped
