@@ -45,9 +45,13 @@ def test_entangled_under_torchrun_with_two_processes_derives_the_one_process_arc
                            options={"search_epochs": 2, "retrain_epochs": 0})
     assert two.user_attrs["entangled_derived_arch"] == one.user_attrs["entangled_derived_arch"]
     assert two.user_attrs["entangled_alphas"] == one.user_attrs["entangled_alphas"]  # rounded to 4 digits
-    # the sandwich-trained weights agree too: every inherited architecture scores the same
-    assert [t.params for t in two.trials] == [t.params for t in one.trials]
-    assert [t.values[0] for t in two.trials] == pytest.approx([t.values[0] for t in one.trials], abs=1e-3)
+    # the sandwich-trained weights agree too: an architecture both searches evaluated scores the same
+    # (which ones NSGA-II proposes after the first few also depends on latencies timed in each run)
+    acc_one = {t.user_attrs["arch_digest"]: t.values[0] for t in one.trials}
+    acc_two = {t.user_attrs["arch_digest"]: t.values[0] for t in two.trials}
+    common = sorted(set(acc_one) & set(acc_two))
+    assert len(common) >= 3  # at least the derived, largest and smallest, evaluated first by both
+    assert [acc_two[k] for k in common] == pytest.approx([acc_one[k] for k in common], abs=1e-3)
 
 
 @pytest.mark.slow
