@@ -28,6 +28,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--study", default=None, help="study name (default: SPACE-DATASET-STRATEGY)")
     p.add_argument("--artifact-dir", default=None, help="folder for trained weights (Optuna artifacts; default "
                    "<db stem>-artifacts/ beside a sqlite or journal file)")
+    p.add_argument("--checkpoint-dir", default=None, help="folder for supernet checkpoints, one subfolder per study "
+                   "(default <db stem>-checkpoints/ beside a sqlite or journal file; none for database servers)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--objective", choices=["multi", "accuracy"], default="multi",
@@ -81,6 +83,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     config = SearchConfig(**given,
                           options={k: getattr(args, k) for k in STRATEGY_OPTIONS if getattr(args, k) is not None})
     study = search(config, progress=not args.no_progress)
+    from .. import distributed
+
+    if not distributed.is_main():  # under torchrun rank 0 alone reports (the others hold no study)
+        return 0
     return _print_front(study, args.storage, args.json)
 
 

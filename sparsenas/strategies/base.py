@@ -27,11 +27,13 @@ class SearchContext:
     max_latency_ms: float | None = None
     progress: Progress = field(default_factory=Progress.disabled)
     options: dict[str, Any] = field(default_factory=dict)  # strategy-specific flags
+    checkpoint_dir: str | None = None  # supernet strategies checkpoint every epoch here (None: not at all)
 
 
 class Strategy(ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    runs_distributed: ClassVar[bool] = False  # runs under torchrun (the supernet strategies)
 
     def check(self, space: SearchSpace, task: Task, options: dict[str, Any]) -> None:
         """Raise SparseNASError for options or a space this strategy cannot use; called before the study
