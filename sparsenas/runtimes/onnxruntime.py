@@ -9,7 +9,6 @@ weight below 1/3 density.
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..ops.plain import to_plain
-from ..ops.spec import LayerSpec
-from ..timing import Timing, time_interleaved
 from . import RUNTIMES
-from .base import GROUPED, NATIVE, Chooser, KernelSettings, Runner, Runtime, coo_bytes, subtract
-from .onnx_graph import export_onnx, identity_graph, layer_graph
-
-
-SESSION_COPIES = 3
+from .base import Chooser, Runner, coo_bytes
+from .onnx_file import OnnxFileRuntime
 
 
 def session(model: bytes | str, threads: int = 1) -> Any:
@@ -42,20 +35,11 @@ def session(model: bytes | str, threads: int = 1) -> Any:
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
-def runner(sess: Any, shape: list[int], seed: int = 0) -> Runner:
-    name = sess.get_inputs()[0].name
-    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-    feed = {name: x}
-    return lambda: sess.run(None, feed)
-
-
 @RUNTIMES.register("onnxruntime")
-class OnnxRuntime(Runtime):
+class OnnxRuntime(OnnxFileRuntime):
     name = "onnxruntime"
     description = "ONNX Runtime CPU provider running the exported model.onnx (the default)"
     extra = "onnx"
-    artifact = "model.onnx"
-    network_copies = 2  # a session now and then runs slower for its whole life (see time_kernels)
     sparsity_buys = ("bytes only: masked convs run as dense Conv at every sparsity; block-diagonal G2G layers "
                      "run as grouped Conv")
 
@@ -68,45 +52,14 @@ class OnnxRuntime(Runtime):
             raise cls.missing(e.name or "onnxruntime") from None
         return str(onnxruntime.__version__)
 
-    def impls(self, spec: LayerSpec) -> tuple[str, ...]:
-        return (NATIVE, GROUPED) if spec.blocks else (NATIVE,)
+    @classmethod
+    def load(cls, graph: bytes) -> Any:
+        return session(graph)
 
-    def timing_spec(self, spec: LayerSpec) -> LayerSpec:
-        return dataclasses.replace(spec, sparsity=0.0)  # zeros in a dense Conv cost the same
-
-    def time_kernels(self, spec: LayerSpec, impls: tuple[str, ...], settings: KernelSettings) -> dict[str, Timing]:
-        """Each implementation as a one-layer session, timed interleaved with an empty session on the
-        same input; the empty call's cost (feeding, output allocation) is subtracted, and the
-        profile's calibration adds back what a layer costs in a whole network.
-
-        Every session is built ``SESSION_COPIES`` times and the fastest copy kept: now and then one
-        session of the very same graph runs a few microseconds slower for its whole life (seen here:
-        1 in ~15 one-layer sessions at +2-3 us on 2-6 us kernels), which a percentile over its
-        calls cannot remove."""
-        shape = [spec.batch, spec.cin, *spec.in_hw] if spec.op == "conv2d" else [spec.batch, spec.cin]
-        graphs = {i: layer_graph(spec, grouped=i == GROUPED) for i in impls}
-        graphs["_empty"] = identity_graph(spec)
-        fns = {f"{name}#{c}": runner(session(g), shape) for name, g in graphs.items() for c in range(SESSION_COPIES)}
-        t = time_interleaved(fns, warmup=settings.warmup, repeats=settings.repeats, rounds=settings.rounds,
-                             threads=settings.threads)
-        best = {name: min((t[f"{name}#{c}"] for c in range(SESSION_COPIES)), key=lambda x: x.cpu_p10_ms)
-                for name in graphs}
-        return {i: subtract(best[i], best["_empty"]) for i in impls}
-
-    def onnx(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser, dynamic_batch: bool = True,
-             exporter: str = "legacy") -> bytes:
-        return export_onnx(to_plain(model, input_shape, choose), input_shape, exporter, dynamic_batch)
-
-    def prepare(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser) -> Runner:
-        return runner(session(self.onnx(model, input_shape, choose, dynamic_batch=False)), [1, *input_shape])
-
-    def prepare_copies(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser) -> list[Runner]:
-        graph = self.onnx(model, input_shape, choose, dynamic_batch=False)  # export once, load twice
-        return [runner(session(graph), [1, *input_shape]) for _ in range(self.network_copies)]
-
-    def save(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser, path: Path) -> Path:
-        Path(path).write_bytes(self.onnx(model, input_shape, choose))
-        return Path(path)
+    @classmethod
+    def run_on(cls, loaded: Any, x: np.ndarray) -> Runner:
+        feed = {loaded.get_inputs()[0].name: x}
+        return lambda: loaded.run(None, feed)
 
     def weight_bytes(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser) -> dict[str, int]:
         """Read off the exported graph's initializers (BN folded, as deployed): each stored densely or
@@ -128,3 +81,6 @@ def run_file(path: str | Path, x: torch.Tensor) -> np.ndarray:
     """Outputs of an ONNX file on ``x`` (a check that an artifact runs and matches)."""
     sess = session(str(path))
     return sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+
+
+__all__ = ["OnnxRuntime", "run_file", "session"]
