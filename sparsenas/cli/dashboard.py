@@ -26,7 +26,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     from ..tracking import artifact_store_for, open_storage, storage_artifact_dir
 
-    storage = open_storage(args.storage, heartbeat=False)
+    storage = open_storage(args.storage, heartbeat=False, must_exist=True)
     folder = storage_artifact_dir(args.storage, args.artifact_dir)
     store = artifact_store_for(args.storage, folder)
     where = f", artifacts from {folder}" if folder else ", no artifact store"
