@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import socket
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
@@ -56,8 +57,8 @@ def mask_url(url: str) -> str:
 def _file_path(url: str) -> str | None:
     """The file behind a sqlite or journal URL (None for servers and in-memory sqlite)."""
     scheme, rest = url.split("://", 1)
-    if scheme == "journal":
-        return rest or "nas.journal"
+    if scheme == "journal":  # journal:///abs/path (also with 4 slashes, as sqlite) or journal://rel/path
+        return "/" + rest.lstrip("/") if rest.startswith("/") else (rest or "nas.journal")
     if scheme.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
         return path if path and path != ":memory:" else None
@@ -316,12 +317,85 @@ class Tracker:
         self.study.add_trial(ft)
         return ft
 
+    # -- the study's trial target, shared by every worker on it
+    # The target counts COMPLETE and PRUNED trials: Optuna's MaxTrialsCallback with
+    # states=(COMPLETE, PRUNED). A FAIL trial (a diverged network, a killed worker's trial) does not
+    # count, so another trial takes its place.
+    def record_worker(self, trial: optuna.Trial) -> None:
+        """Which process runs ``trial`` (host:pid), so a dead local worker's trial can be failed later."""
+        trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+
+    def fail_stale(self) -> None:
+        """Fail RUNNING trials whose worker is gone: by heartbeat on RDB storages (Optuna re-queues them,
+        up to 2 retries); on storages without heartbeats (journal), those whose worker process ran on
+        this machine and no longer exists."""
+        from optuna.storages._heartbeat import is_heartbeat_enabled
+
+        if is_heartbeat_enabled(self.storage):
+            with _quiet_experimental():
+                optuna.storages.fail_stale_trials(self.study)
+            return
+        host = socket.gethostname()
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            who = str(t.user_attrs.get(WORKER_ATTR, ""))
+            if who.rsplit(":", 1)[0] == host and who.rsplit(":", 1)[-1].isdigit() and not _alive(int(who.rsplit(":", 1)[1])):
+                with contextlib.suppress(Exception):  # another worker failed it first
+                    self.storage.set_trial_user_attr(t._trial_id, "fail_reason", "its worker process died")
+                    self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+
+    def counts(self) -> tuple[int, list[int]]:
+        """(trials that count towards the target, numbers of the RUNNING trials)."""
+        trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        running = [t.number for t in trials if t.state == TrialState.RUNNING]
+        return len(trials) - len(running), running
+
+    def surplus(self, trial: optuna.Trial, target: int) -> bool:
+        """True when ``trial`` is beyond ``target``: the finished trials and the RUNNING ones started
+        before it (lower numbers; the storage numbers trials atomically) already make the target. Two
+        workers that start the last trial at the same moment agree on which one is surplus."""
+        done, running = self.counts()
+        return done + sum(1 for n in running if n < trial.number) >= target
+
+    def mark_surplus(self, trial: optuna.Trial, target: int) -> None:
+        trial.set_user_attr("fail_reason", f"surplus: the study reached its target of {target} trials while "
+                                           "this worker was starting it")
+        trial.set_user_attr("surplus", True)
+
+    def wait_for_slot(self, target: int, deadline: float | None = None, poll: float = 1.0) -> bool:
+        """Block while other workers' RUNNING trials would make the target; True when a trial may start,
+        False when the target is reached (or ``deadline``, a time.time(), passed)."""
+        import time
+
+        while True:
+            self.fail_stale()
+            done, running = self.counts()
+            if done >= target:
+                return False
+            if done + len(running) < target:
+                return True
+            if deadline is not None and time.time() >= deadline:
+                return False
+            time.sleep(poll)
+
     # -- reading
     def finished(self) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
 
     def front(self) -> list[FrozenTrial]:
         return pareto_front(self.study)
+
+
+WORKER_ATTR = "worker"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
 
 
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
@@ -360,14 +434,8 @@ def default_artifact_dir(storage_url: str) -> str | None:
     """``<file stem>-artifacts/`` beside a sqlite or journal file; None for database servers."""
     if not isinstance(storage_url, str) or "://" not in storage_url:
         return None
-    scheme, rest = storage_url.split("://", 1)
-    if scheme == "journal":
-        path = rest or "nas.journal"
-    elif scheme.startswith("sqlite") and "///" in storage_url:
-        path = storage_url.split("///", 1)[1]
-        if not path or path == ":memory:":
-            return None
-    else:
+    path = _file_path(storage_url)
+    if path is None:
         return None
     return os.path.splitext(path)[0] + "-artifacts"
 

@@ -27,6 +27,7 @@ class SearchContext:
     max_latency_ms: float | None = None
     progress: Progress = field(default_factory=Progress.disabled)
     options: dict[str, Any] = field(default_factory=dict)  # strategy-specific flags
+    worker: int = 0                  # index of this process among the workers on the study
 
 
 class Strategy(ABC):
