@@ -61,6 +61,8 @@ def _check(config: SearchConfig) -> None:
     for name in ("trials", "epochs", "batch_size", "threads", "workers"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise SparseNASError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if not 0 <= config.seed < 2 ** 32:
+        raise SparseNASError(f"--seed must be between 0 and 2**32 - 1 (numpy's seed range), got {config.seed}")
     if config.device not in ("cpu", "cuda", "auto") and not config.device.startswith("cuda:"):
         raise SparseNASError(f"unknown device '{config.device}'; allowed: cpu, cuda, cuda:N, auto")
 

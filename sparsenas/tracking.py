@@ -99,9 +99,11 @@ def open_storage(url: str, *, heartbeat: bool = True, must_exist: bool = False) 
                            "sqlite:///nas.db, postgresql://user@host/db or journal:///path/to/file.log")
     shown = mask_url(url)
     scheme = url.split("://", 1)[0]
-    if not (scheme == "journal" or scheme.startswith(("sqlite", "postgresql", "mysql"))):
+    if not (scheme in ("journal", "grpc") or scheme.startswith(("sqlite", "postgresql", "mysql"))):
         raise StorageError(f"bad storage URL {shown!r}: unsupported scheme '{scheme}'; use sqlite:///FILE, "
-                           "postgresql://..., mysql://... or journal:///FILE")
+                           "postgresql://..., mysql://..., journal:///FILE or grpc://HOST:PORT (nas storage-proxy)")
+    if scheme == "grpc":
+        return _grpc_client(url, shown)
     path = _file_path(url)
     if path is not None:
         _check_parent(path, shown)
@@ -131,6 +133,44 @@ def open_storage(url: str, *, heartbeat: bool = True, must_exist: bool = False) 
             raise StorageError(f"cannot read storage {shown!r}: it holds no Optuna studies, or cannot be opened "
                                f"({type(e).__name__}: {first})") from None
         raise StorageError(f"cannot open storage {shown!r}: {type(e).__name__}: {first}") from None
+
+
+def _grpc_client(url: str, shown: str) -> optuna.storages.BaseStorage:
+    """A client of `nas storage-proxy` (Optuna's gRPC storage proxy) at ``grpc://HOST:PORT``."""
+    host, _, port = url.split("://", 1)[1].strip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise StorageError(f"bad storage URL {shown!r}: expected grpc://HOST:PORT of a running `nas storage-proxy`")
+    try:
+        import grpc  # noqa: F401
+    except ImportError:
+        raise StorageError("grpc:// storages need grpcio: pip install 'sparsenas[grpc]'") from None
+    with _quiet_experimental():
+        proxy = optuna.storages.GrpcStorageProxy(host=host, port=int(port))
+    try:
+        proxy.get_all_studies()  # fail here, clearly, when no proxy listens there
+    except Exception as e:
+        raise StorageError(f"cannot reach the storage proxy at {shown!r} ({type(e).__name__}); start it with "
+                           f"`nas storage-proxy --storage URL --host {host} --port {port}`") from None
+    return proxy
+
+
+def serve_storage_proxy(url: str, *, host: str = "127.0.0.1", port: int = 13000) -> None:
+    """Serve the storage at ``url`` to workers on ``grpc://HOST:PORT`` (Optuna's gRPC storage proxy:
+    one process holds the database connections, so hundreds of workers do not each open their own)."""
+    if url.startswith("grpc://"):
+        raise StorageError("--storage of the proxy is the database it serves, not another grpc:// proxy")
+    try:
+        import grpc  # noqa: F401
+    except ImportError:
+        raise StorageError("nas storage-proxy needs grpcio: pip install 'sparsenas[grpc]'") from None
+    storage = open_storage(url, heartbeat=False)
+    if isinstance(storage, optuna.storages.RDBStorage):
+        storage = optuna.storages.get_storage(storage)  # Optuna's in-process cache, as its docs advise
+    with _quiet_experimental():
+        try:
+            optuna.storages.run_grpc_proxy_server(storage, host=host, port=port)
+        except RuntimeError as e:  # grpc cannot bind (port in use...)
+            raise StorageError(f"cannot serve on {host}:{port}: {e}; pass another --port or --host") from None
 
 
 def _with_driver(url: str) -> str:
