@@ -123,7 +123,10 @@ def open_storage(url: str, *, heartbeat: bool = True, must_exist: bool = False) 
                           "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)}
             if must_exist:
                 kwargs["skip_table_creation"] = True
-            return _retry("open", lambda: optuna.storages.RDBStorage(url, **kwargs))
+            storage = _retry("open", lambda: optuna.storages.RDBStorage(url, **kwargs))
+            if scheme.startswith("sqlite") and path is not None:
+                _fast_sqlite(storage)
+            return storage
     except ImportError as e:
         hint = " (install the driver: pip install 'sparsenas[postgres]')" if scheme.startswith("postgres") else ""
         raise StorageError(f"cannot open storage {shown!r}: {_masked(e, url)}{hint}") from None
@@ -171,6 +174,24 @@ def serve_storage_proxy(url: str, *, host: str = "127.0.0.1", port: int = 13000)
             optuna.storages.run_grpc_proxy_server(storage, host=host, port=port)
         except RuntimeError as e:  # grpc cannot bind (port in use...)
             raise StorageError(f"cannot serve on {host}:{port}: {e}; pass another --port or --host") from None
+
+
+def _fast_sqlite(storage: optuna.storages.RDBStorage) -> None:
+    """WAL journal, synchronous=NORMAL: a commit no longer waits for the disk. Optuna commits once per
+    suggested parameter and attribute (~110 commits for a sparse_mbv2 trial); with sqlite's default
+    (rollback journal, FULL) each took ~19 ms here, about 2 s per trial. WAL keeps the database
+    consistent when a worker is killed (a committed trial survives SIGKILL; only a power cut may lose
+    the last ones) and lets readers run beside the one writer."""
+    from sqlalchemy import event
+
+    def pragmas(conn: Any, _record: Any) -> None:
+        cur = conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    event.listen(storage.engine, "connect", pragmas)
+    storage.engine.dispose()  # connections opened before the listener reconnect with it
 
 
 def _with_driver(url: str) -> str:
