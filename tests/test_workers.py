@@ -86,3 +86,29 @@ def test_a_resumed_search_reaches_the_target_without_overshooting(tmp_path):
         rc, _, err = run_cli(["search", *TINY, "--trials", str(trials), "--storage", url])
         assert rc == 0, err
     assert_exactly(url, 3)
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_makes_the_command_fail_and_the_others_finish(tmp_path):
+    import signal
+    import time
+
+    url = f"journal:///{tmp_path / 'w.journal'}"  # no heartbeats: the dead worker's trial is failed by pid
+    proc = nas("--trials", "12", "--workers", "2", "--storage", url, cwd=tmp_path)
+    children: list[int] = []
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not children:
+        time.sleep(0.2)
+        kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        # the spawn start method also runs a resource tracker; the workers are the ones named by multiprocessing
+        children = [int(k) for k in kids if "spawn_main" in Path(f"/proc/{k}/cmdline").read_text()
+                    and "resource_tracker" not in Path(f"/proc/{k}/cmdline").read_text()]
+    assert len(children) == 2, "the workers did not start"
+    time.sleep(3)
+    os.kill(children[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2
+    assert "1 of 2 workers failed" in err and "exit code -9" in err and "Traceback" not in err
+    study = optuna.load_study(study_name="w", storage=open_storage(url, must_exist=True))
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 12  # the other worker reached the target
+    assert not study.get_trials(states=(TrialState.RUNNING,))
