@@ -100,9 +100,7 @@ def test_a_worker_that_dies_makes_the_command_fail_and_the_others_finish(tmp_pat
     while time.time() < deadline and proc.poll() is None and not children:
         time.sleep(0.2)
         kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        # the spawn start method also runs a resource tracker; the workers are the ones named by multiprocessing
-        children = [int(k) for k in kids if "spawn_main" in Path(f"/proc/{k}/cmdline").read_text()
-                    and "resource_tracker" not in Path(f"/proc/{k}/cmdline").read_text()]
+        children = [int(k) for k in kids if "sparsenas.workers" in Path(f"/proc/{k}/cmdline").read_text()]
     assert len(children) == 2, "the workers did not start"
     time.sleep(3)
     os.kill(children[0], signal.SIGKILL)
