@@ -9,10 +9,13 @@ import optuna
 from . import distributed
 from .errors import SparseNASError
 from .runtimes import DEFAULT_RUNTIME
-from .tracking import DEFAULT_STORAGE, MULTI, OBJECTIVE_NAMES, SINGLE, checkpoint_dir_for
+from .tracking import DEFAULT_STORAGE, MULTI, OBJECTIVE_NAMES, SINGLE, checkpoint_dir_for, mask_url
 
 
 DEFAULT_EPOCHS = 6
+# what a resumed study must keep (tracking.Tracker._check_settings); trials, timeout, workers, threads,
+# device and progress may change between runs
+RESUME_CHECKED = ("strategy", "epochs", "time_budget", "lr", "batch_size", "seed", "limit", "options")
 
 
 @dataclass
@@ -43,6 +46,9 @@ class SearchConfig:
     timeout: float | None = None        # seconds for this run of the search
     threads: int = 1                    # torch threads while searching (see search())
     limit: int | None = None            # cap on training samples (quick runs, tests)
+    workers: int = 1                    # local processes on the study (sparsenas/workers.py); threads are split between them
+    resume_anyway: bool = False         # join an existing study even if its budget, seed or strategy differ
+    worker: int = 0                     # index of this process among the workers (set by the worker runner)
     options: dict[str, Any] = field(default_factory=dict)  # strategy flags: target_sparsity, search_epochs, ...
 
     def study_name(self, dataset: str) -> str:
@@ -70,9 +76,11 @@ def _check(config: SearchConfig) -> None:
     if config.max_latency_ms is not None and config.objective != "accuracy":
         raise SparseNASError("--max-latency-ms applies to the single-objective form; add --objective accuracy "
                              "(the multi-objective search already trades latency against accuracy)")
-    for name in ("trials", "epochs", "batch_size", "threads"):
+    for name in ("trials", "epochs", "batch_size", "threads", "workers"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise SparseNASError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if not 0 <= config.seed < 2 ** 32:
+        raise SparseNASError(f"--seed must be between 0 and 2**32 - 1 (numpy's seed range), got {config.seed}")
     if config.device not in ("cpu", "cuda", "auto") and not config.device.startswith("cuda:"):
         raise SparseNASError(f"unknown device '{config.device}'; allowed: cpu, cuda, cuda:N, auto")
 
@@ -111,6 +119,7 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     from .search_spaces import get_space
     from .strategies import STRATEGIES
     from .strategies.base import SearchContext
+    from .strategies.samplers import SamplerStrategy
     from .timing import num_threads
     from .tracking import StudySpec, Tracker
 
@@ -138,10 +147,20 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     objectives = objectives_of(config)
     spec = StudySpec(space.name, space.version, data.task.dataset, data.task.to_dict(), objectives, config.runtime)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2) if len(objectives) == 1 else None
+    if config.workers > 1 and not isinstance(strategy, SamplerStrategy):
+        raise SparseNASError(f"--workers applies to the sampler strategies (random, tpe, nsga2); '{config.strategy}' "
+                             "trains one supernet: run it with torchrun to use several processes")
+    recorded = {**asdict(config), "storage": mask_url(config.storage)}
     storage: Any = config.storage if distributed.is_main() else optuna.storages.InMemoryStorage()
     tracker = Tracker(storage, config.study_name(data.task.dataset), spec, pruner=pruner,
-                      extra_attrs={"strategy": config.strategy, "config": asdict(config)},
-                      artifact_dir=config.artifact_dir)
+                      extra_attrs={"strategy": config.strategy, "config": recorded},
+                      artifact_dir=config.artifact_dir, resume_anyway=config.resume_anyway,
+                      settings={k: recorded[k] for k in RESUME_CHECKED})
+    if config.workers > 1:
+        from .workers import run_workers
+
+        run_workers(config, tracker, progress=progress, label=f"{config.strategy} on {space.name}")
+        return tracker.study
     epochs = config.epochs or (10_000 if config.time_budget else DEFAULT_EPOCHS)
     budget = TrainBudget(epochs=epochs, seconds=config.time_budget, batch_size=config.batch_size, lr=config.lr)
     evaluator = Evaluator(space, data, budget, latency, seed=config.seed, device=device)
@@ -151,7 +170,8 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
                             trials=config.trials, seed=config.seed, device=device, timeout=config.timeout,
                             max_latency_ms=config.max_latency_ms, progress=bar, options=config.options,
                             checkpoint_dir=checkpoint_dir_for(config.storage, tracker.study.study_name,
-                                                              config.checkpoint_dir))
+                                                              config.checkpoint_dir),
+                            worker=config.worker)
         # 1 thread by default: on a 2-core machine with anything else running, a training step took
         # 20-30x longer with 2 threads than with 1 (OpenMP threads spin waiting for a core).
         with num_threads(config.threads):

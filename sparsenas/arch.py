@@ -73,6 +73,8 @@ class Arch:
             d = json.loads(s)
         except json.JSONDecodeError as e:
             raise SparseNASError(f"malformed architecture JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        except RecursionError:
+            raise SparseNASError("malformed architecture JSON: nested too deeply") from None
         return cls.from_dict(d)
 
     def digest(self) -> str:

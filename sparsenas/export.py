@@ -353,7 +353,10 @@ def read_arch(path: str | os.PathLike) -> tuple[Arch, Task | None, dict[str, Any
         p = p / "arch.json"
     if not p.is_file():
         raise SparseNASError(f"no architecture file at {p}; pass an arch.json written by `nas export` or a folder holding one")
-    text = p.read_text()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SparseNASError(f"{p} is not an architecture file: it is not UTF-8 text ({e.reason} at byte {e.start})") from None
     arch = Arch.from_json(text)
     doc = json.loads(text)
     task = None
@@ -426,7 +429,9 @@ def trial_info(storage: str, study: Any, t: Any) -> dict[str, Any]:
     if predicted is None and source.startswith("table"):
         predicted = a.get("latency_ms")
     hw = a.get("hw_profile") or a.get("profile") or config.get("hw") or (source.split(":", 1)[1] if ":" in source else None)
-    return {"source": {"storage": storage, "study": study.study_name, "trial": t.number,
+    from .tracking import mask_url
+
+    return {"source": {"storage": mask_url(storage), "study": study.study_name, "trial": t.number,
                        "strategy": a.get("strategy") or sa.get("strategy")},
             "trial": t.number, "accuracy": t.values[0] if t.values else a.get("accuracy"),
             "test_accuracy": a.get("test_accuracy"), "latency_ms": a.get("latency_ms"), "latency_source": source or None,

@@ -356,7 +356,9 @@ def make_report(storage: str, study_name: str | None, out: str | os.PathLike, *,
     rep.figures.update({"study": study.study_name, "states": states, "completed": len(trials),
                         "front": [t.number for t in front_trials],
                         "best_accuracy": max(float(t.values[0]) for t in trials), "baseline": base})
-    (out / "report.html").write_text(_html(study, storage, rep, front_trials, states))
+    from .tracking import mask_url
+
+    (out / "report.html").write_text(_html(study, mask_url(storage), rep, front_trials, states))
     rep.files.append("report.html")
     return rep
 

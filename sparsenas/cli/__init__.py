@@ -12,7 +12,7 @@ from typing import Sequence
 
 from ..errors import SparseNASError
 
-COMMANDS = ("search", "listing", "inspect", "profile", "dashboard", "export", "train", "report")
+COMMANDS = ("search", "listing", "inspect", "profile", "dashboard", "export", "train", "report", "storage_proxy")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,3 +25,14 @@ def fmt(v: Any, spec: str) -> str:
 def print_json(obj: Any) -> None:
     """The machine-readable result: always one JSON object on the last line of stdout."""
     print(json.dumps(obj, default=str))
+
+
+def port(s: str) -> int:
+    """A TCP port to listen on: 1..65535."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {s!r}") from None
+    if not 1 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port between 1 and 65535, got {v}")
+    return v

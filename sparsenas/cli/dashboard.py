@@ -7,14 +7,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import DEFAULT_STORAGE
+from .common import DEFAULT_STORAGE, port
 
 
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dashboard", help="open optuna-dashboard on a storage")
     p.add_argument("--storage", default=DEFAULT_STORAGE)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=port, default=8080)
     p.add_argument("--artifact-dir", default=None,
                    help="artifact folder (default: <db stem>-artifacts/ beside a sqlite or journal file, "
                         "or the folder the search recorded)")
@@ -26,10 +26,16 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     from ..tracking import artifact_store_for, open_storage, storage_artifact_dir
 
-    storage = open_storage(args.storage, heartbeat=False)
+    storage = open_storage(args.storage, heartbeat=False, must_exist=True)
     folder = storage_artifact_dir(args.storage, args.artifact_dir)
     store = artifact_store_for(args.storage, folder)
     where = f", artifacts from {folder}" if folder else ", no artifact store"
     print(f"optuna-dashboard on http://{args.host}:{args.port}/{where} (Ctrl-C to stop)", file=sys.stderr)
-    run_server(storage, host=args.host, port=args.port, artifact_store=store)
+    from ..errors import SparseNASError
+
+    try:
+        run_server(storage, host=args.host, port=args.port, artifact_store=store)
+    except OSError as e:  # port in use, address not on this machine
+        raise SparseNASError(f"cannot serve on {args.host}:{args.port}: {e.strerror or e}; pass another --port "
+                             "or --host") from None
     return 0

@@ -63,9 +63,17 @@ def add(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--cells", type=int, default=None, help="dass on sparse_darts: cells of the derived network (3, 5, 8)")
     p.add_argument("--timeout", type=positive_float, default=None, metavar="SECONDS",
                    help="stop starting new trials after this many seconds")
-    p.add_argument("--threads", type=int, default=1, help="torch threads while searching (default 1: robust "
-                                                        "on a shared machine; latency is always timed with 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads while searching, split between --workers "
+                                                        "(default 1: robust on a shared machine; latency is always "
+                                                        "timed with 1)")
     p.add_argument("--limit", type=int, default=None, help="use at most this many training samples")
+    p.add_argument("--workers", type=int, default=1, metavar="K",
+                   help="local processes evaluating trials of the study at once (random, tpe, nsga2); --trials stays "
+                        "the study's total and --threads is split between them. Workers on other machines: run the "
+                        "same command there with a shared --storage")
+    p.add_argument("--resume-anyway", action="store_true",
+                   help="join an existing study even though its budget (epochs, time budget, lr, batch size, limit), "
+                        "seed or strategy differ from this run's")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     p.set_defaults(func=cmd_search)
@@ -94,8 +102,9 @@ def _print_front(study: Any, storage: str, as_json: bool) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..tracking import pareto_front
+    from ..tracking import mask_url, pareto_front
 
+    storage = mask_url(storage)  # never print a password
     front = pareto_front(study)
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):

@@ -1,6 +1,9 @@
 """CIFAR-10/100 from the "python version" pickles in a user-given folder (never downloaded)."""
 from __future__ import annotations
 
+import codecs
+import importlib
+import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +40,58 @@ def _hint(name: str) -> str:
             "or to that folder itself.")
 
 
+class _Refused(pickle.UnpicklingError):
+    """The pickle names a global the CIFAR format never uses."""
+
+
+def _numpy(sub: str, attr: str) -> object:
+    """numpy's pickle helpers live in numpy._core since numpy 2 and in numpy.core before."""
+    for base in ("numpy._core", "numpy.core"):
+        try:
+            return getattr(importlib.import_module(f"{base}.{sub}"), attr)
+        except (ImportError, AttributeError):
+            continue
+    raise _Refused(f"numpy has no {sub}.{attr}")
+
+
+# Everything a CIFAR "python version" pickle may name (ndarrays as Python 2 or 3 write them, bytes as
+# protocol-2 Python 3 writes them); any other global is refused before it is imported or called.
+_ALLOWED = {
+    **{(f"{base}.multiarray", "_reconstruct"): ("multiarray", "_reconstruct") for base in ("numpy.core", "numpy._core")},
+    **{(f"{base}.multiarray", "scalar"): ("multiarray", "scalar") for base in ("numpy.core", "numpy._core")},
+    **{(f"{base}.numeric", "_frombuffer"): ("numeric", "_frombuffer") for base in ("numpy.core", "numpy._core")},
+}
+_SAFE = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): codecs.encode,
+         **{("builtins", t.__name__): t for t in (list, dict, tuple, set, frozenset, bytes, bytearray, str, int, float)},
+         **{("__builtin__", t.__name__): t for t in (list, dict, tuple, set, frozenset, bytearray, str, int, float)}}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler for data only: containers, bytes, numbers and numpy arrays (pickle docs,
+    "Restricting Globals"). A pickle that names anything else (os.system...) is refused unexecuted."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in _SAFE:
+            return _SAFE[(module, name)]
+        if (module, name) in _ALLOWED:
+            return _numpy(*_ALLOWED[(module, name)])
+        raise _Refused(f"it names the global {module}.{name}, which a CIFAR pickle never holds; refused, nothing "
+                       "was executed")
+
+    def persistent_load(self, pid: object) -> object:
+        raise _Refused("it uses persistent ids, which a CIFAR pickle never holds")
+
+
+def load_cifar_pickle(data: bytes) -> object:
+    """The object in a CIFAR pickle, read with :class:`_CifarUnpickler` (bytes keys kept as bytes)."""
+    return _CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
+
+
 def _unpickle(name: str, path: Path, keys: tuple[str, ...]) -> dict:
     try:
-        with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="bytes")
+        obj = load_cifar_pickle(path.read_bytes())
+    except _Refused as e:
+        raise dataset_error(name, f"{path} is not a CIFAR pickle: {e}") from None
     except Exception as e:  # a corrupt pickle can raise almost anything; report it as a bad file
         raise dataset_error(name, f"{path} is not a readable CIFAR pickle ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):

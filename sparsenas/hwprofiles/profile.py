@@ -139,8 +139,10 @@ def check_profile(data: Any, path: str | Path = "<profile>") -> dict[str, Any]:
     rt = data.get("runtime")
     if rt is not None and not (isinstance(rt, dict) and isinstance(rt.get("name"), str)):
         raise _bad(path, "is corrupt: field 'runtime' must be an object with a 'name' string")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in data["sparsity_levels"]):
+        raise _bad(path, "is corrupt: sparsity_levels must be a list of numbers")
     metric = data["timing"].get("metric")
-    if metric not in METRICS:
+    if not isinstance(metric, str) or metric not in METRICS:
         raise _bad(path, f"is corrupt: timing.metric is {metric!r}; allowed: {', '.join(METRICS)}")
     fields = (*TIMING_FIELDS, metric)
     for key, entry in data["entries"].items():
@@ -169,6 +171,8 @@ def read_profile(path: str | Path) -> dict[str, Any]:
         data = json.loads(p.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise _bad(path, f"is not valid JSON ({e})") from None
+    except RecursionError:
+        raise _bad(path, "is not a profile: its JSON is nested too deeply") from None
     return check_profile(data, path)
 
 

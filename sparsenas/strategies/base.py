@@ -28,6 +28,7 @@ class SearchContext:
     progress: Progress = field(default_factory=Progress.disabled)
     options: dict[str, Any] = field(default_factory=dict)  # strategy-specific flags
     checkpoint_dir: str | None = None  # supernet strategies checkpoint every epoch here (None: not at all)
+    worker: int = 0                  # index of this process among the workers on the study
 
 
 class Strategy(ABC):

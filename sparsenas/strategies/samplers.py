@@ -4,6 +4,7 @@ random, tpe and nsga2 are the same loop (``suggest -> evaluate -> tell``) with a
 """
 from __future__ import annotations
 
+import time
 import warnings
 from abc import abstractmethod
 
@@ -27,12 +28,14 @@ class SamplerStrategy(Strategy):
 
     def run(self, ctx: SearchContext) -> None:
         tracker = ctx.tracker
-        done = len(tracker.finished())
-        remaining = ctx.trials - done
-        if remaining <= 0:
+        # ctx.trials is the study's total, whatever the number of workers on it (Tracker.surplus)
+        target = ctx.trials
+        deadline = None if ctx.timeout is None else time.time() + ctx.timeout
+        if not tracker.wait_for_slot(target, deadline):
             return
-        # offset the seed by the trials already there, so a resumed search does not replay them
-        tracker.study.sampler = self.make_sampler(ctx.seed + len(tracker.study.trials), ctx)
+        # offset the seed by the trials already there, so a resumed search does not replay them, and
+        # by the worker's index, so workers started together do not propose the same architectures
+        tracker.study.sampler = self.make_sampler(ctx.seed + len(tracker.study.trials) + 7919 * ctx.worker, ctx)
         evaluator, space, task = ctx.evaluator, ctx.space, ctx.task
         if fixed := ctx.options.get("fixed"):  # pin some choices (e.g. the sparsity), sample the rest
             allowed = space.choices(task)
@@ -45,6 +48,10 @@ class SamplerStrategy(Strategy):
                 tracker.study.sampler = optuna.samplers.PartialFixedSampler(dict(fixed), tracker.study.sampler)
 
         def objective(trial: optuna.Trial) -> list[float]:
+            tracker.record_worker(trial)
+            if tracker.surplus(trial, target):  # another worker started the last trial at the same moment
+                tracker.mark_surplus(trial, target)
+                raise TrialFailed("surplus")
             arch = space.suggest(trial, task)
             canonical = space.canonical(arch).digest()
             tracker.record_arch(trial, arch, strategy=self.name, canonical_digest=canonical)
@@ -75,10 +82,19 @@ class SamplerStrategy(Strategy):
             tracker.save_weights(trial, model.state_dict())  # while RUNNING: artifacts refuse finished trials
             return tracker.values(result)
 
-        def on_done(study: optuna.Study, ft: optuna.trial.FrozenTrial) -> None:
-            ctx.progress.trial_finished(ft)
+        failed = 0
 
-        tracker.study.optimize(objective, n_trials=remaining, timeout=ctx.timeout, catch=(TrialFailed,),
+        def on_done(study: optuna.Study, ft: optuna.trial.FrozenTrial) -> None:
+            nonlocal failed
+            if not ft.user_attrs.get("surplus"):
+                ctx.progress.trial_finished(ft)
+            # FAIL trials do not count towards the target; a worker gives up after as many failures
+            # as the target, so a budget no network survives (lr too high...) still ends
+            failed += ft.state == optuna.trial.TrialState.FAIL and not ft.user_attrs.get("surplus")
+            if failed >= target or not tracker.wait_for_slot(target, deadline):
+                study.stop()
+
+        tracker.study.optimize(objective, n_trials=None, timeout=ctx.timeout, catch=(TrialFailed,),
                                callbacks=[on_done])
 
 

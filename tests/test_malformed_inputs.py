@@ -1,0 +1,222 @@
+"""Malformed files fed to every loader: only the documented error (a SparseNASError) comes out, and
+nothing in them is executed. Property-based (hypothesis); >= 500 examples across the loaders."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sparsenas.data import load_dataset
+from sparsenas.data.mnist import _IMAGES, _LABELS, read_idx
+from sparsenas.errors import DatasetError, SparseNASError
+from sparsenas.export import read_arch
+from sparsenas.hwprofiles import LatencyTable
+from sparsenas.search_spaces import get_space
+from sparsenas.task import Task
+
+SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+                derandomize=True)
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                                      max_size=4), max_leaves=12)
+
+
+def _count(check, seen: list, n: int) -> None:
+    """Run a @given test and make sure it really saw ``n`` examples."""
+    check()
+    assert len(seen) >= n
+
+
+# ------------------------------------------------------------------ architecture JSON
+ARCH = {"space": "g2g_mlp", "version": 1, "choices": {"depth": 1, "h1_width": 64, "ensembles": 1, "dst": "off"},
+        "task": {"dataset": "synthetic", "input_shape": [1, 8, 8], "num_classes": 4}}
+
+
+def _arch_docs():
+    mutated = st.builds(lambda key, value: _set(ARCH, key, value),
+                        st.sampled_from(["space", "version", "choices", "task", "choices.depth", "choices.h1_width",
+                                         "choices.dst", "task.input_shape", "task.num_classes"]), json_values)
+    deep = st.integers(1_000, 200_000).map(lambda n: b"[" * n + b"]" * n)
+    return (st.binary(max_size=64) | deep | json_values.map(lambda v: json.dumps(v).encode())
+            | mutated.map(lambda d: json.dumps(d).encode()))
+
+
+def _set(doc: dict, dotted: str, value) -> dict:
+    doc = json.loads(json.dumps(doc))
+    *path, last = dotted.split(".")
+    target = doc
+    for p in path:
+        target = target[p]
+    target[last] = value
+    return doc
+
+
+def test_malformed_architecture_files(tmp_path):
+    seen: list = []
+
+    @settings(max_examples=150, **SETTINGS)
+    @given(raw=_arch_docs())
+    def check(raw):
+        seen.append(1)
+        path = tmp_path / "arch.json"
+        path.write_bytes(raw)
+        try:
+            arch, task, _ = read_arch(path)
+            get_space(arch.space).validate(arch, task or Task("synthetic", (1, 8, 8), 4))
+        except SparseNASError:
+            pass
+
+    _count(check, seen, 150)
+
+
+# ------------------------------------------------------------------ hardware profiles
+def _profile_docs():
+    shipped = json.loads(Path(LatencyTable.load().path).read_text())
+    cal_key, cal = next(iter(shipped["calibrations"].items()))
+    small = {**shipped, "entries": dict(list(shipped["entries"].items())[:3]), "profiled": [],
+             "calibrations": {cal_key: {k: v for k, v in cal.items() if k != "networks"}}}
+    keys = ["schema", "name", "machine", "timing", "timing.metric", "entries", "calibrations", "sparsity_levels"]
+    entry = next(iter(small["entries"]))
+    keys += [f"entries.{entry}", f"entries.{entry}.impls", f"entries.{entry}.spec"]
+    mutated = st.builds(lambda k, v: _set(small, k, v) if "." not in k or k.count(".") < 2 else _set_entry(small, k, v),
+                        st.sampled_from(keys), json_values)
+    deep = st.integers(1_000, 200_000).map(lambda n: b'{"a":' * n + b"1" + b"}" * n)
+    return st.binary(max_size=64) | deep | json_values.map(lambda v: json.dumps(v).encode()) | mutated.map(
+        lambda d: json.dumps(d).encode())
+
+
+def _set_entry(doc: dict, dotted: str, value) -> dict:
+    _, rest = dotted.split(".", 1)
+    key, field = rest.rsplit(".", 1)
+    doc = json.loads(json.dumps(doc))
+    doc["entries"][key][field] = value
+    return doc
+
+
+def test_malformed_hardware_profiles(tmp_path):
+    task = Task("digits", (1, 8, 8), 10)
+    space = get_space("sparse_mbv2")
+    layers = space.layers(space.default_arch(task), task)
+    seen: list = []
+
+    @settings(max_examples=120, **SETTINGS)
+    @given(raw=_profile_docs())
+    def check(raw):
+        seen.append(1)
+        path = tmp_path / "profile.json"
+        path.write_bytes(raw)
+        try:
+            table = LatencyTable.load(path)
+            table.missing(layers)  # a loaded profile is also usable for look-ups
+        except SparseNASError:
+            pass
+
+    _count(check, seen, 120)
+
+
+# ------------------------------------------------------------------ CIFAR pickles
+class _RunsCode:
+    """Unpickling it would call os.system (``touch SENTINEL``)."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def _evil_global(module: str, name: str, arg: str) -> bytes:
+    """A protocol-0 pickle that imports ``module.name`` and calls it with ``arg``."""
+    return f"c{module}\n{name}\n(V{arg}\ntR.".encode()
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+    from test_data import write_cifar
+
+    return write_cifar(tmp_path_factory.mktemp("cifar"), n=8)
+
+
+def test_cifar_pickle_that_would_run_code_is_refused_unexecuted(cifar_dir, tmp_path):
+    sentinel = tmp_path / "executed"
+    target = cifar_dir / "data_batch_1"
+    original = target.read_bytes()
+    try:
+        for payload in (pickle.dumps({b"data": _RunsCode(f"touch {sentinel}"), b"labels": []}, protocol=p)
+                        for p in (0, 2, 4, 5)):
+            target.write_bytes(payload)
+            with pytest.raises(DatasetError, match="posix.system|os.system|refused, nothing was executed"):
+                load_dataset("cifar10", data_dir=cifar_dir)
+            assert not sentinel.exists()
+    finally:
+        target.write_bytes(original)
+
+
+def _cifar_payloads(sentinel: Path):
+    valid = pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 3]}, protocol=2)
+    flips = st.builds(lambda i, b: valid[:i % len(valid)] + bytes([b]) + valid[i % len(valid) + 1:],
+                      st.integers(0, 10_000), st.integers(0, 255))
+    truncated = st.integers(0, len(valid)).map(lambda i: valid[:i])
+    evil = st.builds(_evil_global, st.sampled_from(["os", "posix", "subprocess", "builtins", "__builtin__", "numpy",
+                                                    "shutil", "pickle", "importlib"]),
+                     st.sampled_from(["system", "Popen", "eval", "exec", "getattr", "__import__", "load", "rmtree",
+                                      "loads", "import_module"]), st.just(f"touch {sentinel}"))
+    objects = json_values.map(lambda v: pickle.dumps(v, protocol=2))
+    return st.binary(max_size=64) | flips | truncated | evil | objects
+
+
+def test_malformed_cifar_pickles(cifar_dir, tmp_path):
+    sentinel = tmp_path / "executed"
+    target = cifar_dir / "data_batch_1"
+    original = target.read_bytes()
+
+    seen: list = []
+
+    @settings(max_examples=150, **SETTINGS)
+    @given(raw=_cifar_payloads(sentinel))
+    def check(raw):
+        seen.append(1)
+        target.write_bytes(raw)
+        try:
+            load_dataset("cifar10", data_dir=cifar_dir)
+        except DatasetError:
+            pass
+        assert not sentinel.exists()
+
+    try:
+        _count(check, seen, 150)
+    finally:
+        target.write_bytes(original)
+
+
+# ------------------------------------------------------------------ IDX files (MNIST, Fashion-MNIST)
+def _idx_payloads():
+    header = st.builds(lambda magic, dims: magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims),
+                       st.sampled_from([_IMAGES, _LABELS, 0x0803, 0x0903, 0x08FF, 0]),
+                       st.lists(st.integers(0, 2 ** 32 - 1) | st.integers(0, 6), max_size=4))
+    return st.builds(lambda h, body: h + body, header, st.binary(max_size=80)) | st.binary(max_size=64)
+
+
+def test_malformed_idx_files(tmp_path):
+    seen: list = []
+
+    @settings(max_examples=120, **SETTINGS)
+    @given(raw=_idx_payloads(), gz=st.booleans(), images=st.booleans())
+    def check(raw, gz, images):
+        seen.append(1)
+        import gzip
+
+        path = tmp_path / ("f.gz" if gz else "f")
+        path.write_bytes(gzip.compress(raw) if gz and raw[:1] != b"x" else raw)
+        try:
+            read_idx("mnist", path, _IMAGES if images else _LABELS)
+        except DatasetError:
+            pass
+
+    _count(check, seen, 120)
