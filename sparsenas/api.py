@@ -40,10 +40,11 @@ class SearchConfig:
     limit: int | None = None            # cap on training samples (quick runs, tests)
     options: dict[str, Any] = field(default_factory=dict)  # strategy flags: target_sparsity, search_epochs, ...
 
-    def study_name(self, dataset: str) -> str:
+    def study_name(self, dataset: str, space: str | None = None) -> str:
+        """``space``: the space's own name (a plug-in named ``module:Class`` calls itself something shorter)."""
         size = f"{self.input_size}" if self.input_size else ""
         suffix = "" if self.objective == "multi" else "-acc"
-        return self.study or f"{self.space}-{dataset}{size}-{self.strategy}{suffix}"
+        return self.study or f"{space or self.space}-{dataset}{size}-{self.strategy}{suffix}"
 
 
 def _check(config: SearchConfig) -> None:
@@ -109,7 +110,7 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     objectives = MULTI if config.objective == "multi" else SINGLE
     spec = StudySpec(space.name, space.version, data.task.dataset, data.task.to_dict(), objectives)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2) if objectives == SINGLE else None
-    tracker = Tracker(config.storage, config.study_name(data.task.dataset), spec, pruner=pruner,
+    tracker = Tracker(config.storage, config.study_name(data.task.dataset, space.name), spec, pruner=pruner,
                       extra_attrs={"strategy": config.strategy, "config": asdict(config)},
                       artifact_dir=config.artifact_dir)
     epochs = config.epochs or (10_000 if config.time_budget else DEFAULT_EPOCHS)
