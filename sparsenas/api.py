@@ -39,12 +39,17 @@ class SearchConfig:
     threads: int = 1                    # torch threads while searching (see search())
     limit: int | None = None            # cap on training samples (quick runs, tests)
     options: dict[str, Any] = field(default_factory=dict)  # strategy flags: target_sparsity, search_epochs, ...
+    sampler: str | None = None          # random/tpe/nsga2 loop: another Optuna sampler (strategies/samplers.py SAMPLERS)
+    sampler_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the sampler
+    pruner: str | None = None           # single-objective studies: median (default), hyperband, ... (PRUNERS)
+    pruner_args: dict[str, Any] = field(default_factory=dict)
 
     def study_name(self, dataset: str, space: str | None = None) -> str:
         """``space``: the space's own name (a plug-in named ``module:Class`` calls itself something shorter)."""
         size = f"{self.input_size}" if self.input_size else ""
         suffix = "" if self.objective == "multi" else "-acc"
-        return self.study or f"{space or self.space}-{dataset}{size}-{self.strategy}{suffix}"
+        how = self.sampler.rsplit(":", 1)[-1] if self.sampler else self.strategy
+        return self.study or f"{space or self.space}-{dataset}{size}-{how}{suffix}"
 
 
 def _check(config: SearchConfig) -> None:
@@ -94,6 +99,7 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     from .search_spaces import get_space
     from .strategies import STRATEGIES
     from .strategies.base import SearchContext
+    from .strategies.samplers import make_pruner, sampler_check
     from .timing import num_threads
     from .tracking import StudySpec, Tracker
 
@@ -101,15 +107,17 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     _check(config)
     space = get_space(config.space)
     strategy = STRATEGIES.get(config.strategy)()
+    options = strategy.resolve_options(config.options)  # unknown or mistyped options: exit 2, nothing written
     device = _device(config.device)
     data = load_dataset(config.dataset or space.default_dataset, data_dir=config.data_dir,
                         input_size=config.input_size, seed=config.seed, limit=config.limit)
     space.check_task(data.task)
     latency = LATENCY.get(_latency_kind(config, space.name, data.task))(hw=config.hw, anchor=config.hw_anchor)
-    strategy.check(space, data.task, config.options)
+    strategy.check(space, data.task, options)
     objectives = MULTI if config.objective == "multi" else SINGLE
     spec = StudySpec(space.name, space.version, data.task.dataset, data.task.to_dict(), objectives)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2) if objectives == SINGLE else None
+    sampler_check(strategy, config.sampler, config.sampler_args, objectives, config.seed, config.trials)
+    pruner = make_pruner(config.pruner, config.pruner_args, objectives, epochs=config.epochs or DEFAULT_EPOCHS)
     tracker = Tracker(config.storage, config.study_name(data.task.dataset, space.name), spec, pruner=pruner,
                       extra_attrs={"strategy": config.strategy, "config": asdict(config)},
                       artifact_dir=config.artifact_dir)
@@ -120,7 +128,8 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
         bar.advance_to(len(tracker.finished()))
         ctx = SearchContext(space=space, task=data.task, data=data, evaluator=evaluator, tracker=tracker,
                             trials=config.trials, seed=config.seed, device=device, timeout=config.timeout,
-                            max_latency_ms=config.max_latency_ms, progress=bar, options=config.options)
+                            max_latency_ms=config.max_latency_ms, progress=bar, options=options,
+                            sampler=config.sampler, sampler_args=dict(config.sampler_args))
         # 1 thread by default: on a 2-core machine with anything else running, a training step took
         # 20-30x longer with 2 threads than with 1 (OpenMP threads spin waiting for a core).
         with num_threads(config.threads):

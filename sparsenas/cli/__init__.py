@@ -15,17 +15,29 @@ from ..errors import SparseNASError
 COMMANDS = ("search", "listing", "inspect", "profile", "dashboard", "export", "train", "report")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The `nas` parser. The strategies' option flags of `nas search` need the strategies imported
+    (torch, about 1.5 s), so they are added only when ``argv`` runs `search`."""
     parser = argparse.ArgumentParser(prog="nas", description="Neural-architecture search for sparse networks.")
     parser.add_argument("--version", action="version", version="sparsenas 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").add(sub)
+    command = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
+    if command == "search":
+        from .search import add_strategy_options
+
+        add_strategy_options(sub.choices["search"])
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(argv)
+    except SparseNASError as e:  # a broken strategy plug-in
+        print(f"nas: error: {e}", file=sys.stderr)
+        return e.exit_code
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
