@@ -108,16 +108,16 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     space = get_space(config.space)
     strategy = STRATEGIES.get(config.strategy)()
     options = strategy.resolve_options(config.options)  # unknown or mistyped options: exit 2, nothing written
+    objectives = MULTI if config.objective == "multi" else SINGLE
+    sampler_check(strategy, config.sampler, config.sampler_args, objectives, config.seed, config.trials)
+    pruner = make_pruner(config.pruner, config.pruner_args, objectives, epochs=config.epochs or DEFAULT_EPOCHS)
     device = _device(config.device)
     data = load_dataset(config.dataset or space.default_dataset, data_dir=config.data_dir,
                         input_size=config.input_size, seed=config.seed, limit=config.limit)
     space.check_task(data.task)
     latency = LATENCY.get(_latency_kind(config, space.name, data.task))(hw=config.hw, anchor=config.hw_anchor)
     strategy.check(space, data.task, options)
-    objectives = MULTI if config.objective == "multi" else SINGLE
     spec = StudySpec(space.name, space.version, data.task.dataset, data.task.to_dict(), objectives)
-    sampler_check(strategy, config.sampler, config.sampler_args, objectives, config.seed, config.trials)
-    pruner = make_pruner(config.pruner, config.pruner_args, objectives, epochs=config.epochs or DEFAULT_EPOCHS)
     tracker = Tracker(config.storage, config.study_name(data.task.dataset, space.name), spec, pruner=pruner,
                       extra_attrs={"strategy": config.strategy, "config": asdict(config)},
                       artifact_dir=config.artifact_dir)
