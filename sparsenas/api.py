@@ -91,8 +91,16 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     """Run (or resume) a search and return its Optuna study.
 
     ``sparsenas.search(space="sparse_mbv2", strategy="random", trials=10)``; any field of
-    :class:`SearchConfig` may be passed as a keyword.
+    :class:`SearchConfig` may be passed as a keyword. Optuna's log level is lowered while it runs
+    (its per-trial lines repeat ours, logger ``sparsenas``) and restored after.
     """
+    from .log import optuna_verbosity
+
+    with optuna_verbosity():
+        return _search(config, progress=progress, **overrides)
+
+
+def _search(config: SearchConfig | None = None, *, progress: bool = True, **overrides: Any) -> optuna.Study:
     from .data import load_dataset
     from .evaluators import LATENCY, Evaluator, TrainBudget
     from .progress import Progress
@@ -124,7 +132,8 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     epochs = config.epochs or (10_000 if config.time_budget else DEFAULT_EPOCHS)
     budget = TrainBudget(epochs=epochs, seconds=config.time_budget, batch_size=config.batch_size, lr=config.lr)
     evaluator = Evaluator(space, data, budget, latency, seed=config.seed, device=device)
-    with Progress(config.trials, enabled=progress, label=f"{config.strategy} on {space.name}") as bar:
+    with Progress(config.trials, enabled=progress, label=f"{config.strategy} on {space.name}",
+                  objectives=objectives) as bar:
         bar.advance_to(len(tracker.finished()))
         ctx = SearchContext(space=space, task=data.task, data=data, evaluator=evaluator, tracker=tracker,
                             trials=config.trials, seed=config.seed, device=device, timeout=config.timeout,

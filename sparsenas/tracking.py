@@ -22,8 +22,6 @@ from .arch import Arch
 from .errors import SparseNASError, StorageError
 from .evaluators.result import EvalResult
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
 
 @contextlib.contextmanager
 def _quiet_experimental() -> Iterator[None]:

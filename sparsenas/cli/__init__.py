@@ -42,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from ..log import setup
+
+    setup((getattr(args, "verbose", None) or 0) - (getattr(args, "quiet", None) or 0))
     try:
         return args.func(args)
     except SparseNASError as e:
