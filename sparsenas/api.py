@@ -144,3 +144,11 @@ def _search(config: SearchConfig | None = None, *, progress: bool = True, **over
         with num_threads(config.threads):
             strategy.run(ctx)
     return tracker.study
+
+
+def studies(storage: str = DEFAULT_STORAGE) -> list[dict[str, Any]]:
+    """The studies in ``storage``, each with its space, dataset, strategy, runtime (when recorded),
+    trials by state and best value per objective; a missing sqlite/journal file is an error."""
+    from .tracking import study_overview
+
+    return study_overview(storage)

@@ -340,3 +340,49 @@ def _jsonable(v: Any) -> Any:
 
 def summarize(trials: Iterable[FrozenTrial], keys: Sequence[str]) -> list[dict[str, Any]]:
     return [{"trial": t.number, **{k: t.user_attrs.get(k) for k in keys}} for t in trials]
+
+
+# ---------------------------------------------------------------- listing the studies of a storage
+def _storage_exists(url: str) -> bool:
+    """False for a sqlite or journal file that is not there (opening would create it)."""
+    if not isinstance(url, str) or "://" not in url:
+        return True  # open_storage says what is wrong with it
+    scheme, rest = url.split("://", 1)
+    if scheme == "journal":
+        return os.path.isfile(rest or "nas.journal")
+    if scheme.startswith("sqlite") and "///" in url:
+        path = url.split("///", 1)[1]
+        return path in ("", ":memory:") or os.path.isfile(path)
+    return True
+
+
+def study_overview(storage: str) -> list[dict[str, Any]]:
+    """Each study of ``storage``: name, what it searched (space, dataset, strategy, runtime when
+    recorded), trials by state and the best value of each objective. A sqlite or journal file that
+    does not exist is an error, not a new empty storage."""
+    if not _storage_exists(storage):
+        raise StorageError(f"no storage at {storage!r}: the file does not exist (nothing was created); "
+                           "pass the --storage a search wrote to")
+    st = open_storage(storage, heartbeat=False)
+    out = []
+    for summary in optuna.get_all_study_summaries(st, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=st)
+        attrs = study.user_attrs
+        objectives = list(attrs.get("objectives") or [f"value{i}" for i in range(len(study.directions))])
+        trials = study.get_trials(deepcopy=False)
+        states: dict[str, int] = {}
+        for t in trials:
+            states[t.state.name] = states.get(t.state.name, 0) + 1
+        best: dict[str, float] = {}
+        done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+        for i, (name, direction) in enumerate(zip(objectives, study.directions)):
+            vals = [t.values[i] for t in done if len(t.values) > i]
+            if vals:
+                best[name] = max(vals) if direction == optuna.study.StudyDirection.MAXIMIZE else min(vals)
+        config = attrs.get("config") or {}
+        out.append({"study": summary.study_name, "space": attrs.get("space"), "dataset": attrs.get("dataset"),
+                    "strategy": attrs.get("strategy"), "sampler": config.get("sampler"),
+                    "runtime": attrs.get("runtime") or config.get("runtime"), "trials": len(trials),
+                    "states": states, "best": best,
+                    "front": len(pareto_front(study)) if done else 0})
+    return out

@@ -14,6 +14,40 @@ from ..errors import SparseNASError
 
 COMMANDS = ("search", "listing", "inspect", "profile", "dashboard", "export", "train", "report")
 
+# two or three typical command lines, shown at the end of each command's --help
+EXAMPLES = {
+    "spaces": ["nas spaces", "nas spaces --json",
+               "PYTHONPATH=examples nas search --space tiny_space:TinyMLP   # a space of your own"],
+    "strategies": ["nas strategies", "nas search --help    # every strategy's options"],
+    "datasets": ["nas datasets", "nas search --dataset mnist1d --space g2g_mlp",
+                 "nas search --dataset cifar10 --data-dir ~/data --input-size 32"],
+    "studies": ["nas studies", "nas studies --storage sqlite:///runs.db --json",
+                "nas studies --storage postgresql://user@host/nas"],
+    "inspect": ["nas inspect found/arch.json", "nas inspect found/arch.json --dataset digits --input-size 32 --json"],
+    "profile": ["nas profile --space sparse_mbv2 --out my-cpu.json",
+                "nas profile --validate my-cpu.json --space sparse_mbv2 --plot validate.png"],
+    "dashboard": ["nas dashboard", "nas dashboard --storage sqlite:///runs.db --port 8081"],
+    "export": ["nas export --study sparse_mbv2-digits16-tpe --best --out found/",
+               "nas export --storage sqlite:///runs.db --study S --trial 17 --out found/ --format onnx,torchscript",
+               "nas export --study S --pareto --out front/"],
+    "train": ["nas train found/arch.json --epochs 50", "nas train found/ --dataset digits --out retrained/ --json"],
+    "report": ["nas report --out report/", "nas report --storage sqlite:///runs.db --study S --out report/ --baseline train"],
+}
+
+
+def _add_examples(sub: argparse._SubParsersAction) -> None:
+    """Each command's examples as its --help epilog, kept as written (RawDescriptionHelpFormatter);
+    descriptions are wrapped here since that formatter does not wrap them."""
+    import textwrap
+
+    for name, p in sub.choices.items():
+        if name in EXAMPLES and not p.epilog:
+            p.epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[name])
+        if p.epilog:
+            p.formatter_class = argparse.RawDescriptionHelpFormatter
+            if p.description:
+                p.description = textwrap.fill(p.description, 100)
+
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The `nas` parser. The strategies' option flags of `nas search` need the strategies imported
@@ -23,6 +57,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").add(sub)
+    _add_examples(sub)
     command = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
     if command == "search":
         from .search import add_strategy_options
