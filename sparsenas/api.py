@@ -10,7 +10,7 @@ from .errors import SparseNASError
 from .tracking import DEFAULT_STORAGE, MULTI, SINGLE
 
 
-DEFAULT_EPOCHS = 6
+from .config import DEFAULT_EPOCHS  # noqa: E402  (defined once; export.py reads it from here too)
 
 
 @dataclass
@@ -152,3 +152,188 @@ def studies(storage: str = DEFAULT_STORAGE) -> list[dict[str, Any]]:
     from .tracking import study_overview
 
     return study_overview(storage)
+
+
+# ---------------------------------------------------------------- the rest of the front door
+# The command line calls only these (and search/studies above); each is what a notebook calls too.
+def spaces() -> dict[str, str]:
+    """Search space name -> one-line description (plug-ins from entry points included)."""
+    from .search_spaces import SPACES
+
+    return {n: cls.description for n, cls in SPACES.items()}
+
+
+def strategies() -> dict[str, str]:
+    """Strategy name -> one-line description."""
+    from .strategies import STRATEGIES
+
+    return {n: cls.description for n, cls in STRATEGIES.items()}
+
+
+def datasets() -> dict[str, str]:
+    """Dataset name -> one-line description (those read from files say so)."""
+    from .data import DATASETS
+
+    return {n: spec.description + (" [needs --data-dir]" if spec.needs_data_dir else "")
+            for n, spec in DATASETS.items()}
+
+
+def pareto_front(study: optuna.Study) -> list[Any]:
+    """The best trials of a study: its Pareto front (or best trial), by accuracy."""
+    from .tracking import pareto_front as front
+
+    return front(study)
+
+
+def report(storage: str = DEFAULT_STORAGE, study: str | None = None, out: str = "report", **kwargs: Any) -> Any:
+    """Plots of a search and one HTML page (see :func:`sparsenas.report.make_report`)."""
+    from .report import make_report
+
+    return make_report(storage, study, out, **kwargs)
+
+
+def export(storage: str = DEFAULT_STORAGE, study: str | None = None, out: str = "found", **kwargs: Any) -> list[Any]:
+    """Export trials of a study (see :func:`sparsenas.export.export_trials`)."""
+    from .export import export_trials
+
+    return export_trials(storage, study, out, **kwargs)
+
+
+def train(arch_path: str, *, dataset: str | None = None, data_dir: str | None = None, input_size: int | None = None,
+          epochs: int = 8, batch_size: int = 32, lr: float = 0.05, seed: int = 0, limit: int | None = None,
+          out: str | None = None, formats: str = "json,pt,onnx,torchscript", sparse_format: str | None = None,
+          onnx_exporter: str = "dynamo", measure: bool = True, progress: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Retrain the architecture in ``arch_path`` (arch.json or its folder) from scratch and export it;
+    returns (the export, the training figures)."""
+    import os
+
+    from .export import normalize_formats, read_arch, retrain, write_export
+    from .progress import Progress
+
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if value < 1:
+            raise SparseNASError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    normalize_formats(formats)  # a bad format fails before training, not after
+    arch, task, doc = read_arch(arch_path)
+    dataset = dataset or (task.dataset if task else None)
+    if dataset is None:
+        raise SparseNASError(f"{arch_path} names no dataset; pass --dataset")
+    if input_size is None and task is not None and dataset == task.dataset and len(task.input_shape) == 3:
+        input_size = task.input_shape[-1]
+    out = out or (arch_path if os.path.isdir(arch_path) else os.path.dirname(os.path.abspath(arch_path)))
+    with Progress(1, enabled=progress, label=f"train {arch.digest()}") as bar:
+        bar.trial_started(0, f"{epochs} epochs on {dataset}")
+        model, task, figures = retrain(arch, dataset=dataset, data_dir=data_dir, input_size=input_size, epochs=epochs,
+                                       batch_size=batch_size, lr=lr, seed=seed, limit=limit, measure=measure,
+                                       on_step=bar.trial_progress)
+    info = {"weights": f"retrained from scratch for {figures['epochs']} epochs on {task.dataset} (seed {seed}) "
+                       "by `nas train`",
+            "retrained": figures, "source": doc.get("source") or {},
+            **{k: figures.get(k) for k in ("latency_ms", "latency_source", "measured_latency_ms",
+                                           "measured_latency_cpu_ms", "flops", "effective_flops", "kernels")}}
+    res = write_export(model, arch, task, out, formats=formats, sparse_format=sparse_format, info=info,
+                       onnx_exporter=onnx_exporter)
+    return res, {**figures, "out": out, "digest": arch.digest(), "dataset": task.dataset}
+
+
+def inspect(arch_path: str, *, dataset: str | None = None, data_dir: str | None = None,
+            input_size: int | None = None) -> dict[str, Any]:
+    """An architecture file checked against its space and built for a task: the Arch (in today's
+    version), Task, traced layers with their mask kinds, params, non-zeros and MACs."""
+    from pathlib import Path
+
+    from .arch import Arch
+    from .data import load_dataset
+    from .evaluators import count_flops, count_params
+    from .ops.spec import trace_named_layers
+    from .search_spaces import get_space
+
+    try:
+        text = Path(arch_path).read_text()
+    except OSError as e:
+        raise SparseNASError(f"cannot read architecture file {arch_path}: {e.strerror}") from None
+    arch = Arch.from_json(text)
+    space = get_space(arch.space)
+    task = load_dataset(dataset or space.default_dataset, data_dir=data_dir, input_size=input_size).task
+    arch = space.validate(arch, task)  # an architecture of an older space version, in today's terms
+    model = space.build(arch, task)
+    layers = space.layers(arch, task)
+    modules = dict(model.named_modules())
+    masks = [getattr(modules.get(name), "mask_kind", "-") for name, _ in trace_named_layers(model, task.input_shape)]
+    params, nnz = count_params(model)
+    flops, eff = count_flops(layers)
+    return {"arch": arch, "task": task, "layers": layers, "masks": masks, "params": params, "nnz": nnz,
+            "flops": flops, "effective_flops": eff}
+
+
+def _profile_jobs(spaces: list[str] | None, dataset: str | None, data_dir: str | None,
+                  input_sizes: list[int] | None) -> list[tuple[Any, Any]]:
+    from .data import load_dataset
+    from .search_spaces import get_space
+
+    jobs = []
+    for name in spaces or ["sparse_mbv2"]:
+        space = get_space(name)
+        for size in input_sizes or [None]:
+            data = load_dataset(dataset or space.default_dataset, data_dir=data_dir, input_size=size, limit=1)
+            space.check_task(data.task)
+            jobs.append((space, data.task))
+    return jobs
+
+
+def profile(out: str, *, spaces: list[str] | None = None, dataset: str | None = None, data_dir: str | None = None,
+            input_sizes: list[int] | None = None, name: str | None = None, repeats: int = 100,
+            calibration_networks: int = 80, network_repeats: int = 200, seed: int = 0, device: str = "cpu",
+            progress: bool = False, log: Any = None) -> dict[str, Any]:
+    """Time every kernel the spaces can emit on this machine and write the hardware profile ``out``."""
+    from .hwprofiles.profiler import KernelTimer, run_profile
+
+    if calibration_networks < 0 or 0 < calibration_networks < 20:
+        raise SparseNASError(f"--calibration-networks must be 0 (no calibration) or at least 20 (the calibration "
+                             f"fits 7 coefficients), got {calibration_networks}")
+    if device == "cuda":
+        _device("cuda")
+    jobs = _profile_jobs(spaces, dataset, data_dir, input_sizes)
+    data = run_profile(jobs, out, name=name, timer=KernelTimer(repeats=repeats),
+                       calibration_networks=calibration_networks, calibration_repeats=network_repeats,
+                       seed=seed, cuda=device == "cuda", progress=progress, log=log or (lambda s: None))
+    data["spaces"] = [space.name for space, _ in jobs]
+    return data
+
+
+def validate_profile(path: str, *, spaces: list[str] | None = None, dataset: str | None = None,
+                     data_dir: str | None = None, input_sizes: list[int] | None = None, n: int = 50, seed: int = 0,
+                     network_repeats: int = 200, plot: str | None = None, log: Any = None) -> list[dict[str, Any]]:
+    """Predicted against measured latency of random networks, per space and input size; each report
+    carries ``table`` (the profile's name), ``plot`` and ``rows`` (label, figures) besides the figures."""
+    from pathlib import Path
+
+    from .hwprofiles import LatencyTable
+    from .hwprofiles.profile import METRICS
+    from .hwprofiles.validate import report_rows, validate
+
+    table = LatencyTable.load(path)
+    reports = []
+    for space, task in _profile_jobs(spaces, dataset, data_dir, input_sizes):
+        where = plot or f"{Path(path).stem}-validate-{space.name}-{task.input_shape[-1]}.png"
+        r = validate(table, space, task, n=n, seed=seed + 1, repeats=network_repeats, plot=where,
+                     anchor_networks=min(16, n), log=log or (lambda s: None))
+        r.update({"table": table.name, "space": space.name, "input_shape": list(task.input_shape), "plot": where,
+                  "metric_label": METRICS[r["metric"]], "rows": report_rows(r)})
+        reports.append(r)
+    return reports
+
+
+def dashboard(storage: str = DEFAULT_STORAGE, *, host: str = "127.0.0.1", port: int = 8080,
+              artifact_dir: str | None = None, announce: Any = None) -> None:
+    """Serve optuna-dashboard on ``storage`` (with its artifact store when there is one) until Ctrl-C."""
+    from optuna_dashboard import run_server
+
+    from .tracking import artifact_store_for, open_storage, storage_artifact_dir
+
+    st = open_storage(storage, heartbeat=False)
+    folder = storage_artifact_dir(storage, artifact_dir)
+    store = artifact_store_for(storage, folder)
+    if announce is not None:
+        announce(folder)
+    run_server(st, host=host, port=port, artifact_store=store)

@@ -32,7 +32,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 has no tomllib; tomli is its backport
     import tomli as tomllib
 
-__all__ = ["read_config", "config_to_toml", "config_from_dict"]
+__all__ = ["read_config", "config_to_toml", "config_from_dict", "DEFAULT_STORAGE", "DEFAULT_EPOCHS"]
+
+# Defaults used by more than one module, defined here once (this module imports neither torch nor optuna,
+# so the command line can show them without loading either)
+DEFAULT_STORAGE = "sqlite:///nas.db"
+DEFAULT_EPOCHS = 6  # training epochs per architecture when neither --epochs nor --time-budget is given
 
 TABLES = {"options": "options", "sampler": "sampler_args", "pruner": "pruner_args"}  # table -> field
 _NAMED = {"sampler": "sampler", "pruner": "pruner"}  # tables whose `name` key is a field of its own

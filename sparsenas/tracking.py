@@ -31,7 +31,7 @@ def _quiet_experimental() -> Iterator[None]:
         yield
 
 
-DEFAULT_STORAGE = "sqlite:///nas.db"
+from .config import DEFAULT_STORAGE  # noqa: E402  (defined once, importable without optuna)
 MULTI = ("accuracy", "latency_ms")
 SINGLE = ("accuracy",)
 DIRECTIONS = {"accuracy": "maximize", "latency_ms": "minimize"}

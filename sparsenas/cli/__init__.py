@@ -10,6 +10,7 @@ import importlib
 import sys
 from typing import Sequence
 
+from .. import __version__
 from ..errors import SparseNASError
 
 COMMANDS = ("search", "listing", "inspect", "profile", "dashboard", "export", "train", "report")
@@ -53,7 +54,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The `nas` parser. The strategies' option flags of `nas search` need the strategies imported
     (torch, about 1.5 s), so they are added only when ``argv`` runs `search`."""
     parser = argparse.ArgumentParser(prog="nas", description="Neural-architecture search for sparse networks.")
-    parser.add_argument("--version", action="version", version="sparsenas 0.1.0")
+    parser.add_argument("--version", action="version", version=f"sparsenas {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").add(sub)

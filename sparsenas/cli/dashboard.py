@@ -22,14 +22,11 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from optuna_dashboard import run_server
+    from ..api import dashboard
 
-    from ..tracking import artifact_store_for, open_storage, storage_artifact_dir
+    def announce(folder: str | None) -> None:
+        where = f", artifacts from {folder}" if folder else ", no artifact store"
+        print(f"optuna-dashboard on http://{args.host}:{args.port}/{where} (Ctrl-C to stop)", file=sys.stderr)
 
-    storage = open_storage(args.storage, heartbeat=False)
-    folder = storage_artifact_dir(args.storage, args.artifact_dir)
-    store = artifact_store_for(args.storage, folder)
-    where = f", artifacts from {folder}" if folder else ", no artifact store"
-    print(f"optuna-dashboard on http://{args.host}:{args.port}/{where} (Ctrl-C to stop)", file=sys.stderr)
-    run_server(storage, host=args.host, port=args.port, artifact_store=store)
+    dashboard(args.storage, host=args.host, port=args.port, artifact_dir=args.artifact_dir, announce=announce)
     return 0

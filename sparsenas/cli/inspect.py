@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..errors import SparseNASError
-from .common import fmt, print_json
+from .common import print_json
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -18,43 +16,14 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_inspect)
 
 
-def read_arch_file(path: str):
-    """The Arch stored in ``path``; a missing or malformed file is a SparseNASError."""
-    from ..arch import Arch
-
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise SparseNASError(f"cannot read architecture file {path}: {e.strerror}") from None
-    return Arch.from_json(text)
-
-
-def layer_masks(model, task) -> list[str]:
-    """The mask kind of each traced layer (``-`` for dense ones): magnitude, nm, score or g2g."""
-    from ..ops.spec import trace_named_layers
-
-    modules = dict(model.named_modules())
-    return [getattr(modules.get(name), "mask_kind", "-") for name, _ in trace_named_layers(model, task.input_shape)]
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..data import load_dataset
-    from ..evaluators import count_flops, count_params
-    from ..search_spaces import get_space
+    from ..api import inspect
 
-    arch = read_arch_file(args.arch)
-    space = get_space(arch.space)
-    task = load_dataset(args.dataset or space.default_dataset, data_dir=args.data_dir,
-                        input_size=args.input_size).task
-    arch = space.validate(arch, task)  # an architecture of an older space version, in today's terms
-    model = space.build(arch, task)
-    layers = space.layers(arch, task)
-    masks = layer_masks(model, task)
-    params, nnz = count_params(model)
-    flops, eff = count_flops(layers)
+    r = inspect(args.arch, dataset=args.dataset, data_dir=args.data_dir, input_size=args.input_size)
+    arch, task, layers, masks = r["arch"], r["task"], r["layers"], r["masks"]
     table = Table(title=f"{arch.space} v{arch.version} {arch.digest()} on {task.dataset} {task.input_shape}")
     for col in ("#", "op", "in->out", "k", "s", "groups", "input", "sparsity", "mask", "MACs"):
         table.add_column(col, justify="right")
@@ -62,6 +31,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         table.add_row(str(i), l.op, f"{l.cin}->{l.cout}", str(l.kernel), str(l.stride), str(l.groups),
                       "x".join(map(str, l.in_hw)) or "-", f"{l.sparsity:.2f}", mask, f"{l.flops():,}")
     Console().print(table)
+    params, nnz, flops, eff = r["params"], r["nnz"], r["flops"], r["effective_flops"]
     print(f"params {params:,}  non-zeros {nnz:,}  MACs {flops:,}  effective MACs {int(eff):,}")
     if args.json:
         print_json({"arch": arch.to_dict(), "digest": arch.digest(), "task": task.to_dict(), "params": params,

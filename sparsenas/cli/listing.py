@@ -36,22 +36,21 @@ def _listing(items: dict[str, str], as_json: bool) -> int:
 
 
 def cmd_spaces(args: argparse.Namespace) -> int:
-    from ..search_spaces import SPACES
+    from ..api import spaces
 
-    return _listing({n: cls.description for n, cls in SPACES.items()}, args.json)
+    return _listing(spaces(), args.json)
 
 
 def cmd_strategies(args: argparse.Namespace) -> int:
-    from ..strategies import STRATEGIES
+    from ..api import strategies
 
-    return _listing({n: cls.description for n, cls in STRATEGIES.items()}, args.json)
+    return _listing(strategies(), args.json)
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from ..data import DATASETS
+    from ..api import datasets
 
-    return _listing({n: spec.description + (" [needs --data-dir]" if spec.needs_data_dir else "")
-                     for n, spec in DATASETS.items()}, args.json)
+    return _listing(datasets(), args.json)
 
 
 def cmd_studies(args: argparse.Namespace) -> int:

@@ -157,7 +157,7 @@ def _print_front(study: Any, storage: str, as_json: bool) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..tracking import pareto_front
+    from ..api import pareto_front
 
     front = pareto_front(study)
     states: dict[str, int] = {}
