@@ -185,6 +185,13 @@ def pareto_front(study: optuna.Study) -> list[Any]:
     return front(study)
 
 
+def trial_record(trial: Any) -> Any:
+    """A trial's recorded figures as typed fields (:class:`sparsenas.tracking.TrialRecord`)."""
+    from .tracking import trial_record as record
+
+    return record(trial)
+
+
 def report(storage: str = DEFAULT_STORAGE, study: str | None = None, out: str = "report", **kwargs: Any) -> Any:
     """Plots of a search and one HTML page (see :func:`sparsenas.report.make_report`)."""
     from .report import make_report

@@ -407,7 +407,7 @@ def select_trials(study: Any, *, trial: int | None = None, best: bool = False, p
     """The trials to export: number ``trial``, the most accurate of the front (``best``), or the front."""
     from optuna.trial import TrialState
 
-    from .tracking import pareto_front
+    from .tracking import pareto_front, trial_record
 
     if sum((trial is not None, best, pareto)) != 1:
         raise SparseNASError("say which trial to export: exactly one of --trial N, --best or --pareto")
@@ -419,7 +419,7 @@ def select_trials(study: Any, *, trial: int | None = None, best: bool = False, p
             raise SparseNASError(f"study '{study.study_name}' has no trial {trial} (trial numbers there: {last})")
         t = found[0]
         if t.state != TrialState.COMPLETE:
-            why = t.user_attrs.get("fail_reason") or t.user_attrs.get("pruned_reason")
+            why = trial_record(t).reason
             raise SparseNASError(
                 f"trial {trial} of study '{study.study_name}' is {t.state.name}, not COMPLETE"
                 + (f" ({why})" if why else "") + "; only completed trials have a trained network to export. "
@@ -433,19 +433,17 @@ def select_trials(study: Any, *, trial: int | None = None, best: bool = False, p
 
 def trial_info(storage: str, study: Any, t: Any) -> dict[str, Any]:
     """What the card reports about a trial, from its user attrs and the study's."""
-    a, sa = t.user_attrs, study.user_attrs
-    config = sa.get("config") or {}
-    source = str(a.get("latency_source") or "")
-    predicted = a.get("predicted_latency_ms")
-    if predicted is None and source.startswith("table"):
-        predicted = a.get("latency_ms")
-    hw = a.get("hw_profile") or a.get("profile") or config.get("hw") or (source.split(":", 1)[1] if ":" in source else None)
+    from .tracking import study_record, trial_record
+
+    a, r, s = t.user_attrs, trial_record(t), study_record(study)
+    source = r.latency_source or ""
+    hw = a.get("hw_profile") or a.get("profile") or s.config.get("hw") or (source.split(":", 1)[1] if ":" in source else None)
     return {"source": {"storage": storage, "study": study.study_name, "trial": t.number,
-                       "strategy": a.get("strategy") or sa.get("strategy")},
-            "trial": t.number, "accuracy": t.values[0] if t.values else a.get("accuracy"),
-            "test_accuracy": a.get("test_accuracy"), "latency_ms": a.get("latency_ms"), "latency_source": source or None,
-            "predicted_latency_ms": predicted, "measured_latency_ms": a.get("measured_latency_ms"),
-            "measured_latency_cpu_ms": a.get("measured_latency_cpu_ms"), "hw_profile": hw,
+                       "strategy": r.strategy or s.strategy},
+            "trial": t.number, "accuracy": r.accuracy, "test_accuracy": r.test_accuracy,
+            "latency_ms": a.get("latency_ms"), "latency_source": r.latency_source,
+            "predicted_latency_ms": r.predicted_latency_ms, "measured_latency_ms": r.measured_latency_ms,
+            "measured_latency_cpu_ms": r.measured_latency_cpu_ms, "hw_profile": hw,
             "flops": a.get("flops"), "effective_flops": a.get("effective_flops"), "kernels": a.get("kernels")}
 
 

@@ -72,5 +72,7 @@ def trial_line(trial: Any, objectives: tuple[str, ...] | None = None, seconds: f
     if seconds is None and trial.duration is not None:
         seconds = trial.duration.total_seconds()
     took = f" in {seconds:.1f}s" if seconds is not None else ""
-    reason = trial.user_attrs.get("pruned_reason") or trial.user_attrs.get("fail_reason")
+    from .tracking import trial_record
+
+    reason = trial_record(trial).reason
     return f"trial {trial.number} {state}{values}{took}" + (f" ({reason})" if reason else "")

@@ -56,13 +56,10 @@ def _plt():
 
 # ---------------------------------------------------------------- data from the study
 def _latency(t: Any, axis: str = "objective") -> float | None:
-    if axis == "cpu":
-        v = t.user_attrs.get("measured_latency_cpu_ms")
-        return float(v) if v is not None else None
-    if t.values is not None and len(t.values) > 1:
-        return float(t.values[1])
-    v = t.user_attrs.get("latency_ms")
-    return float(v) if v is not None else None
+    from .tracking import trial_record
+
+    r = trial_record(t)
+    return r.measured_latency_cpu_ms if axis == "cpu" else r.latency_ms
 
 
 def _front(points: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
@@ -269,7 +266,7 @@ def make_report(storage: str, study_name: str | None, out: str | os.PathLike, *,
 
     from .search_spaces import get_space
     from .task import Task
-    from .tracking import load_study
+    from .tracking import load_study, trial_record
 
     if latency_axis not in ("objective", "cpu"):
         raise SparseNASError(f"unknown latency axis '{latency_axis}'; allowed: objective, cpu")
@@ -301,7 +298,8 @@ def make_report(storage: str, study_name: str | None, out: str | os.PathLike, *,
     if space is None and "space" in sa:
         rep.notes.append(f"space '{sa['space']}' is not installed here: no baseline")
     task = Task.from_dict(sa["task"]) if "task" in sa else None
-    source = next((t.user_attrs.get("latency_source") for t in trials if t.user_attrs.get("latency_source")), None)
+    records = {t.number: trial_record(t) for t in trials}
+    source = next((r.latency_source for r in records.values() if r.latency_source), None)
     xlabel = f"latency (ms, batch 1{', ' + source if source else ''})"
     if latency_axis == "cpu":  # thread CPU time: robust to other processes loading the machine (kernels.md)
         xlabel = "latency, thread CPU time (ms, batch 1, measured)"
@@ -342,16 +340,11 @@ def make_report(storage: str, study_name: str | None, out: str | os.PathLike, *,
             rep.notes.append(f"alpha plot shows {shown} of {len(series)} decisions")
 
     pairs = []
-    for t in trials:
-        a = t.user_attrs
-        pred = a.get("predicted_latency_ms")
-        if pred is None and str(a.get("latency_source") or "").startswith("table"):
-            pred = a.get("latency_ms")
+    for r in records.values():
         # compare like with like: the measurement in the statistic the profile predicts
-        metric = a.get("predicted_metric") or "wall_ms"
-        meas = a.get(f"measured_latency_{metric}", a.get("measured_latency_ms"))
+        pred, meas = r.predicted_latency_ms, r.measured()
         if pred is not None and meas is not None:
-            pairs.append((float(pred), float(meas)))
+            pairs.append((pred, meas))
     if pairs:
         rep.figures.update(_plot_latency(out / "latency.png", pairs, "predicted vs measured latency"))
         rep.files.append("latency.png")
@@ -438,10 +431,11 @@ def _html(study: Any, storage: str, rep: Report, front: list[Any], states: dict[
     def cell(v: Any, spec: str) -> str:
         return "-" if v is None else format(v, spec)
 
+    from .tracking import trial_record
+
     front_rows = "".join(
-        f"<tr><td>{t.number}</td><td>{t.values[0]:.4f}</td><td>{cell(t.user_attrs.get('test_accuracy'), '.4f')}</td>"
-        f"<td>{cell(_latency(t), '.4f')}</td><td>{cell(t.user_attrs.get('params'), ',')}</td>"
-        f"<td>{cell(t.user_attrs.get('nnz'), ',')}</td>"
+        f"<tr><td>{t.number}</td><td>{t.values[0]:.4f}</td><td>{cell((r := trial_record(t)).test_accuracy, '.4f')}</td>"
+        f"<td>{cell(r.latency_ms, '.4f')}</td><td>{cell(r.params, ',')}</td><td>{cell(r.nnz, ',')}</td>"
         f"<td><code>nas export --storage {e(storage)} --study {e(study.study_name)} --trial {t.number} --out found-{t.number}/</code></td></tr>"
         for t in front)
     captions = {"pareto.png": "Accuracy against latency; red: the Pareto front (numbers are trials).",

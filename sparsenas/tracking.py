@@ -11,7 +11,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
 import optuna
@@ -367,22 +367,116 @@ def study_overview(storage: str) -> list[dict[str, Any]]:
     out = []
     for summary in optuna.get_all_study_summaries(st, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=st)
-        attrs = study.user_attrs
-        objectives = list(attrs.get("objectives") or [f"value{i}" for i in range(len(study.directions))])
+        rec = study_record(study)
         trials = study.get_trials(deepcopy=False)
         states: dict[str, int] = {}
         for t in trials:
             states[t.state.name] = states.get(t.state.name, 0) + 1
         best: dict[str, float] = {}
         done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
-        for i, (name, direction) in enumerate(zip(objectives, study.directions)):
+        for i, (name, direction) in enumerate(zip(rec.objectives, study.directions)):
             vals = [t.values[i] for t in done if len(t.values) > i]
             if vals:
                 best[name] = max(vals) if direction == optuna.study.StudyDirection.MAXIMIZE else min(vals)
-        config = attrs.get("config") or {}
-        out.append({"study": summary.study_name, "space": attrs.get("space"), "dataset": attrs.get("dataset"),
-                    "strategy": attrs.get("strategy"), "sampler": config.get("sampler"),
-                    "runtime": attrs.get("runtime") or config.get("runtime"), "trials": len(trials),
+        out.append({"study": rec.name, "space": rec.space, "dataset": rec.dataset, "strategy": rec.strategy,
+                    "sampler": rec.config.get("sampler"), "runtime": rec.runtime, "trials": len(trials),
                     "states": states, "best": best,
                     "front": len(pareto_front(study)) if done else 0})
     return out
+
+
+# ---------------------------------------------------------------- typed views of the attrs sparsenas writes
+def _float(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _int(v: Any) -> int | None:
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A trial as sparsenas records it: the readers (CLI, report, export, logs) use these fields
+    instead of spelling user-attr keys, so the keys live here and in the writers above."""
+
+    number: int
+    state: str
+    values: tuple[float, ...]
+    arch_json: str | None
+    accuracy: float | None          # validation accuracy (the first objective)
+    latency_ms: float | None        # the latency objective, or the attr of single-objective studies
+    test_accuracy: float | None
+    params: int | None
+    nnz: int | None
+    flops: float | None
+    effective_flops: float | None
+    latency_source: str | None      # "table:<profile>" or "measured"
+    predicted_latency_ms: float | None  # the table's prediction (also when the objective was measured)
+    predicted_metric: str | None
+    measured_latency_ms: float | None
+    measured_latency_cpu_ms: float | None
+    strategy: str | None
+    stage: str | None               # supernet strategies: estimate, inherited, retrained...
+    reason: str | None              # why a trial was pruned or failed
+    weights_artifact: str | None
+
+    @property
+    def arch(self) -> Arch | None:
+        return Arch.from_json(self.arch_json) if self.arch_json else None
+
+    def measured(self, metric: str | None = None) -> float | None:
+        """The measured latency in ``metric`` (wall_ms, cpu_ms...; default the predicted one)."""
+        return _float(self._attrs.get(f"measured_latency_{metric or self.predicted_metric or 'wall_ms'}",
+                                      self.measured_latency_ms))
+
+    _attrs: dict = field(default_factory=dict, repr=False, compare=False)  # raw attrs, for measured()
+
+
+def trial_record(t: FrozenTrial) -> TrialRecord:
+    a = t.user_attrs
+    values = tuple(float(v) for v in (t.values or ()))
+    source = a.get("latency_source")
+    predicted = a.get("predicted_latency_ms")
+    if predicted is None and str(source or "").startswith("table"):
+        predicted = a.get("latency_ms")
+    rec = TrialRecord(
+        number=t.number, state=t.state.name, values=values, arch_json=a.get("arch"),
+        accuracy=values[0] if values else _float(a.get("accuracy")),
+        latency_ms=values[1] if len(values) > 1 else _float(a.get("latency_ms")),
+        test_accuracy=_float(a.get("test_accuracy")), params=_int(a.get("params")), nnz=_int(a.get("nnz")),
+        flops=_float(a.get("flops")), effective_flops=_float(a.get("effective_flops")),
+        latency_source=str(source) if source else None, predicted_latency_ms=_float(predicted),
+        predicted_metric=a.get("predicted_metric"), measured_latency_ms=_float(a.get("measured_latency_ms")),
+        measured_latency_cpu_ms=_float(a.get("measured_latency_cpu_ms")), strategy=a.get("strategy"),
+        stage=a.get("stage") or a.get("phase"), reason=a.get("pruned_reason") or a.get("fail_reason"),
+        weights_artifact=a.get(WEIGHTS_ATTR), _attrs=a)
+    return rec
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """What a study records about its search (study user attrs)."""
+
+    name: str
+    space: str | None
+    space_version: int | None
+    dataset: str | None
+    task: dict | None
+    objectives: tuple[str, ...]
+    strategy: str | None
+    config: dict
+    runtime: str | None
+
+    @property
+    def searched_space(self) -> str | None:
+        """The space as the search named it (``module:Class`` for a plug-in), else its own name."""
+        return self.config.get("space") or self.space
+
+
+def study_record(study: optuna.Study) -> StudyRecord:
+    sa = study.user_attrs
+    config = sa.get("config") or {}
+    return StudyRecord(name=study.study_name, space=sa.get("space"), space_version=sa.get("space_version"),
+                       dataset=sa.get("dataset"), task=sa.get("task"),
+                       objectives=tuple(sa.get("objectives") or [f"value{i}" for i in range(len(study.directions))]),
+                       strategy=sa.get("strategy"), config=config, runtime=sa.get("runtime") or config.get("runtime"))

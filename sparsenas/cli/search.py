@@ -157,16 +157,14 @@ def _print_front(study: Any, storage: str, as_json: bool) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..api import pareto_front
+    from ..api import pareto_front, trial_record
 
-    front = pareto_front(study)
+    front = [trial_record(t) for t in pareto_front(study)]
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    rows = [{"trial": t.number, "accuracy": t.values[0],
-             "latency_ms": t.values[1] if len(t.values) > 1 else t.user_attrs.get("latency_ms"),
-             "test_accuracy": t.user_attrs.get("test_accuracy"), "params": t.user_attrs.get("params"),
-             "nnz": t.user_attrs.get("nnz"), "effective_flops": t.user_attrs.get("effective_flops")} for t in front]
+    rows = [{"trial": r.number, "accuracy": r.accuracy, "latency_ms": r.latency_ms, "test_accuracy": r.test_accuracy,
+             "params": r.params, "nnz": r.nnz, "effective_flops": r.effective_flops} for r in front]
     console = Console()
     table = Table(title=f"study '{study.study_name}': best architectures ({', '.join(f'{k} {v}' for k, v in states.items())})")
     for col in ("trial", "val acc", "test acc", "latency ms", "params", "non-zeros", "eff. MFLOPs"):
