@@ -21,6 +21,10 @@ from .errors import SparseNASError, UnknownName
 
 T = TypeVar("T")
 
+# The entry-point groups plug-ins register in (pyproject.toml: [project.entry-points."sparsenas.spaces"]).
+GROUPS = {"space": "sparsenas.spaces", "dataset": "sparsenas.datasets", "strategy": "sparsenas.strategies",
+          "runtime": "sparsenas.runtimes", "sampler": "sparsenas.samplers", "pruner": "sparsenas.pruners"}
+
 # adopt(obj, key, where) -> the object to register, or raise SparseNASError saying what kind was expected;
 # alias(obj) -> the object's own name, under which it is registered too (so that an Arch that names
 # its space by that name finds it again), or None

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..errors import DatasetError
-from ..registry import Registry
+from ..registry import GROUPS, Registry
 from ..task import Task
 from .splits import channel_stats, normalise, resize, split_indices
 
@@ -55,7 +55,7 @@ def _adopt(obj: object, key: str, where: str) -> DatasetSpec:
                        "RawData, decorated with sparsenas.data.register_dataset or not, or a DatasetSpec")
 
 
-DATASETS: Registry[DatasetSpec] = Registry("dataset", "sparsenas.data", group="sparsenas.datasets", adopt=_adopt,
+DATASETS: Registry[DatasetSpec] = Registry("dataset", "sparsenas.data", group=GROUPS["dataset"], adopt=_adopt,
                                            alias=lambda spec: spec.name)
 
 

@@ -5,7 +5,7 @@ Strategies outside the package: an entry point in group ``sparsenas.strategies``
 """
 from typing import Any
 
-from ..registry import Registry, subclass_adopter
+from ..registry import GROUPS, Registry, subclass_adopter
 
 __all_modules__ = ("samplers", "dass", "balanced", "entangled")
 
@@ -16,5 +16,5 @@ def _adopt(obj: Any, key: str, where: str) -> Any:
     return subclass_adopter("strategy", Strategy)(obj, key, where)
 
 
-STRATEGIES: Registry = Registry("strategy", __name__, group="sparsenas.strategies", adopt=_adopt,
+STRATEGIES: Registry = Registry("strategy", __name__, group=GROUPS["strategy"], adopt=_adopt,
                                 alias=lambda cls: cls.name)

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import SparseNASError
 from ..evaluators import TrainingDiverged
-from ..registry import Registry
+from ..registry import GROUPS, Registry
 from . import STRATEGIES
 from .base import SearchContext, Strategy
 from .options import Option
@@ -51,7 +51,7 @@ def _adopt_sampler(obj: Any, key: str, where: str) -> SamplerKind:
                          ", not a subclass of optuna.samplers.BaseSampler")
 
 
-SAMPLERS: Registry[SamplerKind] = Registry("sampler", group="sparsenas.samplers", adopt=_adopt_sampler)
+SAMPLERS: Registry[SamplerKind] = Registry("sampler", group=GROUPS["sampler"], adopt=_adopt_sampler)
 
 
 def _startup(trials: int) -> int:
@@ -133,7 +133,7 @@ def _adopt_pruner(obj: Any, key: str, where: str) -> Callable[..., optuna.pruner
 
 
 # name -> make(epochs, **args)
-PRUNERS: Registry[Callable[..., optuna.pruners.BasePruner]] = Registry("pruner", group="sparsenas.pruners",
+PRUNERS: Registry[Callable[..., optuna.pruners.BasePruner]] = Registry("pruner", group=GROUPS["pruner"],
                                                                         adopt=_adopt_pruner)
 PRUNERS.register("median")(lambda epochs, **a: optuna.pruners.MedianPruner(
     **{"n_startup_trials": 3, "n_warmup_steps": 2, **a}))
