@@ -118,3 +118,22 @@ def test_help_shows_strategy_options_and_examples():
     assert "strategy entangled (--strategy entangled):" in text and "--mixing {softmax,dirichlet}" in text
     assert "strategy dass (--strategy dass):" in text and "--order {first,second}" in text
     assert text.rstrip().splitlines()[-1].strip().startswith("nas search")
+
+
+def test_the_study_stores_the_config_it_ran_with(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import optuna
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
+    db = tmp_path / "s.db"
+    path = tmp_path / "s.toml"
+    path.write_text(f'space = "tiny_space:TinyMLP"\ndataset = "synthetic"\ntrials = 1\nepochs = 1\n'
+                    f'latency = "measured"\nstorage = "sqlite:///{db}"\n[sampler]\nname = "random"\n')
+    rc, out, err = run_cli(["search", "--config", str(path), "--seed", "3", "--no-progress", "-q"])
+    assert rc == 0, err
+    (summary,) = optuna.get_all_study_summaries(f"sqlite:///{db}")
+    stored = SearchConfig(**summary.user_attrs["config"])
+    assert stored == SearchConfig(**{**read_config(path, SearchConfig), "seed": 3})
+    # and it prints back as the config the file and flags resolve to
+    assert tomllib.loads(config_to_toml(stored)) == tomllib.loads(_print_config(["--config", str(path), "--seed", "3"]))
