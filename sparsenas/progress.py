@@ -48,6 +48,10 @@ class Progress:
 
     def trial_started(self, number: int, what: str) -> None:
         self._started = time.perf_counter()
+        if self._log_trials:
+            from .log import logger
+
+            logger.debug(f"trial {number} started: {what}")
         if self._bar is not None:
             self._bar.update(self._current, description=f"  trial {number} ({what})", completed=0, visible=True)
 

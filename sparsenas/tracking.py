@@ -157,6 +157,16 @@ class Tracker:
         for k, v in result.to_attrs().items():
             trial.set_user_attr(k, _jsonable(v))
 
+    def record_latency(self, trial: optuna.Trial, ms: float) -> None:
+        """The latency of a trial's network, known before it trains (read back as TrialRecord.latency_ms)."""
+        trial.set_user_attr("latency_ms", _jsonable(float(ms)))
+
+    def record_reason(self, trial: optuna.Trial, state: str, reason: str) -> None:
+        """Why a trial is about to be ``"pruned"`` or has ``"failed"`` (read back as TrialRecord.reason)."""
+        if state not in ("pruned", "failed"):
+            raise ValueError(f"state must be 'pruned' or 'failed', got {state!r}")
+        trial.set_user_attr("pruned_reason" if state == "pruned" else "fail_reason", reason)
+
     def twin(self, canonical_digest: str) -> FrozenTrial | None:
         """A COMPLETE trial of this study that built the same network (same ``canonical_digest``)."""
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):

@@ -203,20 +203,20 @@ class SamplerStrategy(Strategy):
                 return tracker.record_duplicate(trial, twin)
             model = evaluator.build(arch)
             lat = evaluator.latency(arch, model, task)
-            trial.set_user_attr("latency_ms", lat.ms)
+            tracker.record_latency(trial, lat.ms)
             if ctx.max_latency_ms is not None and lat.ms > ctx.max_latency_ms:
-                trial.set_user_attr("pruned_reason", f"latency {lat.ms:.3f} ms > --max-latency-ms {ctx.max_latency_ms}")
+                tracker.record_reason(trial, "pruned", f"latency {lat.ms:.3f} ms > --max-latency-ms {ctx.max_latency_ms}")
                 raise optuna.TrialPruned()
 
             def on_epoch(epoch: int, acc: float) -> None:
                 if tracker.record_epoch(trial, epoch, acc):
-                    trial.set_user_attr("pruned_reason", f"pruner stopped it after epoch {epoch}")
+                    tracker.record_reason(trial, "pruned", f"pruner stopped it after epoch {epoch}")
                     raise optuna.TrialPruned()
 
             try:
                 trained = evaluator.train(model, on_epoch=on_epoch, on_step=ctx.progress.trial_progress)
             except (TrainingDiverged, torch.OutOfMemoryError, MemoryError) as e:
-                trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
+                tracker.record_reason(trial, "failed", f"{type(e).__name__}: {e}")
                 raise TrialFailed(str(e)) from e
             result = evaluator.result(arch, model, trained, lat)
             tracker.record_result(trial, result)
