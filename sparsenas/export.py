@@ -431,6 +431,22 @@ def select_trials(study: Any, *, trial: int | None = None, best: bool = False, p
     return front[:1] if best else front
 
 
+def _load_plug_ins(study: Any) -> None:
+    """A study searched with ``--space module:Class`` (or such a dataset) records the plug-in's own
+    name in its architectures; importing it by the path the search used registers that name too."""
+    from .data import DATASETS
+    from .search_spaces import SPACES
+    from .tracking import study_record
+
+    config = study_record(study).config
+    for registry, name in ((SPACES, config.get("space")), (DATASETS, config.get("dataset"))):
+        if isinstance(name, str) and ":" in name:
+            try:
+                registry.get(name)
+            except SparseNASError:
+                pass  # not importable here: the lookup by the plug-in's own name says so
+
+
 def trial_info(storage: str, study: Any, t: Any) -> dict[str, Any]:
     """What the card reports about a trial, from its user attrs and the study's."""
     from .tracking import study_record, trial_record
@@ -504,6 +520,7 @@ def export_trials(storage: str, study_name: str | None, out: str | os.PathLike, 
         raise ExportError(f"unknown ONNX exporter '{onnx_exporter}'; allowed: {', '.join(ONNX_EXPORTERS)}")
     study = load_study(storage, study_name)
     trials = select_trials(study, trial=trial, best=best, pareto=pareto)
+    _load_plug_ins(study)
     sa = study.user_attrs
     if "task" not in sa or "space" not in sa:
         raise SparseNASError(f"study '{study.study_name}' was not made by sparsenas (no 'space'/'task' attrs)")

@@ -35,6 +35,11 @@ def test_example_space_and_dataset_by_module_attr(tmp_path):
     # studies are named by the space's and the dataset's own names, not the import paths
     assert res["study"] == "tiny_mlp-stripes-tpe" and res["states"] == {"COMPLETE": 2}
     assert 0.0 <= res["front"][0]["accuracy"] <= 1.0
+    # later commands find the plug-in through the path the search recorded
+    r = _nas(["export", "--storage", f"sqlite:///{tmp_path / 'a.db'}", "--best", "--out", str(tmp_path / "found"),
+              "--format", "json,pt"], [EXAMPLES], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "found" / "arch.json").read_text())["space"] == "tiny_mlp"
 
 
 @pytest.mark.slow
