@@ -414,7 +414,7 @@ class TrialRecord:
     values: tuple[float, ...]
     arch_json: str | None
     accuracy: float | None          # validation accuracy (the first objective)
-    latency_ms: float | None        # the latency objective, or the attr of single-objective studies
+    latency_ms: float | None        # the network's latency (an objective or not: objectives may be accuracy,size)
     test_accuracy: float | None
     params: int | None
     nnz: int | None
@@ -429,6 +429,8 @@ class TrialRecord:
     stage: str | None               # supernet strategies: estimate, inherited, retrained...
     reason: str | None              # why a trial was pruned or failed
     weights_artifact: str | None
+    runtime: str | None             # the inference runtime the latency is that of (when recorded)
+    model_bytes: int | None         # exported weights in the runtime's smallest encoding (when recorded)
 
     @property
     def arch(self) -> Arch | None:
@@ -452,14 +454,15 @@ def trial_record(t: FrozenTrial) -> TrialRecord:
     rec = TrialRecord(
         number=t.number, state=t.state.name, values=values, arch_json=a.get("arch"),
         accuracy=values[0] if values else _float(a.get("accuracy")),
-        latency_ms=values[1] if len(values) > 1 else _float(a.get("latency_ms")),
+        latency_ms=_float(a.get("latency_ms")) if a.get("latency_ms") is not None else (values[1] if len(values) > 1 else None),
         test_accuracy=_float(a.get("test_accuracy")), params=_int(a.get("params")), nnz=_int(a.get("nnz")),
         flops=_float(a.get("flops")), effective_flops=_float(a.get("effective_flops")),
         latency_source=str(source) if source else None, predicted_latency_ms=_float(predicted),
         predicted_metric=a.get("predicted_metric"), measured_latency_ms=_float(a.get("measured_latency_ms")),
         measured_latency_cpu_ms=_float(a.get("measured_latency_cpu_ms")), strategy=a.get("strategy"),
         stage=a.get("stage") or a.get("phase"), reason=a.get("pruned_reason") or a.get("fail_reason"),
-        weights_artifact=a.get(WEIGHTS_ATTR), _attrs=a)
+        weights_artifact=a.get(WEIGHTS_ATTR), runtime=a.get("runtime"), model_bytes=_int(a.get("model_bytes")),
+        _attrs=a)
     return rec
 
 
