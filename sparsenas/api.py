@@ -7,7 +7,8 @@ from typing import Any
 import optuna
 
 from .errors import SparseNASError
-from .tracking import DEFAULT_STORAGE, MULTI, SINGLE
+from .runtimes import DEFAULT_RUNTIME
+from .tracking import DEFAULT_STORAGE, MULTI, OBJECTIVE_NAMES, SINGLE
 
 
 from .config import DEFAULT_EPOCHS  # noqa: E402  (defined once; export.py reads it from here too)
@@ -31,6 +32,8 @@ class SearchConfig:
     seed: int = 0
     device: str = "cpu"
     objective: str = "multi"            # "multi": (accuracy, latency); "accuracy": accuracy alone
+    objectives: str | None = None       # "accuracy,latency,size" (any subset, accuracy first); overrides objective
+    runtime: str = DEFAULT_RUNTIME      # inference runtime whose latency (and weight bytes) the search judges
     max_latency_ms: float | None = None
     latency: str = "auto"               # "table" (hardware profile), "measured", or "auto": table where the profile covers the space
     hw: str | None = None               # hardware profile file for the table latency evaluator
@@ -52,9 +55,22 @@ class SearchConfig:
         return self.study or f"{space or self.space}-{dataset}{size}-{how}{suffix}"
 
 
+def objectives_of(config: SearchConfig) -> tuple[str, ...]:
+    """The study's objectives (EvalResult fields) from ``objectives`` or the older ``objective``."""
+    if config.objectives is None:
+        return MULTI if config.objective == "multi" else SINGLE
+    names = [n.strip() for n in config.objectives.split(",") if n.strip()]
+    bad = [n for n in names if n not in OBJECTIVE_NAMES]
+    if bad or not names or names[0] != "accuracy" or len(set(names)) != len(names):
+        raise SparseNASError(f"--objectives {config.objectives!r} is not a list of distinct objectives starting with "
+                             f"accuracy; allowed: {', '.join(OBJECTIVE_NAMES)} (e.g. accuracy,latency,size)")
+    return tuple(OBJECTIVE_NAMES[n] for n in names)
+
+
 def _check(config: SearchConfig) -> None:
     if config.objective not in ("multi", "accuracy"):
         raise SparseNASError(f"unknown objective '{config.objective}'; allowed: multi, accuracy")
+    objectives_of(config)
     if config.max_latency_ms is not None and config.objective != "accuracy":
         raise SparseNASError("--max-latency-ms applies to the single-objective form; add --objective accuracy "
                              "(the multi-objective search already trades latency against accuracy)")
@@ -82,7 +98,7 @@ def _latency_kind(config: SearchConfig, space: str, task: Any) -> str:
         return config.latency
     from .hwprofiles import LatencyTable, calibration_key
 
-    table = LatencyTable.load(config.hw)  # a bad --hw file is an error, not a silent fallback
+    table = LatencyTable.load(config.hw, config.runtime)  # a bad --hw file is an error, not a silent fallback
     cal = table.data["calibrations"].get(calibration_key(space, task.input_shape))
     return "table" if cal is not None and cal.get("num_classes") == task.num_classes else "measured"
 
@@ -116,16 +132,20 @@ def _search(config: SearchConfig | None = None, *, progress: bool = True, **over
     space = get_space(config.space)
     strategy = STRATEGIES.get(config.strategy)()
     options = strategy.resolve_options(config.options)  # unknown or mistyped options: exit 2, nothing written
-    objectives = MULTI if config.objective == "multi" else SINGLE
+    objectives = objectives_of(config)
     sampler_check(strategy, config.sampler, config.sampler_args, objectives, config.seed, config.trials)
     pruner = make_pruner(config.pruner, config.pruner_args, objectives, epochs=config.epochs or DEFAULT_EPOCHS)
     device = _device(config.device)
     data = load_dataset(config.dataset or space.default_dataset, data_dir=config.data_dir,
                         input_size=config.input_size, seed=config.seed, limit=config.limit)
     space.check_task(data.task)
-    latency = LATENCY.get(_latency_kind(config, space.name, data.task))(hw=config.hw, anchor=config.hw_anchor)
+    from .runtimes import get_runtime
+
+    get_runtime(config.runtime)  # not installed: a clear error naming the extra, before any work
+    latency = LATENCY.get(_latency_kind(config, space.name, data.task))(hw=config.hw, anchor=config.hw_anchor,
+                                                                         runtime=config.runtime)
     strategy.check(space, data.task, options)
-    spec = StudySpec(space.name, space.version, data.task.dataset, data.task.to_dict(), objectives)
+    spec = StudySpec(space.name, space.version, data.task.dataset, data.task.to_dict(), objectives, config.runtime)
     tracker = Tracker(config.storage, config.study_name(data.task.dataset, space.name), spec, pruner=pruner,
                       extra_attrs={"strategy": config.strategy, "config": asdict(config)},
                       artifact_dir=config.artifact_dir)
@@ -176,6 +196,21 @@ def datasets() -> dict[str, str]:
 
     return {n: spec.description + (" [needs --data-dir]" if spec.needs_data_dir else "")
             for n, spec in DATASETS.items()}
+
+
+def runtimes() -> dict[str, str]:
+    """Inference runtime name -> description, whether it is installed, and what sparsity buys in it."""
+    from .runtimes import RUNTIMES
+
+    items = {}
+    for name, cls in RUNTIMES.items():
+        try:
+            status = cls.version()
+        except SparseNASError:
+            status = f"not installed: pip install 'sparsenas[{cls.extra}]'"
+        default = ", the default" if name == DEFAULT_RUNTIME else ""
+        items[name] = f"{cls.description} [{status}{default}]; sparsity buys: {cls.sparsity_buys}"
+    return items
 
 
 def pareto_front(study: optuna.Study) -> list[Any]:
@@ -244,9 +279,10 @@ def train(arch_path: str, *, dataset: str | None = None, data_dir: str | None = 
 
 
 def inspect(arch_path: str, *, dataset: str | None = None, data_dir: str | None = None,
-            input_size: int | None = None) -> dict[str, Any]:
+            input_size: int | None = None, runtime: str | None = None, hw: str | None = None) -> dict[str, Any]:
     """An architecture file checked against its space and built for a task: the Arch (in today's
-    version), Task, traced layers with their mask kinds, params, non-zeros and MACs."""
+    version), Task, traced layers with their mask kinds, params, non-zeros and MACs; with ``runtime``,
+    also ``prediction``: each layer's predicted time and kernel in that runtime (from ``hw``'s profile)."""
     from pathlib import Path
 
     from .arch import Arch
@@ -270,7 +306,25 @@ def inspect(arch_path: str, *, dataset: str | None = None, data_dir: str | None 
     params, nnz = count_params(model)
     flops, eff = count_flops(layers)
     return {"arch": arch, "task": task, "layers": layers, "masks": masks, "params": params, "nnz": nnz,
-            "flops": flops, "effective_flops": eff}
+            "flops": flops, "effective_flops": eff, "prediction": _predict_layers(runtime, hw, space, task, layers)}
+
+
+def _predict_layers(runtime: str | None, hw: str | None, space: Any, task: Any, layers: list[Any]) -> Any:
+    """The profile's per-layer prediction in ``runtime`` (None without it); calibrated when the
+    profile covers this space and input size, else the plain kernel sum."""
+    from .hwprofiles import LatencyTable, ProfileError
+
+    if runtime is None:
+        if hw:
+            raise SparseNASError("--hw needs --runtime (the runtime whose per-layer times to show)")
+        return None
+    table = LatencyTable.load(hw, runtime)
+    try:
+        return table.predict(layers, space.name, task.input_shape)
+    except ProfileError:
+        if table.missing(layers):
+            raise
+        return table.predict(layers)  # covered kernels, no calibration for this space/input: isolated kernel times
 
 
 def _profile_jobs(spaces: list[str] | None, dataset: str | None, data_dir: str | None,
@@ -291,7 +345,7 @@ def _profile_jobs(spaces: list[str] | None, dataset: str | None, data_dir: str |
 def profile(out: str, *, spaces: list[str] | None = None, dataset: str | None = None, data_dir: str | None = None,
             input_sizes: list[int] | None = None, name: str | None = None, repeats: int = 100,
             calibration_networks: int = 80, network_repeats: int = 200, seed: int = 0, device: str = "cpu",
-            progress: bool = False, log: Any = None) -> dict[str, Any]:
+            runtime: str | None = None, progress: bool = False, log: Any = None) -> dict[str, Any]:
     """Time every kernel the spaces can emit on this machine and write the hardware profile ``out``."""
     from .hwprofiles.profiler import KernelTimer, run_profile
 
@@ -301,7 +355,8 @@ def profile(out: str, *, spaces: list[str] | None = None, dataset: str | None = 
     if device == "cuda":
         _device("cuda")
     jobs = _profile_jobs(spaces, dataset, data_dir, input_sizes)
-    data = run_profile(jobs, out, name=name, timer=KernelTimer(repeats=repeats),
+    timer = KernelTimer(repeats=repeats, runtime=runtime or DEFAULT_RUNTIME)
+    data = run_profile(jobs, out, name=name, timer=timer,
                        calibration_networks=calibration_networks, calibration_repeats=network_repeats,
                        seed=seed, cuda=device == "cuda", progress=progress, log=log or (lambda s: None))
     data["spaces"] = [space.name for space, _ in jobs]
@@ -310,7 +365,8 @@ def profile(out: str, *, spaces: list[str] | None = None, dataset: str | None = 
 
 def validate_profile(path: str, *, spaces: list[str] | None = None, dataset: str | None = None,
                      data_dir: str | None = None, input_sizes: list[int] | None = None, n: int = 50, seed: int = 0,
-                     network_repeats: int = 200, plot: str | None = None, log: Any = None) -> list[dict[str, Any]]:
+                     network_repeats: int = 200, plot: str | None = None, runtime: str | None = None,
+                     log: Any = None) -> list[dict[str, Any]]:
     """Predicted against measured latency of random networks, per space and input size; each report
     carries ``table`` (the profile's name), ``plot`` and ``rows`` (label, figures) besides the figures."""
     from pathlib import Path
@@ -319,13 +375,14 @@ def validate_profile(path: str, *, spaces: list[str] | None = None, dataset: str
     from .hwprofiles.profile import METRICS
     from .hwprofiles.validate import report_rows, validate
 
-    table = LatencyTable.load(path)
+    table = LatencyTable.load(path, runtime=runtime)
+    table.runtime.require()  # measuring needs the runtime installed, predicting does not
     reports = []
     for space, task in _profile_jobs(spaces, dataset, data_dir, input_sizes):
         where = plot or f"{Path(path).stem}-validate-{space.name}-{task.input_shape[-1]}.png"
         r = validate(table, space, task, n=n, seed=seed + 1, repeats=network_repeats, plot=where,
                      anchor_networks=min(16, n), log=log or (lambda s: None))
-        r.update({"table": table.name, "space": space.name, "input_shape": list(task.input_shape), "plot": where,
+        r.update({"table": table.name, "runtime_name": table.runtime_name, "space": space.name, "input_shape": list(task.input_shape), "plot": where,
                   "metric_label": METRICS[r["metric"]], "rows": report_rows(r)})
         reports.append(r)
     return reports

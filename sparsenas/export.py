@@ -33,6 +33,7 @@ from torch import nn
 from .arch import Arch
 from .errors import SparseNASError
 from .ops.kernels import frozen_weight
+from .ops.plain import to_plain
 from .ops.sparse import SparseMixin
 from .task import Task
 
@@ -41,7 +42,7 @@ __all__ = ["FORMATS", "ExportError", "ExportedModel", "normalize_formats", "to_p
 
 FORMATS = {"json": "arch.json", "pt": "model.pt", "onnx": "model.onnx", "torchscript": "model.ts"}
 _ALIASES = {"ts": "torchscript", "state_dict": "pt", "arch": "json"}
-ONNX_EXPORTERS = ("dynamo", "legacy")
+ONNX_EXPORTERS = ("legacy", "dynamo")  # legacy first: the graph hardware profiles time (runtimes/onnx_graph.py)
 ATOL = 1e-4
 
 
@@ -70,32 +71,6 @@ def normalize_formats(formats: str | Iterable[str] | None) -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------- plain PyTorch
-def to_plain(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` in eval mode where every sparse layer is the plain ``nn.Conv2d`` /
-    ``nn.Linear`` it stands for, holding its masked weight. Needs nothing of sparsenas to run."""
-    out = copy.deepcopy(model).eval()
-    for name, m in list(out.named_modules()):
-        if not isinstance(m, SparseMixin):
-            continue
-        w = frozen_weight(m)
-        if isinstance(m, nn.Conv2d):
-            plain: nn.Module = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
-                                         m.dilation, m.groups, m.bias is not None, m.padding_mode)
-        elif isinstance(m, nn.Linear):
-            plain = nn.Linear(m.in_features, m.out_features, m.bias is not None)
-        else:
-            raise ExportError(f"cannot export sparse layer '{name}' of type {type(m).__name__}: only sparse "
-                              "Conv2d and Linear layers have a plain PyTorch equivalent")
-        with torch.no_grad():
-            plain.weight.copy_(w)
-            if m.bias is not None:
-                plain.bias.copy_(m.bias.detach())
-        if name == "":
-            return plain.eval()
-        out.set_submodule(name, plain)
-    return out.eval()
-
-
 def layer_sparsity(model: nn.Module) -> list[dict[str, Any]]:
     """Per conv/linear layer: name, type, weight shape, parameters, non-zeros and sparsity of the
     weight it runs with (masked for sparse layers)."""
@@ -160,22 +135,11 @@ def _example_inputs(task: Task, batch: int, seed: int) -> torch.Tensor:
 
 
 def _export_onnx(plain: nn.Module, task: Task, path: Path, exporter: str) -> None:
-    x = _example_inputs(task, 2, 0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # exporter deprecation chatter; the check below is what counts
-        if exporter == "dynamo":
-            import logging
+    from .runtimes.onnx_graph import export_onnx
 
-            # torch.onnx logs one warning per missing torchvision op; they are irrelevant here
-            logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-            torch.onnx.export(plain, (x,), str(path), dynamo=True, input_names=["input"], output_names=["logits"],
-                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), verbose=False,
-                              external_data=False)  # one self-contained file
-        elif exporter == "legacy":
-            torch.onnx.export(plain, (x,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=18)
-        else:
-            raise ExportError(f"unknown ONNX exporter '{exporter}'; allowed: {', '.join(ONNX_EXPORTERS)}")
+    if exporter not in ONNX_EXPORTERS:
+        raise ExportError(f"unknown ONNX exporter '{exporter}'; allowed: {', '.join(ONNX_EXPORTERS)}")
+    path.write_bytes(export_onnx(plain, task.input_shape, exporter))
 
 
 def check_onnx(path: Path, plain: nn.Module, task: Task, *, atol: float = ATOL, batches: Sequence[int] = (1, 5),
@@ -241,11 +205,15 @@ class ExportedModel:
 
 def write_export(model: nn.Module, arch: Arch, task: Task, out: str | os.PathLike, *,
                  formats: str | Iterable[str] | None = None, sparse_format: str | None = None,
-                 info: dict[str, Any] | None = None, onnx_exporter: str = "dynamo", atol: float = ATOL) -> ExportedModel:
+                 info: dict[str, Any] | None = None, onnx_exporter: str = "legacy", atol: float = ATOL,
+                 runtime: str | None = None, choose: Callable[[Any], str] | None = None) -> ExportedModel:
     """Write the export of a built, trained ``model`` into ``out`` (created, or updated file by file).
 
     ``info``: what the card reports beside the model itself (trial, accuracies, latencies, weights
-    provenance...). Raises :class:`ExportError` (and writes nothing) when a check fails.
+    provenance...). ``runtime`` (default: none recorded) is the runtime the export is for: its
+    artifact is always written, with ``choose``'s kernel per layer (the hardware profile's choice, so
+    the exported network is the one whose latency was predicted: e.g. a block-diagonal G2G layer as
+    a grouped conv in model.onnx). Raises :class:`ExportError` (and writes nothing) when a check fails.
     """
     formats = normalize_formats(formats)
     if sparse_format not in (None, "csr"):
@@ -255,7 +223,15 @@ def write_export(model: nn.Module, arch: Arch, task: Task, out: str | os.PathLik
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file; pass a folder")
     model = model.cpu().eval()
-    plain = to_plain(model)
+    rt = None
+    if runtime is not None:
+        from .runtimes import get_runtime
+
+        rt = get_runtime(runtime)
+        artifact_format = next(f for f, name in FORMATS.items() if name == rt.artifact)
+        if artifact_format not in formats:
+            formats = (*formats, artifact_format)
+    plain = to_plain(model, task.input_shape, choose)
     layers = layer_sparsity(model)
     anchor = out.parent
     while not anchor.exists():  # the temporary folder must sit on the same disk as the target
@@ -265,6 +241,11 @@ def write_export(model: nn.Module, arch: Arch, task: Task, out: str | os.PathLik
     try:
         doc = {**arch.to_dict(), "task": task.to_dict(),
                **{k: info[k] for k in ("source", "weights") if k in info}}
+        if rt is not None:
+            doc["runtime"] = {**rt.info(), "artifact": rt.artifact,
+                              "kernels": rt.kernels_in(model, task.input_shape, choose or (lambda spec: "dense")),
+                              **rt.weight_bytes(model, task.input_shape, choose or (lambda spec: "dense"))}
+            info["runtime"] = doc["runtime"]
         (tmp / "arch.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         if "pt" in formats:
             torch.save(_masked_state_dict(model), tmp / "model.pt")
@@ -327,7 +308,12 @@ def _card(arch: Arch, task: Task, info: dict[str, Any], layers: list[dict], para
         r = info["retrained"]
         rows += [(f"validation accuracy (retrained, {r.get('epochs')} epochs)", _fmt(r.get("accuracy"), ".4f")),
                  ("test accuracy (retrained)", _fmt(r.get("test_accuracy"), ".4f"))]
-    rows += [("latency objective (ms, batch 1)", _fmt(info.get("latency_ms"), ".4f") +
+    rt = info.get("runtime") or {}
+    if rt:
+        rows.append(("runtime (artifact)", f"{rt['name']} {rt['version']} ({rt['artifact']})"))
+        rows.append(("weights, bytes (smallest encoding the runtime loads / dense)",
+                     f"{rt['bytes']:,} / {rt['dense_bytes']:,}"))
+    rows += [(f"latency objective (ms, batch 1{', ' + rt['name'] if rt else ''})", _fmt(info.get("latency_ms"), ".4f") +
               (f" ({info['latency_source']})" if info.get("latency_source") else "")),
              ("predicted latency (ms)", _fmt(info.get("predicted_latency_ms"), ".4f")),
              ("measured latency (ms, wall / thread CPU)", f"{_fmt(info.get('measured_latency_ms'), '.4f')} / "
@@ -504,10 +490,29 @@ def retrain(arch: Arch, *, dataset: str, data_dir: str | None = None, input_size
     return model, data.task, figures
 
 
+def _study_choice(config: dict[str, Any], runtime: str) -> Callable[[Any], str] | None:
+    """The kernel choice of the search's hardware profile for ``runtime`` (None: no profile to ask,
+    every layer exported as its runtime's native op)."""
+    from .hwprofiles import LatencyTable, ProfileError
+
+    try:
+        table = LatencyTable.load(config.get("hw"), runtime)
+    except ProfileError:
+        return None
+
+    def choose(spec: Any) -> str:
+        try:
+            return table.choose(spec)
+        except ProfileError:  # a layer the profile never timed: the runtime's native op
+            return "dense"
+
+    return choose
+
+
 def export_trials(storage: str, study_name: str | None, out: str | os.PathLike, *, trial: int | None = None,
                   best: bool = False, pareto: bool = False, formats: str | Iterable[str] | None = None,
                   sparse_format: str | None = None, train: bool = False, epochs: int | None = None,
-                  artifact_dir: str | None = None, onnx_exporter: str = "dynamo",
+                  artifact_dir: str | None = None, onnx_exporter: str = "legacy",
                   log: Callable[[str], None] | None = None) -> list[ExportedModel]:
     """Export trials of a study: one folder ``out`` (``--trial``/``--best``) or ``out/trial-N`` per
     front trial (``--pareto``). Weights come from the trial's artifact when it has one; otherwise
@@ -526,6 +531,8 @@ def export_trials(storage: str, study_name: str | None, out: str | os.PathLike, 
         raise SparseNASError(f"study '{study.study_name}' was not made by sparsenas (no 'space'/'task' attrs)")
     task = Task.from_dict(sa["task"])
     config = sa.get("config") or {}
+    runtime = sa.get("runtime", "torch")  # studies from before runtimes were timed in torch
+    choose = _study_choice(config, runtime)
     results = []
     for t in trials:
         arch = arch_of(t)
@@ -551,6 +558,6 @@ def export_trials(storage: str, study_name: str | None, out: str | os.PathLike, 
                 "(with the search's training budget; --epochs to change it)")
         target = Path(out) / f"trial-{t.number}" if pareto else Path(out)
         res = write_export(model, arch, task, target, formats=formats, sparse_format=sparse_format, info=info,
-                           onnx_exporter=onnx_exporter)
+                           onnx_exporter=onnx_exporter, runtime=runtime, choose=choose)
         results.append(res)
     return results

@@ -55,6 +55,15 @@ def _plt():
 
 
 # ---------------------------------------------------------------- data from the study
+def study_runtime(config: dict[str, Any], trials: Any = ()) -> str:
+    """The runtime a study's latencies belong to: its trials', its config's, or torch (studies from
+    before runtimes were timed in PyTorch eager)."""
+    for t in trials:
+        if t.user_attrs.get("runtime"):
+            return str(t.user_attrs["runtime"])
+    return str(config.get("runtime") or "torch")
+
+
 def _latency(t: Any, axis: str = "objective") -> float | None:
     from .tracking import trial_record
 
@@ -130,7 +139,7 @@ def _baseline(study: Any, space: Any, task: Any, mode: str, trials: list[Any],
     # the evaluator the trials were judged by ("auto" resolves per search): their latency_source says
     sources = {str(t.user_attrs.get("latency_source") or "") for t in trials}
     kind = "table" if any(x.startswith("table") for x in sources) else "measured"
-    latency_of = LATENCY.get(kind)(hw=config.get("hw"))
+    latency_of = LATENCY.get(kind)(hw=config.get("hw"), runtime=study_runtime(config, trials))
     if mode == "train":
         from .export import retrain, search_budget
 
@@ -300,9 +309,10 @@ def make_report(storage: str, study_name: str | None, out: str | os.PathLike, *,
     task = Task.from_dict(sa["task"]) if "task" in sa else None
     records = {t.number: trial_record(t) for t in trials}
     source = next((r.latency_source for r in records.values() if r.latency_source), None)
-    xlabel = f"latency (ms, batch 1{', ' + source if source else ''})"
-    if latency_axis == "cpu":  # thread CPU time: robust to other processes loading the machine (kernels.md)
-        xlabel = "latency, thread CPU time (ms, batch 1, measured)"
+    runtime = study_runtime(study.user_attrs.get("config") or {}, trials)
+    xlabel = f"latency in {runtime} (ms, batch 1{', ' + source if source else ''})"
+    if latency_axis == "cpu":  # thread CPU time: robust to other processes loading the machine
+        xlabel = f"latency in {runtime}, thread CPU time (ms, batch 1, measured)"
 
     points = [(lat, float(t.values[0]), t.number) for t in trials if (lat := _latency(t, latency_axis)) is not None]
     front = _front(points)

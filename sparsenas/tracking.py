@@ -34,7 +34,8 @@ def _quiet_experimental() -> Iterator[None]:
 from .config import DEFAULT_STORAGE  # noqa: E402  (defined once, importable without optuna)
 MULTI = ("accuracy", "latency_ms")
 SINGLE = ("accuracy",)
-DIRECTIONS = {"accuracy": "maximize", "latency_ms": "minimize"}
+DIRECTIONS = {"accuracy": "maximize", "latency_ms": "minimize", "model_bytes": "minimize"}
+OBJECTIVE_NAMES = {"accuracy": "accuracy", "latency": "latency_ms", "size": "model_bytes"}  # flag name -> field
 
 
 def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseStorage:
@@ -89,10 +90,11 @@ class StudySpec:
     dataset: str
     task: dict
     objectives: tuple[str, ...]
+    runtime: str = "torch"        # whose latencies the study's values are
 
     def attrs(self) -> dict[str, Any]:
         return {"space": self.space, "space_version": self.space_version, "dataset": self.dataset,
-                "task": self.task, "objectives": list(self.objectives)}
+                "task": self.task, "objectives": list(self.objectives), "runtime": self.runtime}
 
 
 class Tracker:
@@ -117,7 +119,9 @@ class Tracker:
     def _check_or_set(self, attrs: dict[str, Any], extra: dict[str, Any]) -> None:
         old = self.study.user_attrs
         if "space" in old:
-            for key in ("space", "space_version", "task", "objectives"):
+            for key in ("space", "space_version", "task", "objectives", "runtime"):
+                if key == "runtime" and key not in old:  # a study from before runtimes: torch, not checked
+                    continue
                 if json.dumps(old.get(key)) != json.dumps(attrs[key]):
                     raise SparseNASError(
                         f"study '{self.study.study_name}' already holds a search with {key}={old.get(key)!r}, but this "

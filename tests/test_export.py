@@ -29,7 +29,7 @@ def study(tmp_path_factory):
 def exported(study, tmp_path_factory):
     url, _ = study
     out = tmp_path_factory.mktemp("exp") / "found"
-    # the legacy exporter takes ~0.5 s against ~10 s for dynamo; the default (dynamo) is tested below, marked slow
+    # the legacy exporter (the default) takes ~0.5 s against ~10 s for dynamo, tested below, marked slow
     rc, stdout, err = run_cli(["export", "--storage", url, "--study", STUDY, "--trial", "0", "--out", str(out),
                                "--sparse-format", "csr", "--onnx-exporter", "legacy", "--json"])
     assert rc == 0, err
@@ -118,11 +118,11 @@ def test_onnx_matches_torch_through_onnxruntime(exported):
 
 
 @pytest.mark.slow
-def test_default_dynamo_onnx_export_matches_torch(study, tmp_path):
+def test_dynamo_onnx_export_matches_torch(study, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     url, _ = study
     rc, stdout, err = run_cli(["export", "--storage", url, "--study", STUDY, "--best", "--out", str(tmp_path / "d"),
-                               "--format", "onnx", "--json"])
+                               "--format", "onnx", "--onnx-exporter", "dynamo", "--json"])
     assert rc == 0, err
     res = json.loads(stdout.strip().splitlines()[-1])["exports"][0]
     assert res["onnx_max_abs_diff"] <= 1e-4 and res["files"] == ["arch.json", "card.md", "model.onnx"]

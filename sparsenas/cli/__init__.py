@@ -20,6 +20,8 @@ EXAMPLES = {
     "spaces": ["nas spaces", "nas spaces --json",
                "PYTHONPATH=examples nas search --space tiny_space:TinyMLP   # a space of your own"],
     "strategies": ["nas strategies", "nas search --help    # every strategy's options"],
+    "runtimes": ["nas runtimes", "nas profile --space sparse_mbv2 --runtime openvino --out my-openvino.json",
+                 "nas search --space sparse_mbv2 --runtime torch"],
     "datasets": ["nas datasets", "nas search --dataset mnist1d --space g2g_mlp",
                  "nas search --dataset cifar10 --data-dir ~/data --input-size 32"],
     "studies": ["nas studies", "nas studies --storage sqlite:///runs.db --json",

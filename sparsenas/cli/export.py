@@ -27,8 +27,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None, help="with --train: epochs (default: the search's)")
     p.add_argument("--artifact-dir", default=None,
                    help="folder of the search's artifacts (default: recorded in the study, or beside a file storage)")
-    p.add_argument("--onnx-exporter", choices=["dynamo", "legacy"], default="dynamo",
-                   help="torch.onnx exporter: dynamo (torch.export based, default) or legacy (TorchScript based, faster)")
+    p.add_argument("--onnx-exporter", choices=["legacy", "dynamo"], default="legacy",
+                   help="torch.onnx exporter: legacy (TorchScript based, default: the graph hardware profiles time) or dynamo (torch.export based)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     p.set_defaults(func=cmd_export)
 

@@ -14,6 +14,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("strategies", help="list the search strategies")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_strategies)
+    p = sub.add_parser("runtimes", help="list the inference runtimes latency can be profiled and predicted in")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runtimes)
     p = sub.add_parser("datasets", help="list the datasets")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_datasets)
@@ -68,3 +71,9 @@ def cmd_studies(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"storage": args.storage, "studies": rows})
     return 0
+
+
+def cmd_runtimes(args: argparse.Namespace) -> int:
+    from ..api import runtimes
+
+    return _listing(runtimes(), args.json)

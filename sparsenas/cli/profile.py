@@ -32,6 +32,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=_positive_int, action="append", default=None,
                    help="input size SxS to profile (repeatable; default: the dataset's, 16 for digits)")
     p.add_argument("--out", default=None, metavar="FILE", help="profile to write (extended if it exists)")
+    p.add_argument("--runtime", default=None,
+                   help="inference runtime to time: onnxruntime (default: the exported model.onnx, as deployed), "
+                        "torch (PyTorch eager with CSR kernels) or openvino; with --validate, default: the profile's")
     p.add_argument("--name", default=None, help="profile name (default: the file name)")
     p.add_argument("--repeats", type=_positive_int, default=100, help="timed calls per kernel (default 100)")
     p.add_argument("--calibration-networks", type=int, default=80,
@@ -70,10 +73,12 @@ def _profile(args: argparse.Namespace) -> int:
     data = profile(args.out, spaces=args.space, dataset=args.dataset, data_dir=args.data_dir,
                    input_sizes=args.input_size, name=args.name, repeats=args.repeats,
                    calibration_networks=args.calibration_networks, network_repeats=args.network_repeats,
-                   seed=args.seed, device=args.device, progress=not args.no_progress, log=lambda s: console.print(s))
+                   seed=args.seed, device=args.device, runtime=args.runtime, progress=not args.no_progress,
+                   log=lambda s: console.print(s))
     out = Console()
-    out.print(f"wrote {args.out}: {len(data['entries'])} kernels on {data['machine']['cpu_model']} "
-              f"({data['machine']['cores']} cores, {data['timing']['threads']} thread), torch {data['machine']['torch']}")
+    rt = data["runtime"]
+    out.print(f"wrote {args.out}: {len(data['entries'])} kernels of runtime {rt['name']} {rt['version']} on "
+              f"{data['machine']['cpu_model']} ({data['machine']['cores']} cores, {data['timing']['threads']} thread)")
     summary = []
     for rec in data["profiled"]:
         cal = data["calibrations"].get(rec["key"], {})
@@ -85,6 +90,7 @@ def _profile(args: argparse.Namespace) -> int:
                       f"{len(cal['networks'])} networks, leave-one-out within ±10%: {loo['within_10']:.0%} "
                       f"(plain sum: {cal['plain_sum']['within_10']:.0%})")
     out.print(f"Check it:  nas profile --validate {args.out} --space {data['spaces'][0]} --n 50")
+    out.print(f"Use it:    nas search --space {data['spaces'][0]} --runtime {rt['name']} --hw {args.out}")
     if args.json:
         print_json({"out": args.out, "kernels": len(data["entries"]), "machine": data["machine"], "profiled": summary})
     return 0
@@ -99,10 +105,10 @@ def _validate(args: argparse.Namespace) -> int:
     console = Console()
     reports = validate_profile(args.validate, spaces=args.space, dataset=args.dataset, data_dir=args.data_dir,
                                input_sizes=args.input_size, n=args.n, seed=args.seed,
-                               network_repeats=args.network_repeats, plot=args.plot,
+                               network_repeats=args.network_repeats, plot=args.plot, runtime=args.runtime,
                                log=lambda s: Console(stderr=True).print(s) if not args.no_progress else None)
     for r in reports:
-        t = Table(title=f"{r['table']} on {r['space']} {tuple(r['input_shape'])}: {r['n']} random networks, "
+        t = Table(title=f"{r['table']} ({r['runtime_name']}) on {r['space']} {tuple(r['input_shape'])}: {r['n']} random networks, "
                         f"{r['metric']} ({r['metric_label']} of {r['repeats']} calls)")
         for col in ("model", "MAPE", "within ±10%", "Spearman", "median pred/meas"):
             t.add_column(col, justify="right")

@@ -49,6 +49,13 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="multi: accuracy up and latency down (default); accuracy: accuracy alone, with pruning")
     p.add_argument("--max-latency-ms", type=positive_float,
                    help="with --objective accuracy: reject architectures slower than this before training them")
+    p.add_argument("--objectives", metavar="LIST",
+                   help="comma-separated objectives, accuracy first: accuracy,latency (the default), "
+                        "accuracy,latency,size (size: bytes of the exported weights in the runtime's smallest "
+                        "encoding) or accuracy,size")
+    p.add_argument("--runtime",
+                   help="inference runtime the latency (and size) is that of: onnxruntime (default, the exported "
+                        "model.onnx), torch (PyTorch eager with CSR kernels) or openvino; `nas runtimes` lists them")
     p.add_argument("--latency",
                    help="table: predict from the hardware profile; measured: time each network here; auto (default): "
                         "table when the profile covers the space and input size, else measured")
@@ -163,11 +170,13 @@ def _print_front(study: Any, storage: str, as_json: bool) -> int:
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    rows = [{"trial": r.number, "accuracy": r.accuracy, "latency_ms": r.latency_ms, "test_accuracy": r.test_accuracy,
-             "params": r.params, "nnz": r.nnz, "effective_flops": r.effective_flops} for r in front]
+    rows = [{"trial": r.number, "accuracy": r.accuracy, "latency_ms": r.latency_ms, "runtime": r.runtime or "torch",
+             "model_bytes": r.model_bytes, "test_accuracy": r.test_accuracy, "params": r.params, "nnz": r.nnz,
+             "effective_flops": r.effective_flops} for r in front]
     console = Console()
+    runtime = study.user_attrs.get("runtime", "torch")
     table = Table(title=f"study '{study.study_name}': best architectures ({', '.join(f'{k} {v}' for k, v in states.items())})")
-    for col in ("trial", "val acc", "test acc", "latency ms", "params", "non-zeros", "eff. MFLOPs"):
+    for col in ("trial", "val acc", "test acc", f"latency ms ({runtime})", "params", "non-zeros", "eff. MFLOPs"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(str(r["trial"]), f"{r['accuracy']:.4f}", fmt(r["test_accuracy"], ".4f"),

@@ -23,7 +23,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: the folder of ARCH.json)")
     p.add_argument("--format", default="json,pt,onnx,torchscript", help="comma-separated: json, pt, onnx, torchscript")
     p.add_argument("--sparse-format", choices=["csr"], default=None)
-    p.add_argument("--onnx-exporter", choices=["dynamo", "legacy"], default="dynamo")
+    p.add_argument("--onnx-exporter", choices=["legacy", "dynamo"], default="legacy")
     p.add_argument("--no-measure", action="store_true", help="do not measure latency on this machine")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")

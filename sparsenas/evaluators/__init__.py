@@ -57,4 +57,4 @@ class Evaluator:
                   "epochs": trained.epochs, **lat.attrs}
         return EvalResult(accuracy=trained.val_accuracy, latency_ms=lat.ms, test_accuracy=trained.test_accuracy,
                           params=params, nnz=nnz, flops=flops, effective_flops=eff, history=trained.history,
-                          extras=extras)
+                          model_bytes=int(extras.pop("model_bytes", 0)), extras=extras)

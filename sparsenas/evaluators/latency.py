@@ -1,7 +1,9 @@
-"""Latency evaluators: how long the exported (inference) network takes for one input.
+"""Latency evaluators: how long the exported network takes for one input in the runtime it is
+deployed in (:mod:`sparsenas.runtimes`; ONNX Runtime by default).
 
-``measured`` times the real network on this machine; the hardware-profile look-up table registers
-itself here too, so the search picks either by name.
+``measured`` times the runtime's artifact on this machine; the hardware-profile look-up table
+registers itself here too, so the search picks either by name. Both record the runtime, and the
+bytes of the artifact's weights in the smallest encoding that runtime loads (``model_bytes``).
 """
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ import torch
 from torch import nn
 
 from ..arch import Arch
-from ..ops import kernel_choices, to_inference
 from ..registry import Registry
+from ..runtimes import Chooser, Runtime, get_runtime
 from ..task import Task
 from ..timing import time_callable
 
@@ -28,33 +30,50 @@ class LatencyResult:
 
 
 class LatencyEvaluator(Protocol):
+    runtime: Runtime
+
     def __call__(self, arch: Arch, model: nn.Module, task: Task) -> LatencyResult: ...
 
 
-def measure_latency(model: nn.Module, task: Task, *, warmup: int = 20, repeats: int = 100) -> dict[str, Any]:
-    """Batch 1, 1 thread, inference mode, sparse kernels in place; median of ``repeats`` calls with
-    thread CPU time beside wall time (kernels.md: 2 threads under load spread 48-146% per call), and
-    the 10th percentiles that hardware profiles predict (``predicted_metric``)."""
-    inf = to_inference(model.cpu().eval(), task.input_shape)
-    x = torch.randn(1, *task.input_shape)
+def _runtime_attrs(rt: Runtime, model: nn.Module, task: Task, choose: Chooser) -> dict[str, Any]:
+    size = rt.weight_bytes(model.cpu().eval(), task.input_shape, choose)
+    return {"runtime": rt.name, "runtime_version": rt.version(), "model_bytes": size["bytes"],
+            "model_bytes_dense": size["dense_bytes"]}
+
+
+def measure_latency(model: nn.Module, task: Task, *, runtime: Runtime | str = "torch", choose: Chooser | None = None,
+                    warmup: int = 20, repeats: int = 100) -> dict[str, Any]:
+    """The runtime's artifact at batch 1, 1 thread, with ``choose``'s kernel per layer (default:
+    torch's own timing of each sparse layer, the runtime's native op elsewhere); median of
+    ``repeats`` calls with thread CPU time beside wall time (2 threads under load spread 48-146%
+    per call), and the 10th percentiles that hardware profiles predict (``predicted_metric``)."""
+    from ..ops import measured_choice
+
+    rt = get_runtime(runtime) if isinstance(runtime, str) else runtime
+    choose = choose or (measured_choice if rt.name == "torch" else (lambda spec: "dense"))
+    run = rt.prepare(model.cpu().eval(), task.input_shape, choose)
     with torch.inference_mode():
-        t = time_callable(lambda: inf(x), warmup=warmup, repeats=repeats, threads=1)
+        t = time_callable(run, warmup=warmup, repeats=repeats, threads=1)
     return {"measured_latency_ms": t.wall_ms, "measured_latency_cpu_ms": t.cpu_ms,
             "measured_latency_cpu_p10_ms": t.cpu_p10_ms, "measured_latency_wall_p10_ms": t.wall_p10_ms,
-            "measured_latency_iqr_ms": t.wall_iqr_ms, "kernels": kernel_choices(inf)}
+            "measured_latency_iqr_ms": t.wall_iqr_ms, "kernels": rt.kernels_in(model, task.input_shape, choose)}
 
 
 @LATENCY.register("measured")
 class MeasuredLatency:
-    def __init__(self, hw: str | None = None, repeats: int = 100, anchor: bool = True) -> None:
+    def __init__(self, hw: str | None = None, repeats: int = 100, anchor: bool = True,
+                 runtime: str | None = None) -> None:
         self.repeats, self.anchor = repeats, anchor
+        self.runtime = get_runtime(runtime or "torch")
         self.hw = hw  # a profile is not needed to measure; when one loads, its prediction is recorded beside
         self._table: "TableLatency | str | None" = None
 
     def __call__(self, arch: Arch, model: nn.Module, task: Task) -> LatencyResult:
-        m = measure_latency(model, task, repeats=self.repeats)
+        table = self._table.table.choose if isinstance(self._table, TableLatency) else None
+        m = measure_latency(model, task, runtime=self.runtime, choose=table, repeats=self.repeats)
         m.update(self._prediction(arch, model, task))
-        return LatencyResult(m["measured_latency_ms"], "measured", m)
+        m.update(_runtime_attrs(self.runtime, model, task, table or (lambda spec: "dense")))
+        return LatencyResult(m["measured_latency_ms"], f"measured:{self.runtime.name}", m)
 
     def _prediction(self, arch: Arch, model: nn.Module, task: Task) -> dict[str, Any]:
         """The table's prediction next to the measurement, or why there is none (not an error:
@@ -63,7 +82,7 @@ class MeasuredLatency:
 
         try:
             if self._table is None:
-                self._table = TableLatency(self.hw, anchor=self.anchor)
+                self._table = TableLatency(self.hw, anchor=self.anchor, runtime=self.runtime.name)
             if isinstance(self._table, str):
                 return {"predicted_latency_error": self._table}
             t = self._table(arch, model, task)
@@ -85,10 +104,11 @@ class TableLatency:
     the profile's calibration networks (a second or two) and scales predictions by how much faster
     or slower this machine runs now than when it was profiled (:mod:`sparsenas.hwprofiles.anchor`)."""
 
-    def __init__(self, hw: str | None = None, anchor: bool = True) -> None:
+    def __init__(self, hw: str | None = None, anchor: bool = True, runtime: str | None = None) -> None:
         from ..hwprofiles import LatencyTable
 
-        self.table = LatencyTable.load(hw)
+        self.table = LatencyTable.load(hw, runtime=runtime)
+        self.runtime = self.table.runtime
         self.anchor = anchor
         self._anchored: set[tuple[str, tuple[int, ...]]] = set()
 
@@ -99,6 +119,7 @@ class TableLatency:
         from ..search_spaces import get_space
 
         self._anchored.add(key)
+        self.runtime.require()  # re-timing needs the runtime installed
         self.table.anchor(get_space(arch.space), task)  # no calibration: a clear ProfileError, as predict() gives
 
     def __call__(self, arch: Arch, model: nn.Module, task: Task) -> LatencyResult:
@@ -109,5 +130,6 @@ class TableLatency:
         p = self.table.predict([s for _, s in named], arch.space, task.input_shape)
         attrs = {"predicted_latency_ms": p.ms, "predicted_metric": p.metric, "hw_profile": p.profile,
                  "hw_speed": p.speed, "hw_profile_path": self.table.path, "kernel_sum_ms": p.plain_sum_ms,
-                 "kernels": {name: impl for (name, _), impl in zip(named, p.kernels)}}
+                 "kernels": {name: impl for (name, _), impl in zip(named, p.kernels)},
+                 **_runtime_attrs(self.runtime, model, task, self.table.choose)}
         return LatencyResult(p.ms, f"table:{p.profile}", attrs)

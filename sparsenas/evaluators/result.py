@@ -14,6 +14,7 @@ class EvalResult:
     nnz: int = 0
     flops: int = 0                  # dense multiply-accumulates of conv/linear layers, batch 1
     effective_flops: int = 0        # the same with pruned weights skipped
+    model_bytes: int = 0            # exported weights in the smallest encoding the runtime loads
     history: list[float] = field(default_factory=list)  # validation accuracy per epoch
     extras: dict[str, Any] = field(default_factory=dict)
 

@@ -7,7 +7,8 @@ measured end to end (:mod:`.validate`). The profile shipped in this package is t
 from __future__ import annotations
 
 from .profile import SCHEMA, ProfileError, calibration_key, default_profile_path, read_profile
-from .table import NATIVE, LatencyTable, MissingKernels, Prediction, layer_impls
+from ..runtimes import NATIVE
+from .table import LatencyTable, MissingKernels, Prediction, layer_impls
 
 __all__ = ["SCHEMA", "NATIVE", "LatencyTable", "MissingKernels", "Prediction", "ProfileError", "calibration_key",
            "default_profile_path", "layer_impls", "read_profile"]

@@ -44,7 +44,8 @@ def anchor_networks(table: LatencyTable, space: Any, task: Task, n: int = ANCHOR
                     ) -> tuple[list[dict[str, Any]], list[Network]]:
     """The first ``n`` calibration networks of ``space`` at ``task``'s input, as stored and as built."""
     refs = table.calibration(space.name, task.input_shape).get("networks", [])[:n]
-    nets = [build_network(space, space.upgrade(Arch.from_dict(r["arch"])), task, table.choose) for r in refs]
+    nets = [build_network(space, space.upgrade(Arch.from_dict(r["arch"])), task, table.choose, table.runtime)
+            for r in refs]
     return refs, nets
 
 
@@ -64,5 +65,5 @@ def measure_anchor(table: LatencyTable, space: Any, task: Task, n: int = ANCHOR_
 
     with torch.random.fork_rng():  # building seeds torch; a search's own random stream must not notice
         refs, nets = anchor_networks(table, space, task, n)
-    timings = measure_networks([x.inference for x in nets], task.input_shape, repeats=repeats, rounds=10)
+    timings = measure_networks(nets, repeats=repeats, rounds=10, metric=table.metric)
     return speed_factor(table, refs, timings)

@@ -1,7 +1,8 @@
 """Whole networks built and timed end to end, as the search's ``measured`` latency does.
 
-Each network is ``to_inference(model, input_shape, choose=table.choose)`` run at batch 1 with one
-thread under ``inference_mode``: the protocol of
+Each network is the runtime's artifact built with the table's kernel choice
+(``runtime.prepare(model, input_shape, table.choose)``: ``to_inference`` for torch, the exported
+ONNX graph in a session for ONNX Runtime) run at batch 1 with one thread: the protocol of
 :func:`sparsenas.evaluators.latency.measure_latency`, median of >= 100 calls with thread CPU time
 beside wall time. The one difference: several networks are timed *interleaved*
 (:func:`sparsenas.timing.time_interleaved`, blocks of a few calls in rotated rounds) so that they
@@ -15,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from torch import nn
 
 from ..arch import Arch
-from ..ops import to_inference, trace_layers
+from ..ops import trace_layers
 from ..ops.spec import LayerSpec
+from ..runtimes import Runtime, get_runtime
+from ..runtimes.base import Runner
 from ..task import Task
 from ..timing import Timing, time_interleaved
 
@@ -32,7 +34,8 @@ class Network:
 
     arch: Arch
     layers: list[LayerSpec]        # of the training model (what space.layers gives the table)
-    inference: nn.Module           # the exported network, kernels chosen by the table
+    runs: list[Runner]             # batch-1 inference of the runtime's artifact (kernels chosen by the table),
+                                   # one per loaded copy (Runtime.network_copies)
 
 
 def sample_archs(space: Any, task: Task, n: int, seed: int, exclude: set[str] = frozenset()) -> list[Arch]:
@@ -50,18 +53,21 @@ def sample_archs(space: Any, task: Task, n: int, seed: int, exclude: set[str] = 
     return out
 
 
-def build_network(space: Any, arch: Arch, task: Task, choose: Callable[[LayerSpec], str], seed: int = 0) -> Network:
+def build_network(space: Any, arch: Arch, task: Task, choose: Callable[[LayerSpec], str],
+                  runtime: Runtime | str = "torch", seed: int = 0) -> Network:
+    rt = get_runtime(runtime) if isinstance(runtime, str) else runtime
     torch.manual_seed(seed)  # the same weights, hence the same masks, every time
     model = space.build(arch, task).eval()
     layers = trace_layers(model, task.input_shape)
-    return Network(arch, layers, to_inference(model, task.input_shape, choose=choose))
+    return Network(arch, layers, rt.prepare_copies(model, task.input_shape, choose))
 
 
-def measure_networks(nets: list[nn.Module], input_shape: tuple[int, ...], *, repeats: int = 100,
-                     rounds: int = 20, warmup: int = 10) -> list[Timing]:
-    """Median (and IQR) wall and thread-CPU time of one batch-1 call of each network, interleaved."""
-    x = torch.randn(1, *input_shape)
-    fns = {str(i): (lambda m=m: m(x)) for i, m in enumerate(nets)}
+def measure_networks(nets: list[Network], *, repeats: int = 100, rounds: int = 20, warmup: int = 10,
+                     metric: str = "cpu_p10_ms") -> list[Timing]:
+    """Median, IQR and 10th percentile of wall and thread-CPU time of one batch-1 call of each
+    network, all copies of all networks interleaved; per network, its fastest copy by ``metric``."""
+    fns = {f"{i}#{c}": r for i, n in enumerate(nets) for c, r in enumerate(n.runs)}
     with torch.inference_mode():
         t = time_interleaved(fns, warmup=warmup, repeats=repeats, rounds=rounds, threads=1)
-    return [t[str(i)] for i in range(len(nets))]
+    return [min((t[f"{i}#{c}"] for c in range(len(n.runs))), key=lambda x: getattr(x, metric))
+            for i, n in enumerate(nets)]

@@ -3,7 +3,8 @@
 This is the one place that reads and writes profiles. A profile is JSON::
 
     {"schema": "sparsenas-hwprofile/1", "name": ..., "created": ..., "updated": ...,
-     "machine": {"cpu_model", "cores", "threads", "torch", "python", "platform", "load_avg"},
+     "runtime": {"name": "onnxruntime", "version": "1.32.0"},
+     "machine": {"cpu_model", "cores", "threads", "torch", "python", "platform", "load_avg", "runtime"},
      "timing": {"metric": "cpu_p10_ms", "statistic": "p10", "threads": 1, "batch": 1, ...},
      "sparsity_levels": [0.0, 0.5, ...],
      "entries": {LayerSpec.key(): {"spec": {...}, "impls": {impl: {"wall_ms", "cpu_ms",
@@ -11,9 +12,11 @@ This is the one place that reads and writes profiles. A profile is JSON::
      "calibrations": {"<space>@<C>x<H>x<W>": {"features": [...], "coef": [...], "networks": [...], ...}},
      "profiled": [{"space", "input_shape", "kernels", "seconds", "date"}]}
 
-``impl`` is ``"native"`` (the layer's own ``F.conv2d``/``F.linear``: dense layers and kxk/grouped
-sparse convs) or a name of :data:`sparsenas.ops.KERNELS` (sparse linear and 1x1 convs, as
-``to_inference`` builds them). Keys use the *nominal* sparsity of the grid the profile was measured
+A profile belongs to one machine and one inference runtime (``runtime``; profiles written before
+runtimes existed have none and are ``torch``). ``impl`` is one the runtime has for the layer
+(:meth:`sparsenas.runtimes.Runtime.impls`): ``"native"`` (the runtime's own dense conv/gemm with the
+masked weight), ``"grouped"`` (a block-diagonal layer as a grouped conv), or for ``torch`` a name of
+:data:`sparsenas.ops.KERNELS` (sparse linear and 1x1 convs, as ``to_inference`` builds them). Keys use the *nominal* sparsity of the grid the profile was measured
 at (``sparsity_levels``); a traced layer is snapped to the nearest level when looked up.
 
 ``timing.metric`` is the field predictions use. New profiles use ``cpu_p10_ms``, the 10th percentile
@@ -34,7 +37,7 @@ from typing import Any
 
 from ..errors import SparseNASError
 
-__all__ = ["SCHEMA", "FEATURES", "TIMING_FIELDS", "METRICS", "DEFAULT_METRIC", "DEFAULT_PROFILE", "ProfileError",
+__all__ = ["SCHEMA", "SHIPPED", "profile_runtime", "FEATURES", "TIMING_FIELDS", "METRICS", "DEFAULT_METRIC", "DEFAULT_PROFILE", "ProfileError",
            "machine_info", "new_profile",
            "read_profile", "write_json_atomic", "default_profile_path", "calibration_key", "check_profile"]
 
@@ -42,22 +45,35 @@ SCHEMA = "sparsenas-hwprofile/1"
 TIMING_FIELDS = ("wall_ms", "cpu_ms", "wall_iqr_ms", "cpu_iqr_ms", "repeats")  # every profile has these
 METRICS = {"cpu_p10_ms": "p10", "wall_p10_ms": "p10", "cpu_ms": "median", "wall_ms": "median"}
 DEFAULT_METRIC = "cpu_p10_ms"
-DEFAULT_PROFILE = "cpu-x86-2core.json"  # shipped inside this package
+DEFAULT_PROFILE = "cpu-x86-2core.json"  # shipped inside this package (torch; named before runtimes existed)
+SHIPPED = {"torch": DEFAULT_PROFILE, "onnxruntime": "cpu-x86-2core-onnxruntime.json"}  # runtime -> shipped file
 # Calibration inputs (see table.py): kernel sum, layer counts (all, and per implementation: native,
 # then the names of sparsenas.ops.KERNELS), output activations in millions, depthwise (grouped) layers
 # and their output activations (each carries BN + activation + often a residual add that no
 # profiled kernel covers), constant.
 FEATURES = ("sum_ms", "layers", "layers_native", "layers_dense", "layers_torch_csr", "layers_scipy_csr",
-            "act_melems", "dw_layers", "dw_act_melems", "one")
+            "act_melems", "dw_layers", "dw_act_melems", "one", "layers_grouped", "sum_pw_ms", "sum_dw_ms",
+            "sum_other_ms")
 
 
 class ProfileError(SparseNASError):
     """A profile file is missing, corrupt, foreign or lacks what was asked of it."""
 
 
-def default_profile_path() -> Path:
-    """The profile shipped with the package, used when no ``--hw`` file is given."""
-    return Path(str(resources.files(__package__).joinpath(DEFAULT_PROFILE)))
+def default_profile_path(runtime: str = "torch") -> Path:
+    """The profile shipped with the package for ``runtime``, used when no ``--hw`` file is given."""
+    name = SHIPPED.get(runtime)
+    if name is None:
+        raise ProfileError(f"sparsenas ships no hardware profile for runtime '{runtime}' (it ships: "
+                           f"{', '.join(SHIPPED)}); make one on this machine with "
+                           f"`nas profile --runtime {runtime} --space SPACE --out my-{runtime}.json` and pass --hw")
+    return Path(str(resources.files(__package__).joinpath(name)))
+
+
+def profile_runtime(data: dict[str, Any]) -> str:
+    """The runtime a profile's timings belong to (``torch`` for profiles older than runtimes)."""
+    rt = data.get("runtime")
+    return rt.get("name", "torch") if isinstance(rt, dict) else "torch"
 
 
 def calibration_key(space: str, input_shape: tuple[int, ...]) -> str:
@@ -91,10 +107,13 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def new_profile(name: str, threads: int, timing: dict[str, Any]) -> dict[str, Any]:
+def new_profile(name: str, threads: int, timing: dict[str, Any], runtime: dict[str, str] | None = None,
+                metric: str = DEFAULT_METRIC) -> dict[str, Any]:
     stamp = now()
-    return {"schema": SCHEMA, "name": name, "created": stamp, "updated": stamp, "machine": machine_info(threads),
-            "timing": {"metric": DEFAULT_METRIC, "statistic": METRICS[DEFAULT_METRIC], "threads": threads, "batch": 1,
+    runtime = runtime or {"name": "torch", "version": machine_info(threads)["torch"]}
+    return {"schema": SCHEMA, "name": name, "created": stamp, "updated": stamp, "runtime": runtime,
+            "machine": {**machine_info(threads), "runtime": runtime},
+            "timing": {"metric": metric, "statistic": METRICS[metric], "threads": threads, "batch": 1,
                        **timing},
             "sparsity_levels": [], "entries": {}, "calibrations": {}, "profiled": []}
 
@@ -117,6 +136,9 @@ def check_profile(data: Any, path: str | Path = "<profile>") -> dict[str, Any]:
                         ("calibrations", dict), ("sparsity_levels", list)):
         if not isinstance(data.get(field), kind):
             raise _bad(path, f"is corrupt: field '{field}' is missing or not a {kind.__name__}")
+    rt = data.get("runtime")
+    if rt is not None and not (isinstance(rt, dict) and isinstance(rt.get("name"), str)):
+        raise _bad(path, "is corrupt: field 'runtime' must be an object with a 'name' string")
     metric = data["timing"].get("metric")
     if metric not in METRICS:
         raise _bad(path, f"is corrupt: timing.metric is {metric!r}; allowed: {', '.join(METRICS)}")

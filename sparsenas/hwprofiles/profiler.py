@@ -3,12 +3,14 @@
 Two phases per (space, input shape):
 
 1. **Kernels.** Every distinct layer of ``space.kernel_specs(task)`` is timed in isolation with
-   each implementation ``to_inference`` could give it (native op; or dense / torch CSR / scipy CSR
-   for sparse 1x1 convs and linear layers), interleaved, 1 thread, batch 1: median and IQR of wall
-   and thread CPU time.
-2. **Calibration.** Random architectures are built with the table's kernel choice, timed end to end
-   (interleaved, see :mod:`.measure`) and a non-negative linear model from the kernel sum to the
-   measured latency is fitted (:mod:`.table`); the networks and their times are kept in the profile.
+   each implementation the profile's runtime has for it (:meth:`~sparsenas.runtimes.Runtime.impls`:
+   in ``torch`` the native op, or dense / torch CSR / scipy CSR for sparse 1x1 convs and linear
+   layers; in ONNX Runtime one dense op whatever the sparsity, so each shape is timed once),
+   interleaved, 1 thread, batch 1: median, IQR and 10th percentile of wall and thread CPU time.
+2. **Calibration.** Random architectures are built with the table's kernel choice as the runtime's
+   artifact (the exported ONNX graph for ONNX Runtime), timed end to end (interleaved, see
+   :mod:`.measure`) and a non-negative linear model from the kernel sum to the measured latency is
+   fitted (:mod:`.table`); the networks and their times are kept in the profile.
 
 Work in progress is written atomically to ``OUT.partial`` every few seconds; re-running the same
 command picks it up. An existing complete ``OUT`` is extended, not rewritten from scratch.
@@ -23,56 +25,46 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..ops.inference import kernel_inputs
-from ..ops.kernels import kernel_impl
 from ..ops.spec import LayerSpec
+from ..runtimes import Runtime, get_runtime
+from ..runtimes.base import KernelSettings
 from ..task import Task
-from ..timing import Timing, time_interleaved
+from ..timing import Timing
 from .measure import build_network, measure_networks, sample_archs
-from .profile import (FEATURES, ProfileError, calibration_key, machine_info, new_profile, now, read_profile,
-                      write_json_atomic)
-from .table import NATIVE, LatencyTable, feature_vector, layer_impls
+from .profile import (FEATURES, ProfileError, calibration_key, machine_info, new_profile, now, profile_runtime,
+                      read_profile, write_json_atomic)
+from .table import LatencyTable
 
 __all__ = ["KernelTimer", "profile_space", "run_profile", "fit_calibration", "partial_path", "cuda_semi_structured"]
 
 SAVE_EVERY_S = 10.0
-# "layers" is left out: it is the sum of the per-implementation counts.
-CALIBRATION_FEATURES = ("sum_ms", "layers_native", "layers_dense", "layers_torch_csr", "layers_scipy_csr",
-                        "act_melems", "dw_layers", "dw_act_melems", "one")
+# "layers" is left out: it is the sum of the per-implementation counts. The kernel sum is split by
+# kind (1x1, depthwise, the rest): in ONNX Runtime a 1x1 conv in a network runs at ~0.87x its isolated
+# time and a depthwise one at ~0.42x (fused activations, warm caches), which one coefficient on the
+# plain sum cannot express (leave-one-out within +-10% 88% with it, 95% split, 8x8 inputs).
+CALIBRATION_FEATURES = ("sum_pw_ms", "sum_dw_ms", "sum_other_ms", "layers_native", "layers_dense",
+                        "layers_torch_csr", "layers_scipy_csr", "layers_grouped", "act_melems", "dw_layers",
+                        "dw_act_melems", "one")
 
 
 def partial_path(out: str | Path) -> Path:
     return Path(f"{out}.partial")
 
 
-def native_module(spec: LayerSpec) -> nn.Module:
-    """The module that runs a layer natively: ``nn.Conv2d`` (padding k//2) or ``nn.Linear``. Its
-    weights stay dense random: zeros do not change the speed of a dense kernel."""
-    if spec.op == "linear":
-        m: nn.Module = nn.Linear(spec.cin, spec.cout, bias=True)
-    else:
-        m = nn.Conv2d(spec.cin, spec.cout, spec.kernel, spec.stride, spec.kernel // 2, groups=spec.groups, bias=False)
-    return m.eval().requires_grad_(False)
-
-
 class KernelTimer:
-    """Times one layer's candidate implementations side by side (:func:`time_interleaved`)."""
+    """Times one layer's candidate implementations side by side in a runtime (its ``time_kernels``)."""
 
-    def __init__(self, warmup: int = 5, repeats: int = 100, rounds: int = 5, threads: int = 1) -> None:
+    def __init__(self, warmup: int = 5, repeats: int = 100, rounds: int = 5, threads: int = 1,
+                 runtime: str | Runtime = "torch") -> None:
         self.warmup, self.repeats, self.rounds, self.threads = warmup, repeats, rounds, threads
+        self.runtime = get_runtime(runtime) if isinstance(runtime, str) else runtime
 
     def settings(self) -> dict[str, Any]:
         return {"warmup": self.warmup, "repeats": self.repeats, "rounds": self.rounds}
 
     def __call__(self, spec: LayerSpec, impls: Iterable[str]) -> dict[str, Timing]:
-        w, x = kernel_inputs(spec)
-        mods: dict[str, nn.Module] = {}
-        for impl in impls:
-            mods[impl] = native_module(spec) if impl == NATIVE else kernel_impl(impl).build(spec, w)
-        with torch.inference_mode():
-            fns: dict[str, Callable[[], Any]] = {i: (lambda m=m: m(x)) for i, m in mods.items()}
-            return time_interleaved(fns, warmup=self.warmup, repeats=self.repeats, rounds=self.rounds,
-                                    threads=self.threads)
+        s = KernelSettings(self.warmup, self.repeats, self.rounds, self.threads)
+        return self.runtime.time_kernels(spec, tuple(impls), s)
 
 
 def cuda_semi_structured(spec: LayerSpec, repeats: int = 100) -> dict[str, dict[str, float]]:
@@ -150,7 +142,11 @@ def _start(out: Path, name: str | None, timer: KernelTimer, log: Callable[[str],
         data = read_profile(out)
         log(f"extending {out} ({len(data['entries'])} kernels, calibrations: {', '.join(data['calibrations']) or 'none'})")
     else:
-        return new_profile(name or out.stem, timer.threads, timer.settings())
+        return new_profile(name or out.stem, timer.threads, timer.settings(), timer.runtime.info(),
+                           timer.runtime.metric)
+    if profile_runtime(data) != timer.runtime.name:
+        raise ProfileError(f"'{out}' is a profile of runtime '{profile_runtime(data)}'; this run times "
+                           f"'{timer.runtime.name}'. Timings of two runtimes do not mix: write to another --out file")
     here = machine_info(timer.threads)
     if data["machine"].get("cpu_model") != here["cpu_model"] or data["timing"].get("threads") != timer.threads:
         raise ProfileError(f"'{out}' was measured on '{data['machine'].get('cpu_model')}' with "
@@ -170,9 +166,15 @@ def profile_space(data: dict[str, Any], space: Any, task: Task, *, timer: Kernel
     todo = [s for s in specs if s.key() not in data["entries"]]
     bar = progress.add_task(f"{space.name} {task.input_shape}: kernels", total=len(specs),
                             completed=len(specs) - len(todo)) if progress else None
+    rt = timer.runtime
+    timed: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}  # one timing per layer the runtime tells apart
     for spec in todo:
-        timings = timer(spec, layer_impls(spec))
-        impls = {i: {k: v for k, v in t.to_dict().items() if k != "threads"} for i, t in timings.items()}
+        impl_names = rt.impls(spec)
+        same = (rt.timing_spec(spec).key(), impl_names)
+        if same not in timed:
+            timings = timer(spec, impl_names)
+            timed[same] = {i: {k: v for k, v in t.to_dict().items() if k != "threads"} for i, t in timings.items()}
+        impls = dict(timed[same])
         if cuda:
             impls.update(cuda_semi_structured(spec))
         data["entries"][spec.key()] = {"spec": spec.to_dict(), "impls": impls}
@@ -199,12 +201,12 @@ def _calibrate(data: dict[str, Any], space: Any, task: Task, n: int, repeats: in
     bar = progress.add_task(f"{space.name} {task.input_shape}: build {n} networks", total=n) if progress else None
     nets = []
     for a in archs:
-        nets.append(build_network(space, a, task, table.choose))
+        nets.append(build_network(space, a, task, table.choose, table.runtime))
         if bar is not None:
             progress.advance(bar)
     if progress:
         progress.update(bar, description=f"{space.name} {task.input_shape}: time {n} networks end to end")
-    timings = measure_networks([n.inference for n in nets], task.input_shape, repeats=repeats)
+    timings = measure_networks(nets, repeats=repeats, metric=data["timing"]["metric"])
     preds = [table.predict(n.layers) for n in nets]
     cols = [FEATURES.index(f) for f in CALIBRATION_FEATURES]
     feats = np.array([p.features for p in preds])[:, cols]
@@ -223,7 +225,7 @@ def _calibrate(data: dict[str, Any], space: Any, task: Task, n: int, repeats: in
     return {"space": space.name, "input_shape": list(task.input_shape), "num_classes": task.num_classes,
             "features": list(CALIBRATION_FEATURES), "coef": coef, "metric": metric, "model": "nnls-relative",
             "fit": _fit_report(fitted, measured), "leave_one_out": _fit_report(loo, measured),
-            "plain_sum": _fit_report(feats[:, 0], measured), "repeats": repeats,
+            "plain_sum": _fit_report(np.array([p.plain_sum_ms for p in preds]), measured), "repeats": repeats,
             "load_avg": machine_info(1)["load_avg"], "date": now(), "networks": networks}
 
 

@@ -19,26 +19,23 @@ counts took the leave-one-out share within +-10% from 78% to 92% (kernel sum + l
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..ops.kernels import KERNELS
 from ..ops.spec import LayerSpec
-from .profile import FEATURES, ProfileError, calibration_key, default_profile_path, read_profile
+from ..runtimes import NATIVE, Runtime, get_runtime
+from .profile import FEATURES, SHIPPED, ProfileError, calibration_key, default_profile_path, profile_runtime, read_profile
 
 __all__ = ["NATIVE", "FEATURES", "LatencyTable", "MissingKernels", "Prediction", "layer_impls", "feature_vector"]
 
-NATIVE = "native"  # the layer's own F.conv2d / F.linear (dense layers, kxk and grouped sparse convs)
 SNAP_TOLERANCE = 0.03  # a traced sparsity this close to a profiled level is that level
 
 
-def layer_impls(spec: LayerSpec) -> tuple[str, ...]:
-    """Implementations ``to_inference`` can give a layer: the CSR-capable kernels for sparse linear
-    and 1x1 convs, else the layer's native op."""
-    if spec.sparse_capable and spec.sparsity > 0:
-        return tuple(KERNELS)
-    return (NATIVE,)
+def layer_impls(spec: LayerSpec, runtime: str = "torch") -> tuple[str, ...]:
+    """Implementations ``runtime`` has for a layer (see :meth:`sparsenas.runtimes.Runtime.impls`)."""
+    return get_runtime(runtime, check=False).impls(spec)
 
 
 def _out_elems(spec: LayerSpec) -> int:
@@ -52,7 +49,12 @@ def feature_vector(layers: Sequence[LayerSpec], picks: Sequence[tuple[str, float
     """The calibration's inputs, in :data:`FEATURES` order, from the layers and their (impl, ms)."""
     impls = [i for i, _ in picks]
     depthwise = [s for s in layers if s.groups > 1]
+    pointwise = [s.op == "conv2d" and s.kernel == 1 and s.groups == 1 for s in layers]
     by_name = {"sum_ms": float(sum(ms for _, ms in picks)), "layers": float(len(layers)),
+               "sum_pw_ms": float(sum(ms for (_, ms), pw in zip(picks, pointwise) if pw)),
+               "sum_dw_ms": float(sum(ms for (_, ms), s in zip(picks, layers) if s.groups > 1)),
+               "sum_other_ms": float(sum(ms for (_, ms), s, pw in zip(picks, layers, pointwise)
+                                         if not pw and s.groups == 1)),
                "act_melems": sum(_out_elems(s) for s in layers) / 1e6, "dw_layers": float(len(depthwise)),
                "dw_act_melems": sum(_out_elems(s) for s in depthwise) / 1e6, "one": 1.0}
     for f in FEATURES:
@@ -93,6 +95,9 @@ class LatencyTable:
 
     def __init__(self, data: dict[str, Any], path: str | Path | None = None) -> None:
         self.data = data
+        self.runtime_name: str = profile_runtime(data)
+        # predicting needs no runtime installed, only its rules (measuring does: Runtime.require)
+        self.runtime: Runtime = get_runtime(self.runtime_name, check=False)
         self.path = str(path) if path is not None else "<memory>"
         self.name: str = data["name"]
         self.metric: str = data["timing"]["metric"]
@@ -102,21 +107,29 @@ class LatencyTable:
         self.speed: dict[str, float] = {}
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "LatencyTable":
-        """The profile at ``path``; None: the profile shipped with sparsenas."""
-        p = default_profile_path() if path is None else Path(path)
-        return cls(read_profile(p), p)
+    def load(cls, path: str | Path | None = None, runtime: str | None = None) -> "LatencyTable":
+        """The profile at ``path``; None: the profile shipped with sparsenas for ``runtime`` (default
+        torch). With both, the profile must belong to ``runtime``."""
+        p = default_profile_path(runtime or "torch") if path is None else Path(path)
+        table = cls(read_profile(p), p)
+        if runtime is not None and table.runtime_name != runtime:
+            raise ProfileError(f"hardware profile '{p}' times runtime '{table.runtime_name}', but runtime '{runtime}' "
+                               f"was asked for: latencies of one runtime say little about another. Pass "
+                               f"--runtime {table.runtime_name}, or a profile of {runtime} (`nas profile --runtime "
+                               f"{runtime} --space SPACE --out FILE`), or leave out --hw for the shipped one")
+        return table
 
     @property
     def is_default(self) -> bool:
-        return Path(self.path) == default_profile_path()
+        return self.runtime_name in SHIPPED and Path(self.path) == default_profile_path(self.runtime_name)
 
     def profile_command(self, space: str | None = None, input_shape: tuple[int, ...] | None = None) -> str:
         size = f" --input-size {input_shape[-1]}" if input_shape and len(input_shape) == 3 else ""
         cmd = f"nas profile --space {space or 'SPACE'}{size}"
+        rt = f" --runtime {self.runtime_name}"
         if self.is_default:  # the shipped file is not the user's to extend: start their own
-            return f"`{cmd} --out my-cpu.json` (a profile of your own), then pass --hw my-cpu.json"
-        return f"`{cmd} --out {self.path}` (it keeps the entries already there)"
+            return f"`{cmd} --out my-cpu.json{rt}` (a profile of your own), then pass --hw my-cpu.json"
+        return f"`{cmd} --out {self.path}{rt}` (it keeps the entries already there)"
 
     # ------------------------------------------------------------------ look-up
     def snap(self, spec: LayerSpec) -> LayerSpec:
@@ -126,15 +139,14 @@ class LatencyTable:
         level = min(self.levels, key=lambda v: abs(v - spec.sparsity))
         if abs(level - spec.sparsity) > SNAP_TOLERANCE:
             return spec
-        return LayerSpec(spec.op, spec.cin, spec.cout, spec.kernel, spec.stride, spec.groups, spec.in_hw, level,
-                         spec.batch)
+        return dataclasses.replace(spec, sparsity=level)
 
     def timings(self, spec: LayerSpec) -> dict[str, float] | None:
         """``{impl: median ms}`` for the implementations ``to_inference`` can give this layer, or None."""
         entry = self.entries.get(self.snap(spec).key())
         if entry is None:
             return None
-        wanted = layer_impls(spec)
+        wanted = self.runtime.impls(spec)
         found = {i: float(t[self.metric]) for i, t in entry["impls"].items() if i in wanted}
         return found or None
 
@@ -150,7 +162,8 @@ class LatencyTable:
         return impl, t[impl]
 
     def choose(self, spec: LayerSpec) -> str:
-        """The kernel ``to_inference`` should build for a sparse layer (a :data:`KERNELS` name)."""
+        """The kernel the artifact runs a sparse layer with, in ``to_inference``'s terms: a
+        :data:`~sparsenas.ops.KERNELS` name (``dense`` for the runtime's native op) or ``grouped``."""
         impl, _ = self.best(spec)
         return "dense" if impl == NATIVE else impl
 

@@ -85,12 +85,12 @@ def validate(table: LatencyTable, space: Any, task: Task, *, n: int = 50, seed: 
     archs = sample_archs(space, task, n, seed=seed, exclude={space.upgrade(Arch.from_dict(r["arch"])).digest() for r in cal.get("networks", [])})
     log(f"building {len(archs)} random {space.name} networks (+{anchor_networks} calibration networks as the "
         "speed anchor)")
-    nets = [build_network(space, a, task, table.choose) for a in archs]
+    nets = [build_network(space, a, task, table.choose, table.runtime) for a in archs]
     table.speed.pop(calibration_key(space.name, task.input_shape), None)  # unanchored first; scaled below
     preds = [table.predict(net.layers, space.name, task.input_shape) for net in nets]
     ref_nets, refs = _anchor_networks(table, space, task, anchor_networks)
     log(f"timing {len(nets) + len(refs)} networks end to end, interleaved ({repeats} calls each)")
-    timings = measure_networks([x.inference for x in nets + refs], task.input_shape, repeats=repeats, rounds=rounds)
+    timings = measure_networks(nets + refs, repeats=repeats, rounds=rounds, metric=metric)
     anchor = speed_factor(table, ref_nets, timings[len(nets):])
     measured = np.array([getattr(t, metric) for t in timings[:len(nets)]])
     measured_wall = np.array([t.wall_ms for t in timings[:len(nets)]])
@@ -99,7 +99,7 @@ def validate(table: LatencyTable, space: Any, task: Task, *, n: int = 50, seed: 
     plain = np.array([p.plain_sum_ms for p in preds])
     anchored = fidelity(predicted, measured)
     report: dict[str, Any] = {
-        "profile": table.name, "profile_path": table.path, "space": space.name, "input_shape": list(task.input_shape),
+        "profile": table.name, "profile_path": table.path, "runtime": table.runtime.info(), "space": space.name, "input_shape": list(task.input_shape),
         "n": len(nets), "metric": metric, "repeats": repeats, "calibration": cal.get("date"),
         "anchored": anchored, "unanchored": fidelity(unanchored, measured), "plain_sum": fidelity(plain, measured),
         "anchored_vs_wall_median": fidelity(predicted, measured_wall),
@@ -113,7 +113,7 @@ def validate(table: LatencyTable, space: Any, task: Task, *, n: int = 50, seed: 
                                                      preds)],
     }
     if plot is not None:
-        title = (f"{table.name}: {space.name} {'x'.join(map(str, task.input_shape))}, n={len(nets)}, {metric}\n"
+        title = (f"{table.name} ({table.runtime_name}): {space.name} {'x'.join(map(str, task.input_shape))}, n={len(nets)}, {metric}\n"
                  f"anchored (x{anchor.speed:.2f}): within ±10% {anchored['within_10']:.0%}, MAPE {anchored['mape']:.1%},"
                  f" Spearman {anchored['spearman']:.3f}\nwithin ±10%: unanchored {report['unanchored']['within_10']:.0%},"
                  f" plain kernel sum {report['plain_sum']['within_10']:.0%}")

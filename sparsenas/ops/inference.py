@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..timing import Timing, time_interleaved
 from .kernels import KERNELS, DenseConv2dKernel, _MatmulKernel, is_pointwise, kernel_impl
 from .masks import magnitude_mask
+from .plain import grouped_pointwise
 from .sparse import SparseMixin
 from .spec import LayerSpec, trace_named_layers
 
@@ -79,7 +80,7 @@ def to_inference(
     """Deep copy of ``model`` in eval mode with every sparse layer replaced by a kernel module.
 
     Sparse linear and 1x1 convs (groups=1, no padding) get ``choose(spec)`` (default
-    :func:`measured_choice`), with the spec traced at ``input_shape`` (no batch dim) and ``batch``;
+    :func:`measured_choice`; ``"grouped"`` lowers a block-diagonal G2G layer to a grouped conv), with the spec traced at ``input_shape`` (no batch dim) and ``batch``;
     other sparse convs, and sparse layers the forward never reaches, get the dense kernel. Dense
     layers are left as they are. The model itself is not modified.
     """
@@ -94,7 +95,7 @@ def to_inference(
         spec = specs.get(name)
         csr_ok = isinstance(module, nn.Linear) or is_pointwise(module)
         impl = choose(spec) if spec is not None and csr_ok and spec.sparse_capable else "dense"
-        kernel = module.to_inference(impl)
+        kernel = grouped_pointwise(module) if impl == "grouped" else module.to_inference(impl)
         if name == "":
             return kernel.eval()
         out.set_submodule(name, kernel)

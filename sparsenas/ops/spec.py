@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ..errors import SparseNASError
 
-__all__ = ["LayerSpec", "OPS", "trace_layers", "trace_named_layers"]
+__all__ = ["LayerSpec", "OPS", "block_groups", "trace_layers", "trace_named_layers"]
 
 OPS = frozenset({"conv2d", "linear"})
 
@@ -36,6 +36,8 @@ class LayerSpec:
     in_hw: tuple[int, ...] = ()
     sparsity: float = 0.0
     batch: int = 1
+    blocks: int = 0          # a block-diagonal 1x1 layer (G2G "block"): its number of diagonal blocks
+    permuted: bool = False   # ... whose channels are grouped other than by index (a gather to lower it)
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
@@ -47,6 +49,12 @@ class LayerSpec:
             if int(v) != v or v < 1:
                 raise SparseNASError(f"LayerSpec.{name} must be a positive integer, got {v!r}")
             object.__setattr__(self, name, int(v))
+        object.__setattr__(self, "blocks", int(self.blocks))
+        object.__setattr__(self, "permuted", bool(self.permuted))
+        if self.blocks and (self.blocks < 2 or self.cin % self.blocks or self.cout % self.blocks or self.groups != 1
+                            or self.kernel != 1):
+            raise SparseNASError(f"LayerSpec: blocks={self.blocks} needs a 1x1 layer with groups=1 whose channels "
+                                 f"({self.cin}, {self.cout}) it divides")
         if self.op == "conv2d" and len(self.in_hw) != 2:
             raise SparseNASError(f"LayerSpec for conv2d needs in_hw=(H, W), got {self.in_hw}")
         if self.cin % self.groups or self.cout % self.groups:
@@ -56,8 +64,10 @@ class LayerSpec:
 
     def key(self) -> str:
         """Stable readable key, e.g. ``conv2d:c96-576:k1:s1:g1:in8x8:sp0.9:b1`` or
-        ``linear:c1280-10:sp0:b1``."""
+        ``linear:c1280-10:sp0:b1``; a block-diagonal layer ends in ``:bd4`` (``:bd4p`` when permuted)."""
         sp = f"sp{self.sparsity:g}:b{self.batch}"
+        if self.blocks:
+            sp += f":bd{self.blocks}{'p' if self.permuted else ''}"
         if self.op == "linear":
             return f"linear:c{self.cin}-{self.cout}:{sp}"
         hw = "x".join(map(str, self.in_hw))
@@ -116,15 +126,35 @@ def _square(v: tuple[int, ...] | int, what: str, module: nn.Module) -> int:
     return int(v[0])
 
 
+def block_groups(module: nn.Module) -> int:
+    """Number of diagonal blocks of a block-diagonal G2G 1x1 conv (0 when the layer is not one):
+    every ensemble talks only to itself, and the ensembles divide both channel counts evenly."""
+    if getattr(module, "mask_kind", None) != "g2g" or getattr(module, "graph_kind", None) != "block":
+        return 0
+    if not isinstance(module, nn.Conv2d) or tuple(module.kernel_size) != (1, 1) or module.groups != 1:
+        return 0
+    g = int(module.ensembles)
+    if g < 2 or module.in_channels % g or module.out_channels % g:
+        return 0
+    return g
+
+
+def _permuted(module: nn.Module) -> bool:
+    """Whether a block-diagonal layer's channels are grouped other than contiguously by index."""
+    return any(bool((torch.diff(getattr(module, g)) < 0).any()) for g in ("in_group", "out_group"))
+
+
 def _spec_of(module: nn.Module, x: Tensor) -> LayerSpec | None:
     own = getattr(module, "layer_spec", None)
     if callable(own):  # inference kernels describe themselves
         return own(x)
     if isinstance(module, nn.Conv2d):
+        blocks = block_groups(module)
         return LayerSpec(
             "conv2d", module.in_channels, module.out_channels, kernel=_square(module.kernel_size, "kernel", module),
             stride=_square(module.stride, "stride", module), groups=module.groups, in_hw=tuple(x.shape[-2:]),
             sparsity=_weight_sparsity(module), batch=x.shape[0] if x.dim() == 4 else 1,
+            blocks=blocks, permuted=blocks > 0 and _permuted(module),
         )
     if isinstance(module, nn.Linear):
         return LayerSpec("linear", module.in_features, module.out_features, sparsity=_weight_sparsity(module),

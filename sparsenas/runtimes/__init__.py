@@ -1,0 +1,33 @@
+"""Inference runtimes: one module each, registered by name (``torch``, ``onnxruntime``, ``openvino``).
+
+A runtime says which kernels it really has for a layer, times them in context, turns a network into
+the artifact a user deploys and runs it (:class:`~sparsenas.runtimes.base.Runtime`). Hardware
+profiles, the latency evaluators and ``nas export`` go through it, so every latency figure belongs to
+a named runtime.
+"""
+from __future__ import annotations
+
+from ..registry import GROUPS, Registry, subclass_adopter
+from .base import GROUPED, NATIVE, Chooser, Runtime, RuntimeNotInstalled
+
+__all_modules__ = ("pytorch", "onnxruntime", "openvino")
+
+RUNTIMES: Registry = Registry("runtime", __name__, group=GROUPS["runtime"],
+                              adopt=subclass_adopter("runtime", Runtime), alias=lambda cls: cls.name)
+DEFAULT_RUNTIME = "onnxruntime"  # the default export format, run where users deploy it
+
+__all__ = ["RUNTIMES", "DEFAULT_RUNTIME", "Chooser", "GROUPED", "NATIVE", "Runtime", "RuntimeNotInstalled", "get_runtime"]
+
+_INSTANCES: dict[str, Runtime] = {}
+
+
+def get_runtime(name: str | None = None, *, check: bool = True) -> Runtime:
+    """The runtime registered as ``name`` (default :data:`DEFAULT_RUNTIME`); with ``check``, a clear
+    :class:`RuntimeNotInstalled` naming the extra when its package is missing."""
+    name = name or DEFAULT_RUNTIME
+    if name not in _INSTANCES:
+        _INSTANCES[name] = RUNTIMES.get(name)()
+    rt = _INSTANCES[name]
+    if check:
+        rt.require()
+    return rt
