@@ -6,9 +6,10 @@ from typing import Any
 
 import optuna
 
+from . import distributed
 from .errors import SparseNASError
 from .runtimes import DEFAULT_RUNTIME
-from .tracking import DEFAULT_STORAGE, MULTI, OBJECTIVE_NAMES, SINGLE
+from .tracking import DEFAULT_STORAGE, MULTI, OBJECTIVE_NAMES, SINGLE, checkpoint_dir_for
 
 
 from .config import DEFAULT_EPOCHS  # noqa: E402  (defined once; export.py reads it from here too)
@@ -28,6 +29,7 @@ class SearchConfig:
     lr: float = 0.05
     storage: str = DEFAULT_STORAGE
     artifact_dir: str | None = None     # trained weights; default <db stem>-artifacts/ beside file storages
+    checkpoint_dir: str | None = None   # supernet checkpoints (<dir>/<study>/); default <db stem>-checkpoints/
     study: str | None = None            # None: derived from space, dataset and strategy
     seed: int = 0
     device: str = "cpu"
@@ -136,6 +138,13 @@ def _search(config: SearchConfig | None = None, *, progress: bool = True, **over
     sampler_check(strategy, config.sampler, config.sampler_args, objectives, config.seed, config.trials)
     pruner = make_pruner(config.pruner, config.pruner_args, objectives, epochs=config.epochs or DEFAULT_EPOCHS)
     device = _device(config.device)
+    if distributed.env_world_size() > 1:  # under torchrun: only rank 0 opens the study (below)
+        if not strategy.runs_distributed:
+            raise SparseNASError(f"strategy '{config.strategy}' does not run under torchrun; the supernet strategies "
+                                 "do (dass, entangled, balanced). Spread other searches with one `nas search` per "
+                                 "worker on a shared --storage")
+        distributed.init_from_env(device)
+        progress = progress and distributed.is_main()
     data = load_dataset(config.dataset or space.default_dataset, data_dir=config.data_dir,
                         input_size=config.input_size, seed=config.seed, limit=config.limit)
     space.check_task(data.task)
@@ -146,7 +155,8 @@ def _search(config: SearchConfig | None = None, *, progress: bool = True, **over
                                                                          runtime=config.runtime)
     strategy.check(space, data.task, options)
     spec = StudySpec(space.name, space.version, data.task.dataset, data.task.to_dict(), objectives, config.runtime)
-    tracker = Tracker(config.storage, config.study_name(data.task.dataset, space.name), spec, pruner=pruner,
+    storage: Any = config.storage if distributed.is_main() else optuna.storages.InMemoryStorage()
+    tracker = Tracker(storage, config.study_name(data.task.dataset, space.name), spec, pruner=pruner,
                       extra_attrs={"strategy": config.strategy, "config": asdict(config)},
                       artifact_dir=config.artifact_dir)
     epochs = config.epochs or (10_000 if config.time_budget else DEFAULT_EPOCHS)
@@ -158,7 +168,9 @@ def _search(config: SearchConfig | None = None, *, progress: bool = True, **over
         ctx = SearchContext(space=space, task=data.task, data=data, evaluator=evaluator, tracker=tracker,
                             trials=config.trials, seed=config.seed, device=device, timeout=config.timeout,
                             max_latency_ms=config.max_latency_ms, progress=bar, options=options,
-                            sampler=config.sampler, sampler_args=dict(config.sampler_args))
+                            sampler=config.sampler, sampler_args=dict(config.sampler_args),
+                            checkpoint_dir=checkpoint_dir_for(config.storage, tracker.study.study_name,
+                                                              config.checkpoint_dir))
         # 1 thread by default: on a 2-core machine with anything else running, a training step took
         # 20-30x longer with 2 threads than with 1 (OpenMP threads spin waiting for a core).
         with num_threads(config.threads):

@@ -1,6 +1,6 @@
 """The one timing utility of the project (kernel choice, measured latency, profiler, benchmarks).
 
-Measured facts behind the defaults (``/work/shared/reference/kernels.md``): MKL sparse kernels
+Measured facts behind the defaults (docs/measurements.md): MKL sparse kernels
 collapse with more than one thread, so timings run with ``threads=1`` unless told otherwise; thread
 CPU time is 3x less noisy than wall time on a shared machine, so both are recorded; candidates must
 be compared in interleaved rounds, since absolute times drift by up to 1.7x between runs while

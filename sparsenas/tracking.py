@@ -277,6 +277,16 @@ def default_artifact_dir(storage_url: str) -> str | None:
     return os.path.splitext(path)[0] + "-artifacts"
 
 
+def checkpoint_dir_for(storage_url: str, study_name: str, checkpoint_dir: str | None = None) -> str | None:
+    """The folder of a study's supernet checkpoints: ``<checkpoint_dir>/<study>/`` when given, else
+    ``<file stem>-checkpoints/<study>/`` beside a sqlite or journal file; None for database servers."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study_name) or "study"
+    if checkpoint_dir:
+        return os.path.join(checkpoint_dir, safe)
+    artifacts = default_artifact_dir(storage_url)
+    return None if artifacts is None else os.path.join(artifacts[:-len("-artifacts")] + "-checkpoints", safe)
+
+
 def _file_store(path: str, *, create: bool = False) -> optuna.artifacts.FileSystemArtifactStore:
     if create:
         os.makedirs(path, exist_ok=True)

@@ -43,6 +43,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--study", help="study name (default: SPACE-DATASET-STRATEGY)")
     p.add_argument("--artifact-dir", help="folder for trained weights (Optuna artifacts; default "
                    "<db stem>-artifacts/ beside a sqlite or journal file)")
+    p.add_argument("--checkpoint-dir", help="folder for supernet checkpoints, one subfolder per study "
+                   "(default <db stem>-checkpoints/ beside a sqlite or journal file; none for database servers)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--objective", choices=["multi", "accuracy"],
@@ -157,6 +159,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(config_to_toml(config, cls.options), end="")
         return 0
     study = search(config, progress=not getattr(args, "no_progress", False))
+    from .. import distributed
+
+    if not distributed.is_main():  # under torchrun rank 0 alone reports (the others hold no study)
+        return 0
     return _print_front(study, config.storage, getattr(args, "json", False))
 
 

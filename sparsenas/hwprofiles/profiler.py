@@ -35,16 +35,18 @@ from .profile import (FEATURES, ProfileError, calibration_key, machine_info, new
                       read_profile, write_json_atomic)
 from .table import LatencyTable
 
-__all__ = ["KernelTimer", "profile_space", "run_profile", "fit_calibration", "partial_path", "cuda_semi_structured"]
+__all__ = ["KernelTimer", "fit_networks", "refit", "profile_space", "run_profile", "fit_calibration", "partial_path", "cuda_semi_structured"]
 
 SAVE_EVERY_S = 10.0
 # "layers" is left out: it is the sum of the per-implementation counts. The kernel sum is split by
 # kind (1x1, depthwise, the rest): in ONNX Runtime a 1x1 conv in a network runs at ~0.87x its isolated
 # time and a depthwise one at ~0.42x (fused activations, warm caches), which one coefficient on the
-# plain sum cannot express (leave-one-out within +-10% 88% with it, 95% split, 8x8 inputs).
+# plain sum cannot express (leave-one-out within +-10% 88% with it, 95% split, 8x8 inputs); the
+# multiply-accumulates of each kind say how far from its isolated time a layer of that size runs
+# (leave-one-out 94% -> 100% at 8x8 and 92% -> 99% at 16x16 in ONNX Runtime).
 CALIBRATION_FEATURES = ("sum_pw_ms", "sum_dw_ms", "sum_other_ms", "layers_native", "layers_dense",
                         "layers_torch_csr", "layers_scipy_csr", "layers_grouped", "act_melems", "dw_layers",
-                        "dw_act_melems", "one")
+                        "dw_act_melems", "pw_mmacs", "dw_mmacs", "one")
 
 
 def partial_path(out: str | Path) -> Path:
@@ -207,26 +209,52 @@ def _calibrate(data: dict[str, Any], space: Any, task: Task, n: int, repeats: in
     if progress:
         progress.update(bar, description=f"{space.name} {task.input_shape}: time {n} networks end to end")
     timings = measure_networks(nets, repeats=repeats, metric=data["timing"]["metric"])
-    preds = [table.predict(n.layers) for n in nets]
+    measured = [t.to_dict() for t in timings]
+    return fit_networks(data, space, task, archs, [n.layers for n in nets], measured, repeats)
+
+
+def fit_networks(data: dict[str, Any], space: Any, task: Task, archs: list[Any], layers: list[list[LayerSpec]],
+                 measured: list[dict[str, Any]], repeats: int) -> dict[str, Any]:
+    """The calibration of ``space`` at ``task``'s input from networks measured end to end (their
+    ``Timing.to_dict()``s): coefficients, fit and leave-one-out figures, the networks themselves."""
+    table = LatencyTable(data, "<profile in progress>")
+    preds = [table.predict(ls) for ls in layers]
     cols = [FEATURES.index(f) for f in CALIBRATION_FEATURES]
     feats = np.array([p.features for p in preds])[:, cols]
     metric = data["timing"]["metric"]
-    measured = np.array([getattr(t, metric) for t in timings])
-    coef = fit_calibration(feats, measured)
+    y = np.array([m[metric] for m in measured])
+    coef = fit_calibration(feats, y)
     fitted = feats @ np.array(coef)
-    loo = np.empty(len(nets))
-    for i in range(len(nets)):  # leave-one-out: how well the model predicts a network it was not fitted on
-        keep = np.arange(len(nets)) != i
-        loo[i] = feats[i] @ np.array(fit_calibration(feats[keep], measured[keep]))
+    loo = np.empty(len(y))
+    for i in range(len(y)):  # leave-one-out: how well the model predicts a network it was not fitted on
+        keep = np.arange(len(y)) != i
+        loo[i] = feats[i] @ np.array(fit_calibration(feats[keep], y[keep]))
     networks = [{"arch": a.to_dict(), "digest": a.digest(), "features": dict(zip(FEATURES, p.features)),
-                 "kernels": p.kernels,
-                 "measured": {k: v for k, v in t.to_dict().items()}, "predicted_ms": float(f)}
-                for a, p, t, f in zip(archs, preds, timings, fitted)]
+                 "kernels": p.kernels, "measured": dict(m), "predicted_ms": float(f)}
+                for a, p, m, f in zip(archs, preds, measured, fitted)]
     return {"space": space.name, "input_shape": list(task.input_shape), "num_classes": task.num_classes,
             "features": list(CALIBRATION_FEATURES), "coef": coef, "metric": metric, "model": "nnls-relative",
-            "fit": _fit_report(fitted, measured), "leave_one_out": _fit_report(loo, measured),
-            "plain_sum": _fit_report(np.array([p.plain_sum_ms for p in preds]), measured), "repeats": repeats,
+            "fit": _fit_report(fitted, y), "leave_one_out": _fit_report(loo, y),
+            "plain_sum": _fit_report(np.array([p.plain_sum_ms for p in preds]), y), "repeats": repeats,
             "load_avg": machine_info(1)["load_avg"], "date": now(), "networks": networks}
+
+
+def refit(data: dict[str, Any], space: Any, task: Task) -> dict[str, Any]:
+    """Fit ``space``'s calibration again on the networks already measured for it (after a change of
+    the calibration's features): nothing is re-timed."""
+    import torch
+
+    from ..arch import Arch
+    from ..ops import trace_layers
+
+    old = data["calibrations"][calibration_key(space.name, task.input_shape)]
+    archs = [space.upgrade(Arch.from_dict(n["arch"])) for n in old["networks"]]
+    layers = []
+    for a in archs:
+        torch.manual_seed(0)  # build_network's seed: the same masks as when measured
+        layers.append(trace_layers(space.build(a, task).eval(), task.input_shape))
+    return {**fit_networks(data, space, task, archs, layers, [n["measured"] for n in old["networks"]],
+                           old.get("repeats", 0)), "date": old.get("date"), "load_avg": old.get("load_avg")}
 
 
 def run_profile(jobs: list[tuple[Any, Task]], out: str | Path, *, name: str | None = None,

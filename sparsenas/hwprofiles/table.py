@@ -55,6 +55,8 @@ def feature_vector(layers: Sequence[LayerSpec], picks: Sequence[tuple[str, float
                "sum_dw_ms": float(sum(ms for (_, ms), s in zip(picks, layers) if s.groups > 1)),
                "sum_other_ms": float(sum(ms for (_, ms), s, pw in zip(picks, layers, pointwise)
                                          if not pw and s.groups == 1)),
+               "pw_mmacs": sum(s.flops() for s, pw in zip(layers, pointwise) if pw) / 1e6,
+               "dw_mmacs": sum(s.flops() for s in depthwise) / 1e6,
                "act_melems": sum(_out_elems(s) for s in layers) / 1e6, "dw_layers": float(len(depthwise)),
                "dw_act_melems": sum(_out_elems(s) for s in depthwise) / 1e6, "one": 1.0}
     for f in FEATURES:

@@ -75,14 +75,17 @@ def scatter_plot(path: str | Path, measured: np.ndarray, predicted: np.ndarray, 
 
 def validate(table: LatencyTable, space: Any, task: Task, *, n: int = 50, seed: int = 1, repeats: int = 200,
              rounds: int = 20, anchor_networks: int = 16, plot: str | Path | None = None,
-             log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Build ``n`` random architectures (none of the calibration ones), predict and measure them."""
+             log: Callable[[str], None] = lambda s: None, archs: list[Arch] | None = None) -> dict[str, Any]:
+    """Build ``n`` random architectures (none of the calibration ones), or ``archs``, predict them
+    and measure them in the profile's runtime (its exported artifact)."""
     from .anchor import anchor_networks as _anchor_networks
     from .anchor import speed_factor
 
     cal = table.calibration(space.name, task.input_shape)  # a clear error before any work
     metric = table.metric
-    archs = sample_archs(space, task, n, seed=seed, exclude={space.upgrade(Arch.from_dict(r["arch"])).digest() for r in cal.get("networks", [])})
+    if archs is None:
+        archs = sample_archs(space, task, n, seed=seed,
+                             exclude={space.upgrade(Arch.from_dict(r["arch"])).digest() for r in cal.get("networks", [])})
     log(f"building {len(archs)} random {space.name} networks (+{anchor_networks} calibration networks as the "
         "speed anchor)")
     nets = [build_network(space, a, task, table.choose, table.runtime) for a in archs]

@@ -15,14 +15,14 @@ import dataclasses
 import itertools
 import time
 
-import torch
-
 from ..arch import Arch
 from ..errors import SparseNASError
 from ..evaluators import Evaluator, TrainResult
-from ..supernets.balanced import BalancedMixture, train_mixture
+from .. import distributed
+from ..supernets.balanced import BalancedMixture, BalancedTrainer
 from . import STRATEGIES
 from .base import SearchContext, Strategy
+from .supernet import train_supernet
 from .options import Option
 
 MAX_PATHS = 1000
@@ -54,6 +54,7 @@ def _option(ctx: SearchContext, name: str, default: int) -> int:
 @STRATEGIES.register("balanced")
 class BalancedStrategy(Strategy):
     name = "balanced"
+    runs_distributed = True
     description = ("balanced mixture of M supernets (default 4) over every architecture of a small space "
                    "(pooling_resnet20), ranked by supernet accuracy; the best retrained standalone")
     options = (
@@ -81,12 +82,14 @@ class BalancedStrategy(Strategy):
         start = time.perf_counter()
 
         estimated = [t for t in tracker.finished() if t.user_attrs.get("stage") == "estimate"]
-        if tracker.study.user_attrs.get(ESTIMATES_DONE) and estimated:
+        if distributed.broadcast(bool(tracker.study.user_attrs.get(ESTIMATES_DONE) and estimated)):
             ranked = sorted(estimated, key=lambda t: -t.values[0])
             ranking = [Arch.from_json(t.user_attrs["arch"]) for t in ranked]
             ctx.progress.log(f"balanced: resuming, {len(ranking)} supernet estimates already in the study")
         else:
             ranking = self._search(ctx, paths, choices, num_models, search_epochs)
+        if not distributed.is_main():  # the other ranks only train; rank 0 scores, retrains and logs
+            return
         done = {t.user_attrs.get("arch_digest") for t in tracker.finished() if t.user_attrs.get("stage") == "retrained"}
         retrain = Evaluator(space, ctx.data, dataclasses.replace(evaluator.budget, epochs=retrain_epochs),
                             evaluator.latency_of, seed=ctx.seed, device=ctx.device)
@@ -107,12 +110,16 @@ class BalancedStrategy(Strategy):
     def _search(self, ctx: SearchContext, paths: list[Arch], choices: dict, num_models: int,
                 search_epochs: int) -> list[Arch]:
         space, evaluator, tracker, task = ctx.space, ctx.evaluator, ctx.tracker, ctx.task
-        torch.manual_seed(ctx.seed)
-        mixture = BalancedMixture(lambda: space.path_supernet(task), paths, num_models)
         ctx.progress.trial_started(len(tracker.study.trials), f"{num_models} supernets x {len(paths)} paths")
-        report = train_mixture(mixture, ctx.data, epochs=search_epochs, batch_size=evaluator.budget.batch_size,
-                               lr=max(evaluator.budget.lr, 0.1), seed=ctx.seed, device=ctx.device,
-                               on_step=ctx.progress.trial_progress)
+        trainer = BalancedTrainer(lambda: BalancedMixture(lambda: space.path_supernet(task), paths, num_models),
+                                  ctx.data, epochs=search_epochs, batch_size=evaluator.budget.batch_size,
+                                  lr=max(evaluator.budget.lr, 0.1), seed=ctx.seed, device=ctx.device,
+                                  on_step=ctx.progress.trial_progress,
+                                  extra_settings={"supernets": num_models, "paths": [a.digest() for a in paths]})
+        train_supernet(ctx, trainer)
+        if not distributed.is_main():
+            return []
+        mixture, report = trainer.mixture, trainer.derive()
         x_val, y_val = ctx.data.val.tensors
         scores = mixture.score(x_val, y_val, device=ctx.device)  # (paths, M)
         best_model = scores.argmax(1)

@@ -30,11 +30,14 @@ class SearchContext:
     options: dict[str, Any] = field(default_factory=dict)  # the strategy's options, resolved (see Strategy.options)
     sampler: str | None = None       # sampler strategies: an Optuna sampler by name (strategies/samplers.py)
     sampler_args: dict[str, Any] = field(default_factory=dict)
+    checkpoint_dir: str | None = None  # supernet strategies checkpoint every epoch here (None: not at all)
 
 
 class Strategy(ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    runs_distributed: ClassVar[bool] = False  # runs under torchrun (the supernet strategies)
+
     # Every option this strategy reads from ctx.options, declared once: the CLI flags, the config
     # file's [options] table and the errors for unknown or mistyped options all come from here.
     options: ClassVar[tuple[Option, ...]] = ()

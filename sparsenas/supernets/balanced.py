@@ -24,17 +24,19 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import distributed
 from ..arch import Arch
 from ..data import DataSplits
+from ..errors import SparseNASError
+from .base import SupernetTrainer, cycle_batches, epoch_batches, epoch_seed, run_epochs, shard_loss
 
 __all__ = ["kl_to_uniform", "balance_correction", "balanced_probs", "BalancedMixture", "MixtureReport",
-           "train_mixture"]
+           "BalancedTrainer", "train_mixture"]
 
 
 def kl_to_uniform(marginal: Tensor) -> float:
@@ -129,50 +131,97 @@ class BalancedMixture(nn.Module):
         return out
 
 
+class BalancedTrainer(SupernetTrainer):
+    """Training of a :class:`BalancedMixture` (the paper's schedule: SGD, cosine lr ``lr -> lr_end``)
+    as a :class:`~sparsenas.supernets.base.SupernetTrainer`. Under torchrun every model is wrapped in
+    DistributedDataParallel; the validation accuracy that updates ``W`` is summed over the ranks, so
+    every rank samples the same (path, model) pairs."""
+
+    kind = "balanced"
+
+    def __init__(self, make_mixture: Callable[[], BalancedMixture], data: DataSplits, *, epochs: int,
+                 batch_size: int = 64, lr: float = 0.1, lr_end: float = 1e-3, momentum: float = 0.9,
+                 weight_decay: float = 0.0, seed: int = 0, device: str | torch.device = "cpu",
+                 on_step: Callable[[float], None] | None = None, extra_settings: dict[str, Any] | None = None) -> None:
+        self.extra_settings = dict(extra_settings or {})
+        self.make_mixture, self.data, self.epochs, self.batch_size = make_mixture, data, epochs, batch_size
+        self.lr, self.lr_end, self.momentum, self.weight_decay = lr, lr_end, momentum, weight_decay
+        self.seed, self.device, self.on_step = seed, device, on_step
+        self.step, self.seconds = 0, 0.0
+
+    def settings(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "lr_end": self.lr_end,
+                "momentum": self.momentum, "weight_decay": self.weight_decay, "task": self.data.task.to_dict(),
+                "train_rows": len(self.data.train), **self.extra_settings}
+
+    def build(self) -> None:
+        self.mixture = mixture = self.make_mixture()
+        mixture.to(self.device).train()
+        self.settings_paths = [a.digest() for a in mixture.paths]
+        self.opts = [torch.optim.SGD(net.parameters(), lr=self.lr, momentum=self.momentum,
+                                     weight_decay=self.weight_decay) for net in mixture.models]
+        self.nets = [distributed.wrap(net) for net in mixture.models]
+        self.model_steps = [0] * mixture.num_models
+        self.total = max(1, self.epochs * math.ceil(len(self.data.train) / self.batch_size))
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        mixture, device, t0 = self.mixture, self.device, time.perf_counter()
+        rng = random.Random(epoch_seed(self.seed, epoch, 4))
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, 5))
+        progress_t = epoch / max(1, self.epochs - 1)
+        kl = mixture.rebalance(progress_t)
+        val = cycle_batches(self.data.val, self.batch_size, self.seed, epoch, 1, device)
+        for x, y, n in epoch_batches(self.data.train, self.batch_size, self.seed, epoch, 0, device):
+            cur_lr = self.lr_end + 0.5 * (self.lr - self.lr_end) * (1 + math.cos(math.pi * self.step / self.total))
+            a = rng.randrange(len(mixture.paths))
+            m = int(torch.multinomial(mixture.model_probs(progress_t)[a], 1, generator=gen))
+            net, opt = mixture.models[m], self.opts[m]
+            for g in opt.param_groups:
+                g["lr"] = cur_lr
+            net.train()
+            loss = shard_loss(self.nets[m](x, mixture.paths[a]), y, n)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            self.model_steps[m] += 1
+            xv, yv, _ = next(val)
+            with torch.no_grad():  # batch statistics in either mode: eval() changes nothing but dropout
+                hits = torch.tensor([float((net(xv, mixture.paths[a]).argmax(1) == yv).sum()), float(len(yv))],
+                                    dtype=torch.float64)
+            distributed.average_([hits])  # the ratio of the means is the accuracy over the whole batch
+            mixture.update(a, m, float(hits[0] / hits[1]))
+            self.step += 1
+            if self.on_step is not None:
+                self.on_step(self.step / self.total)
+        self.seconds += time.perf_counter() - t0
+        return {"kl_to_uniform": round(kl, 6), "model_steps": list(self.model_steps)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mixture": self.mixture.state_dict(), "opts": [o.state_dict() for o in self.opts],
+                "paths": self.settings_paths, "step": self.step, "model_steps": list(self.model_steps),
+                "seconds": self.seconds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if list(state["paths"]) != self.settings_paths:
+            raise SparseNASError("the supernet checkpoint's mixture covers other architectures than this run; delete "
+                                 "it or pass another --checkpoint-dir")
+        self.mixture.load_state_dict(state["mixture"])
+        for o, st in zip(self.opts, state["opts"]):
+            o.load_state_dict(st)
+        self.step, self.seconds = int(state["step"]), float(state["seconds"])
+        self.model_steps = [int(v) for v in state["model_steps"]]
+
+    def derive(self) -> MixtureReport:
+        final = self.mixture.model_probs(1.0)
+        return MixtureReport(self.step, self.seconds, final.argmax(1).tolist(), list(self.model_steps))
+
+
 def train_mixture(mixture: BalancedMixture, data: DataSplits, *, epochs: int, batch_size: int = 64, lr: float = 0.1,
                   lr_end: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0,
                   device: str | torch.device = "cpu",
                   on_step: Callable[[float], None] | None = None) -> MixtureReport:
-    """Train the mixture in place (the paper's schedule: SGD, cosine lr ``lr -> lr_end``)."""
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    gen = torch.Generator().manual_seed(seed)
-    mixture.to(device).train()
-    opts = [torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-            for net in mixture.models]
-    train_loader = data.loader("train", batch_size, shuffle=True, seed=seed)
-    val_loader = data.loader("val", batch_size, shuffle=True, seed=seed + 1)
-    val_iter = iter(val_loader)
-    total = max(1, epochs * len(train_loader))
-    step, start = 0, time.perf_counter()
-    model_steps = [0] * mixture.num_models
-    for epoch in range(epochs):
-        mixture.rebalance(epoch / max(1, epochs - 1))
-        for x, y in train_loader:
-            progress = step / total
-            cur_lr = lr_end + 0.5 * (lr - lr_end) * (1 + math.cos(math.pi * progress))
-            a = rng.randrange(len(mixture.paths))
-            p = mixture.model_probs(epoch / max(1, epochs - 1))[a]
-            m = int(torch.multinomial(p, 1, generator=gen))
-            net, opt = mixture.models[m], opts[m]
-            for g in opt.param_groups:
-                g["lr"] = cur_lr
-            net.train()
-            loss = F.cross_entropy(net(x.to(device), mixture.paths[a]), y.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            model_steps[m] += 1
-            try:
-                xv, yv = next(val_iter)
-            except StopIteration:
-                val_iter = iter(val_loader)
-                xv, yv = next(val_iter)
-            with torch.no_grad():  # batch statistics in either mode: eval() changes nothing but dropout
-                acc = float((net(xv.to(device), mixture.paths[a]).argmax(1).cpu() == yv).float().mean())
-            mixture.update(a, m, acc)
-            step += 1
-            if on_step is not None:
-                on_step(step / total)
-    final = mixture.model_probs(1.0)
-    return MixtureReport(step, time.perf_counter() - start, final.argmax(1).tolist(), model_steps)
+    """Train the mixture in place, without a checkpoint (see :class:`BalancedTrainer`)."""
+    trainer = BalancedTrainer(lambda: mixture, data, epochs=epochs, batch_size=batch_size, lr=lr, lr_end=lr_end,
+                              momentum=momentum, weight_decay=weight_decay, seed=seed, device=device, on_step=on_step)
+    run_epochs(trainer, seed)
+    return trainer.derive()

@@ -1,0 +1,156 @@
+"""The supernet strategies' (dass, entangled, balanced) one training loop around their
+:class:`~sparsenas.supernets.base.SupernetTrainer`, with checkpoints:
+
+- epochs run as :func:`~sparsenas.supernets.base.run_epoch` runs them (generators seeded from
+  (seed, epoch)), so an epoch depends only on the seed, the epoch and the state the previous
+  epoch left, which the checkpoint holds;
+- after every epoch rank 0 writes the checkpoint atomically (a temporary file, then
+  ``os.replace``): the trainer's state (weights, architecture parameters, optimizers, step
+  counters), the generators' states, the epoch, the history and the settings it was made with;
+- the same command re-run loads it (``torch.load(weights_only=True)``) and goes on at the next
+  epoch; a checkpoint made with other settings is a clear error, never silently mixed in;
+- under ``torchrun`` every rank trains on its share of each batch (:mod:`sparsenas.distributed`),
+  rank 0 alone reads and writes the checkpoint and the others wait at a barrier.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import tempfile
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import distributed
+from ..errors import SparseNASError
+from ..supernets.base import SupernetTrainer, run_epoch, seed_everything
+from .base import SearchContext
+
+CHECKPOINT_FILE = "supernet.pt"
+FORMAT = 1
+
+
+# ---------------------------------------------------------------- generator states
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch generator states as tensors and plain types."""
+    version, inner, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(inner), gauss], "torch": torch.get_rng_state(),
+             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, inner, gauss = state["python"]
+    random.setstate((version, tuple(inner), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------- checkpoint files
+def checkpoint_path(ctx: SearchContext) -> str | None:
+    return os.path.join(ctx.checkpoint_dir, CHECKPOINT_FILE) if ctx.checkpoint_dir else None
+
+
+def save_checkpoint(path: str, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically: a reader sees the old file or the new, never half of one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".supernet-", suffix=".tmp", dir=folder)
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is as readable as the study beside it
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a foreign or damaged file: say so, do not train over it silently
+        raise SparseNASError(f"cannot read the supernet checkpoint {path}: {type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}; delete it to start the supernet "
+                             "training again") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise SparseNASError(f"{path} is not a sparsenas supernet checkpoint (format {FORMAT}); delete it or pass "
+                             "another --checkpoint-dir")
+    return state
+
+
+def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    keys = sorted(set(saved) | set(now))
+    return [f"{k}={saved.get(k)!r} (checkpoint) vs {now.get(k)!r} (this run)" for k in keys
+            if json.dumps(saved.get(k), sort_keys=True, default=str) != json.dumps(now.get(k), sort_keys=True, default=str)]
+
+
+def say(ctx: SearchContext, message: str) -> None:
+    if not distributed.is_main():
+        return
+    if ctx.progress.enabled:
+        ctx.progress.log(message)
+    else:
+        print(message, file=sys.stderr)
+
+
+def train_supernet(ctx: SearchContext, trainer: SupernetTrainer) -> list[dict[str, Any]]:
+    """Build ``trainer``, resume it from its checkpoint if there is one, train the remaining epochs
+    (checkpointing each) and return the history of all epochs, the resumed ones included."""
+    settings = {"strategy": trainer.kind, "seed": ctx.seed, **trainer.settings()}
+    path = checkpoint_path(ctx)
+    seed_everything(ctx.seed)
+    trainer.build()
+    state = None
+    if distributed.is_main() and path:
+        try:  # a folder that cannot be made is an error now, not after the first epoch
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        except OSError as e:
+            state = SparseNASError(f"cannot make the supernet checkpoint folder {os.path.dirname(path)}: "
+                                   f"{e.strerror or e}; pass a writable --checkpoint-dir")
+    if distributed.is_main() and path and state is None and os.path.exists(path):
+        try:
+            state = load_checkpoint(path)
+        except SparseNASError as e:  # handed to every rank below, so none waits for a rank that stopped
+            state = e
+        diff = [] if isinstance(state, SparseNASError) else _differences(
+            state["settings"], json.loads(json.dumps(settings, default=str)))
+        if diff:
+            state = SparseNASError(f"the supernet checkpoint {path} was made with other settings: {'; '.join(diff)}. "
+                                   "Re-run with the same settings to resume it, or pass another --checkpoint-dir "
+                                   "(or --study) to start a new one")
+    state = distributed.broadcast(state)
+    if isinstance(state, SparseNASError):
+        raise state
+    start, history, starts = 0, [], []
+    if state is not None:
+        trainer.load_state_dict(state["trainer"])
+        set_rng_state(state["rng"])
+        start, history, starts = int(state["epoch"]), list(state["history"]), list(state["starts"])
+        say(ctx, f"{trainer.kind}: resuming the supernet from {path} at epoch {start + 1}/{trainer.epochs}"
+            if start < trainer.epochs else f"{trainer.kind}: the supernet in {path} is fully trained; going on from it")
+    if path is None:
+        say(ctx, f"{trainer.kind}: this storage has no folder beside it, so the supernet is not checkpointed; pass "
+                 "--checkpoint-dir to resume after a crash")
+    starts.append(start)
+    for epoch in range(start, trainer.epochs):
+        entry = run_epoch(trainer, ctx.seed, epoch)
+        history.append(entry)
+        if path and distributed.is_main():
+            save_checkpoint(path, {"format": FORMAT, "settings": json.loads(json.dumps(settings, default=str)),
+                                   "epoch": epoch + 1, "epochs": trainer.epochs, "starts": starts,
+                                   "history": history, "trainer": trainer.state_dict(), "rng": rng_state()})
+        distributed.barrier()  # the other ranks wait for the checkpoint: a kill now loses no rank's epoch
+    return history
