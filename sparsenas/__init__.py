@@ -7,14 +7,17 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["search", "SearchConfig", "load", "Arch", "Task", "__version__"]
+# the Python API (sparsenas.api): export and report are there only, since sparsenas.export and
+# sparsenas.report are the modules that implement them
+_API = ("search", "SearchConfig", "train", "inspect", "profile", "validate_profile", "studies")
+__all__ = [*_API, "load", "Arch", "Task", "__version__"]
 
 from .arch import Arch
 from .task import Task
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("search", "SearchConfig"):
+    if name in _API:
         from . import api
 
         return getattr(api, name)

@@ -12,7 +12,7 @@ from .runtimes import DEFAULT_RUNTIME
 from .tracking import DEFAULT_STORAGE, MULTI, OBJECTIVE_NAMES, SINGLE, checkpoint_dir_for, mask_url
 
 
-DEFAULT_EPOCHS = 6
+from .config import DEFAULT_EPOCHS  # noqa: E402  (defined once; export.py reads it from here too)
 # what a resumed study must keep (tracking.Tracker._check_settings); trials, timeout, workers, threads,
 # device and progress may change between runs
 RESUME_CHECKED = ("strategy", "epochs", "time_budget", "lr", "batch_size", "seed", "limit", "options")
@@ -50,11 +50,17 @@ class SearchConfig:
     resume_anyway: bool = False         # join an existing study even if its budget, seed or strategy differ
     worker: int = 0                     # index of this process among the workers (set by the worker runner)
     options: dict[str, Any] = field(default_factory=dict)  # strategy flags: target_sparsity, search_epochs, ...
+    sampler: str | None = None          # random/tpe/nsga2 loop: another Optuna sampler (strategies/samplers.py SAMPLERS)
+    sampler_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the sampler
+    pruner: str | None = None           # single-objective studies: median (default), hyperband, ... (PRUNERS)
+    pruner_args: dict[str, Any] = field(default_factory=dict)
 
-    def study_name(self, dataset: str) -> str:
+    def study_name(self, dataset: str, space: str | None = None) -> str:
+        """``space``: the space's own name (a plug-in named ``module:Class`` calls itself something shorter)."""
         size = f"{self.input_size}" if self.input_size else ""
         suffix = "" if self.objective == "multi" else "-acc"
-        return self.study or f"{self.space}-{dataset}{size}-{self.strategy}{suffix}"
+        how = self.sampler.rsplit(":", 1)[-1] if self.sampler else self.strategy
+        return self.study or f"{space or self.space}-{dataset}{size}-{how}{suffix}"
 
 
 def objectives_of(config: SearchConfig) -> tuple[str, ...]:
@@ -111,15 +117,23 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     """Run (or resume) a search and return its Optuna study.
 
     ``sparsenas.search(space="sparse_mbv2", strategy="random", trials=10)``; any field of
-    :class:`SearchConfig` may be passed as a keyword.
+    :class:`SearchConfig` may be passed as a keyword. Optuna's log level is lowered while it runs
+    (its per-trial lines repeat ours, logger ``sparsenas``) and restored after.
     """
+    from .log import optuna_verbosity
+
+    with optuna_verbosity():
+        return _search(config, progress=progress, **overrides)
+
+
+def _search(config: SearchConfig | None = None, *, progress: bool = True, **overrides: Any) -> optuna.Study:
     from .data import load_dataset
     from .evaluators import LATENCY, Evaluator, TrainBudget
     from .progress import Progress
     from .search_spaces import get_space
     from .strategies import STRATEGIES
     from .strategies.base import SearchContext
-    from .strategies.samplers import SamplerStrategy
+    from .strategies.samplers import SamplerStrategy, make_pruner, sampler_check
     from .timing import num_threads
     from .tracking import StudySpec, Tracker
 
@@ -127,6 +141,10 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     _check(config)
     space = get_space(config.space)
     strategy = STRATEGIES.get(config.strategy)()
+    options = strategy.resolve_options(config.options)  # unknown or mistyped options: exit 2, nothing written
+    objectives = objectives_of(config)
+    sampler_check(strategy, config.sampler, config.sampler_args, objectives, config.seed, config.trials)
+    pruner = make_pruner(config.pruner, config.pruner_args, objectives, epochs=config.epochs or DEFAULT_EPOCHS)
     device = _device(config.device)
     if distributed.env_world_size() > 1:  # under torchrun: only rank 0 opens the study (below)
         if not strategy.runs_distributed:
@@ -143,16 +161,14 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     get_runtime(config.runtime)  # not installed: a clear error naming the extra, before any work
     latency = LATENCY.get(_latency_kind(config, space.name, data.task))(hw=config.hw, anchor=config.hw_anchor,
                                                                          runtime=config.runtime)
-    strategy.check(space, data.task, config.options)
-    objectives = objectives_of(config)
+    strategy.check(space, data.task, options)
     spec = StudySpec(space.name, space.version, data.task.dataset, data.task.to_dict(), objectives, config.runtime)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2) if len(objectives) == 1 else None
     if config.workers > 1 and not isinstance(strategy, SamplerStrategy):
         raise SparseNASError(f"--workers applies to the sampler strategies (random, tpe, nsga2); '{config.strategy}' "
                              "trains one supernet: run it with torchrun to use several processes")
     recorded = {**asdict(config), "storage": mask_url(config.storage)}
     storage: Any = config.storage if distributed.is_main() else optuna.storages.InMemoryStorage()
-    tracker = Tracker(storage, config.study_name(data.task.dataset), spec, pruner=pruner,
+    tracker = Tracker(storage, config.study_name(data.task.dataset, space.name), spec, pruner=pruner,
                       extra_attrs={"strategy": config.strategy, "config": recorded},
                       artifact_dir=config.artifact_dir, resume_anyway=config.resume_anyway,
                       settings={k: recorded[k] for k in RESUME_CHECKED})
@@ -164,11 +180,13 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     epochs = config.epochs or (10_000 if config.time_budget else DEFAULT_EPOCHS)
     budget = TrainBudget(epochs=epochs, seconds=config.time_budget, batch_size=config.batch_size, lr=config.lr)
     evaluator = Evaluator(space, data, budget, latency, seed=config.seed, device=device)
-    with Progress(config.trials, enabled=progress, label=f"{config.strategy} on {space.name}") as bar:
+    with Progress(config.trials, enabled=progress, label=f"{config.strategy} on {space.name}",
+                  objectives=objectives) as bar:
         bar.advance_to(len(tracker.finished()))
         ctx = SearchContext(space=space, task=data.task, data=data, evaluator=evaluator, tracker=tracker,
                             trials=config.trials, seed=config.seed, device=device, timeout=config.timeout,
-                            max_latency_ms=config.max_latency_ms, progress=bar, options=config.options,
+                            max_latency_ms=config.max_latency_ms, progress=bar, options=options,
+                            sampler=config.sampler, sampler_args=dict(config.sampler_args),
                             checkpoint_dir=checkpoint_dir_for(config.storage, tracker.study.study_name,
                                                               config.checkpoint_dir),
                             worker=config.worker)
@@ -177,3 +195,243 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
         with num_threads(config.threads):
             strategy.run(ctx)
     return tracker.study
+
+
+def studies(storage: str = DEFAULT_STORAGE) -> list[dict[str, Any]]:
+    """The studies in ``storage``, each with its space, dataset, strategy, runtime (when recorded),
+    trials by state and best value per objective; a missing sqlite/journal file is an error."""
+    from .tracking import study_overview
+
+    return study_overview(storage)
+
+
+# ---------------------------------------------------------------- the rest of the front door
+# The command line calls only these (and search/studies above); each is what a notebook calls too.
+def spaces() -> dict[str, str]:
+    """Search space name -> one-line description (plug-ins from entry points included)."""
+    from .search_spaces import SPACES
+
+    return {n: cls.description for n, cls in SPACES.items()}
+
+
+def strategies() -> dict[str, str]:
+    """Strategy name -> one-line description."""
+    from .strategies import STRATEGIES
+
+    return {n: cls.description for n, cls in STRATEGIES.items()}
+
+
+def datasets() -> dict[str, str]:
+    """Dataset name -> one-line description (those read from files say so)."""
+    from .data import DATASETS
+
+    return {n: spec.description + (" [needs --data-dir]" if spec.needs_data_dir else "")
+            for n, spec in DATASETS.items()}
+
+
+def runtimes() -> dict[str, str]:
+    """Inference runtime name -> description, whether it is installed, and what sparsity buys in it."""
+    from .runtimes import RUNTIMES
+
+    items = {}
+    for name, cls in RUNTIMES.items():
+        try:
+            status = cls.version()
+        except SparseNASError:
+            status = f"not installed: pip install 'sparsenas[{cls.extra}]'"
+        default = ", the default" if name == DEFAULT_RUNTIME else ""
+        items[name] = f"{cls.description} [{status}{default}]; sparsity buys: {cls.sparsity_buys}"
+    return items
+
+
+def pareto_front(study: optuna.Study) -> list[Any]:
+    """The best trials of a study: its Pareto front (or best trial), by accuracy."""
+    from .tracking import pareto_front as front
+
+    return front(study)
+
+
+def trial_record(trial: Any) -> Any:
+    """A trial's recorded figures as typed fields (:class:`sparsenas.tracking.TrialRecord`)."""
+    from .tracking import trial_record as record
+
+    return record(trial)
+
+
+def report(storage: str = DEFAULT_STORAGE, study: str | None = None, out: str = "report", **kwargs: Any) -> Any:
+    """Plots of a search and one HTML page (see :func:`sparsenas.report.make_report`)."""
+    from .report import make_report
+
+    return make_report(storage, study, out, **kwargs)
+
+
+def export(storage: str = DEFAULT_STORAGE, study: str | None = None, out: str = "found", **kwargs: Any) -> list[Any]:
+    """Export trials of a study (see :func:`sparsenas.export.export_trials`)."""
+    from .export import export_trials
+
+    return export_trials(storage, study, out, **kwargs)
+
+
+def train(arch_path: str, *, dataset: str | None = None, data_dir: str | None = None, input_size: int | None = None,
+          epochs: int = 8, batch_size: int = 32, lr: float = 0.05, seed: int = 0, limit: int | None = None,
+          out: str | None = None, formats: str = "json,pt,onnx,torchscript", sparse_format: str | None = None,
+          onnx_exporter: str = "dynamo", measure: bool = True, progress: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Retrain the architecture in ``arch_path`` (arch.json or its folder) from scratch and export it;
+    returns (the export, the training figures)."""
+    import os
+
+    from .export import normalize_formats, read_arch, retrain, write_export
+    from .progress import Progress
+
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if value < 1:
+            raise SparseNASError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    normalize_formats(formats)  # a bad format fails before training, not after
+    arch, task, doc = read_arch(arch_path)
+    dataset = dataset or (task.dataset if task else None)
+    if dataset is None:
+        raise SparseNASError(f"{arch_path} names no dataset; pass --dataset")
+    if input_size is None and task is not None and dataset == task.dataset and len(task.input_shape) == 3:
+        input_size = task.input_shape[-1]
+    out = out or (arch_path if os.path.isdir(arch_path) else os.path.dirname(os.path.abspath(arch_path)))
+    with Progress(1, enabled=progress, label=f"train {arch.digest()}") as bar:
+        bar.trial_started(0, f"{epochs} epochs on {dataset}")
+        model, task, figures = retrain(arch, dataset=dataset, data_dir=data_dir, input_size=input_size, epochs=epochs,
+                                       batch_size=batch_size, lr=lr, seed=seed, limit=limit, measure=measure,
+                                       on_step=bar.trial_progress)
+    info = {"weights": f"retrained from scratch for {figures['epochs']} epochs on {task.dataset} (seed {seed}) "
+                       "by `nas train`",
+            "retrained": figures, "source": doc.get("source") or {},
+            **{k: figures.get(k) for k in ("latency_ms", "latency_source", "measured_latency_ms",
+                                           "measured_latency_cpu_ms", "flops", "effective_flops", "kernels")}}
+    res = write_export(model, arch, task, out, formats=formats, sparse_format=sparse_format, info=info,
+                       onnx_exporter=onnx_exporter)
+    return res, {**figures, "out": out, "digest": arch.digest(), "dataset": task.dataset}
+
+
+def inspect(arch_path: str, *, dataset: str | None = None, data_dir: str | None = None,
+            input_size: int | None = None, runtime: str | None = None, hw: str | None = None) -> dict[str, Any]:
+    """An architecture file checked against its space and built for a task: the Arch (in today's
+    version), Task, traced layers with their mask kinds, params, non-zeros and MACs; with ``runtime``,
+    also ``prediction``: each layer's predicted time and kernel in that runtime (from ``hw``'s profile)."""
+    from pathlib import Path
+
+    from .arch import Arch
+    from .data import load_dataset
+    from .evaluators import count_flops, count_params
+    from .ops.spec import trace_named_layers
+    from .search_spaces import get_space
+
+    try:
+        text = Path(arch_path).read_text()
+    except OSError as e:
+        raise SparseNASError(f"cannot read architecture file {arch_path}: {e.strerror}") from None
+    arch = Arch.from_json(text)
+    space = get_space(arch.space)
+    task = load_dataset(dataset or space.default_dataset, data_dir=data_dir, input_size=input_size).task
+    arch = space.validate(arch, task)  # an architecture of an older space version, in today's terms
+    model = space.build(arch, task)
+    layers = space.layers(arch, task)
+    modules = dict(model.named_modules())
+    masks = [getattr(modules.get(name), "mask_kind", "-") for name, _ in trace_named_layers(model, task.input_shape)]
+    params, nnz = count_params(model)
+    flops, eff = count_flops(layers)
+    return {"arch": arch, "task": task, "layers": layers, "masks": masks, "params": params, "nnz": nnz,
+            "flops": flops, "effective_flops": eff, "prediction": _predict_layers(runtime, hw, space, task, layers)}
+
+
+def _predict_layers(runtime: str | None, hw: str | None, space: Any, task: Any, layers: list[Any]) -> Any:
+    """The profile's per-layer prediction in ``runtime`` (None without it); calibrated when the
+    profile covers this space and input size, else the plain kernel sum."""
+    from .hwprofiles import LatencyTable, ProfileError
+
+    if runtime is None:
+        if hw:
+            raise SparseNASError("--hw needs --runtime (the runtime whose per-layer times to show)")
+        return None
+    table = LatencyTable.load(hw, runtime)
+    try:
+        return table.predict(layers, space.name, task.input_shape)
+    except ProfileError:
+        if table.missing(layers):
+            raise
+        return table.predict(layers)  # covered kernels, no calibration for this space/input: isolated kernel times
+
+
+def _profile_jobs(spaces: list[str] | None, dataset: str | None, data_dir: str | None,
+                  input_sizes: list[int] | None) -> list[tuple[Any, Any]]:
+    from .data import load_dataset
+    from .search_spaces import get_space
+
+    jobs = []
+    for name in spaces or ["sparse_mbv2"]:
+        space = get_space(name)
+        for size in input_sizes or [None]:
+            data = load_dataset(dataset or space.default_dataset, data_dir=data_dir, input_size=size, limit=1)
+            space.check_task(data.task)
+            jobs.append((space, data.task))
+    return jobs
+
+
+def profile(out: str, *, spaces: list[str] | None = None, dataset: str | None = None, data_dir: str | None = None,
+            input_sizes: list[int] | None = None, name: str | None = None, repeats: int = 100,
+            calibration_networks: int = 80, network_repeats: int = 200, seed: int = 0, device: str = "cpu",
+            runtime: str | None = None, progress: bool = False, log: Any = None) -> dict[str, Any]:
+    """Time every kernel the spaces can emit on this machine and write the hardware profile ``out``."""
+    from .hwprofiles.profiler import KernelTimer, run_profile
+
+    if calibration_networks < 0 or 0 < calibration_networks < 20:
+        raise SparseNASError(f"--calibration-networks must be 0 (no calibration) or at least 20 (the calibration "
+                             f"fits 7 coefficients), got {calibration_networks}")
+    if device == "cuda":
+        _device("cuda")
+    jobs = _profile_jobs(spaces, dataset, data_dir, input_sizes)
+    timer = KernelTimer(repeats=repeats, runtime=runtime or DEFAULT_RUNTIME)
+    data = run_profile(jobs, out, name=name, timer=timer,
+                       calibration_networks=calibration_networks, calibration_repeats=network_repeats,
+                       seed=seed, cuda=device == "cuda", progress=progress, log=log or (lambda s: None))
+    data["spaces"] = [space.name for space, _ in jobs]
+    return data
+
+
+def validate_profile(path: str, *, spaces: list[str] | None = None, dataset: str | None = None,
+                     data_dir: str | None = None, input_sizes: list[int] | None = None, n: int = 50, seed: int = 0,
+                     network_repeats: int = 200, plot: str | None = None, runtime: str | None = None,
+                     log: Any = None) -> list[dict[str, Any]]:
+    """Predicted against measured latency of random networks, per space and input size; each report
+    carries ``table`` (the profile's name), ``plot`` and ``rows`` (label, figures) besides the figures."""
+    from pathlib import Path
+
+    from .hwprofiles import LatencyTable
+    from .hwprofiles.profile import METRICS
+    from .hwprofiles.validate import report_rows, validate
+
+    table = LatencyTable.load(path, runtime=runtime)
+    table.runtime.require()  # measuring needs the runtime installed, predicting does not
+    reports = []
+    for space, task in _profile_jobs(spaces, dataset, data_dir, input_sizes):
+        where = plot or f"{Path(path).stem}-validate-{space.name}-{task.input_shape[-1]}.png"
+        r = validate(table, space, task, n=n, seed=seed + 1, repeats=network_repeats, plot=where,
+                     anchor_networks=min(16, n), log=log or (lambda s: None))
+        r.update({"table": table.name, "runtime_name": table.runtime_name, "space": space.name, "input_shape": list(task.input_shape), "plot": where,
+                  "metric_label": METRICS[r["metric"]], "rows": report_rows(r)})
+        reports.append(r)
+    return reports
+
+
+def dashboard(storage: str = DEFAULT_STORAGE, *, host: str = "127.0.0.1", port: int = 8080,
+              artifact_dir: str | None = None, announce: Any = None) -> None:
+    """Serve optuna-dashboard on ``storage`` (with its artifact store when there is one) until Ctrl-C."""
+    from optuna_dashboard import run_server
+
+    from .tracking import artifact_store_for, open_storage, storage_artifact_dir
+
+    st = open_storage(storage, heartbeat=False, must_exist=True)  # never create a storage to look at it
+    folder = storage_artifact_dir(storage, artifact_dir)
+    store = artifact_store_for(storage, folder)
+    if announce is not None:
+        announce(folder)
+    try:
+        run_server(st, host=host, port=port, artifact_store=store)
+    except OSError as e:  # port in use, address not on this machine
+        raise SparseNASError(f"cannot serve on {host}:{port}: {e.strerror or e}; pass another --port or --host") from None

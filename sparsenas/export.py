@@ -396,7 +396,7 @@ def select_trials(study: Any, *, trial: int | None = None, best: bool = False, p
     """The trials to export: number ``trial``, the most accurate of the front (``best``), or the front."""
     from optuna.trial import TrialState
 
-    from .tracking import pareto_front
+    from .tracking import pareto_front, trial_record
 
     if sum((trial is not None, best, pareto)) != 1:
         raise SparseNASError("say which trial to export: exactly one of --trial N, --best or --pareto")
@@ -408,7 +408,7 @@ def select_trials(study: Any, *, trial: int | None = None, best: bool = False, p
             raise SparseNASError(f"study '{study.study_name}' has no trial {trial} (trial numbers there: {last})")
         t = found[0]
         if t.state != TrialState.COMPLETE:
-            why = t.user_attrs.get("fail_reason") or t.user_attrs.get("pruned_reason")
+            why = trial_record(t).reason
             raise SparseNASError(
                 f"trial {trial} of study '{study.study_name}' is {t.state.name}, not COMPLETE"
                 + (f" ({why})" if why else "") + "; only completed trials have a trained network to export. "
@@ -420,23 +420,35 @@ def select_trials(study: Any, *, trial: int | None = None, best: bool = False, p
     return front[:1] if best else front
 
 
+def _load_plug_ins(study: Any) -> None:
+    """A study searched with ``--space module:Class`` (or such a dataset) records the plug-in's own
+    name in its architectures; importing it by the path the search used registers that name too."""
+    from .data import DATASETS
+    from .search_spaces import SPACES
+    from .tracking import study_record
+
+    config = study_record(study).config
+    for registry, name in ((SPACES, config.get("space")), (DATASETS, config.get("dataset"))):
+        if isinstance(name, str) and ":" in name:
+            try:
+                registry.get(name)
+            except SparseNASError:
+                pass  # not importable here: the lookup by the plug-in's own name says so
+
+
 def trial_info(storage: str, study: Any, t: Any) -> dict[str, Any]:
     """What the card reports about a trial, from its user attrs and the study's."""
-    a, sa = t.user_attrs, study.user_attrs
-    config = sa.get("config") or {}
-    source = str(a.get("latency_source") or "")
-    predicted = a.get("predicted_latency_ms")
-    if predicted is None and source.startswith("table"):
-        predicted = a.get("latency_ms")
-    hw = a.get("hw_profile") or a.get("profile") or config.get("hw") or (source.split(":", 1)[1] if ":" in source else None)
-    from .tracking import mask_url
+    from .tracking import mask_url, study_record, trial_record
 
+    a, r, s = t.user_attrs, trial_record(t), study_record(study)
+    source = r.latency_source or ""
+    hw = a.get("hw_profile") or a.get("profile") or s.config.get("hw") or (source.split(":", 1)[1] if ":" in source else None)
     return {"source": {"storage": mask_url(storage), "study": study.study_name, "trial": t.number,
-                       "strategy": a.get("strategy") or sa.get("strategy")},
-            "trial": t.number, "accuracy": t.values[0] if t.values else a.get("accuracy"),
-            "test_accuracy": a.get("test_accuracy"), "latency_ms": a.get("latency_ms"), "latency_source": source or None,
-            "predicted_latency_ms": predicted, "measured_latency_ms": a.get("measured_latency_ms"),
-            "measured_latency_cpu_ms": a.get("measured_latency_cpu_ms"), "hw_profile": hw,
+                       "strategy": r.strategy or s.strategy},
+            "trial": t.number, "accuracy": r.accuracy, "test_accuracy": r.test_accuracy,
+            "latency_ms": a.get("latency_ms"), "latency_source": r.latency_source,
+            "predicted_latency_ms": r.predicted_latency_ms, "measured_latency_ms": r.measured_latency_ms,
+            "measured_latency_cpu_ms": r.measured_latency_cpu_ms, "hw_profile": hw,
             "flops": a.get("flops"), "effective_flops": a.get("effective_flops"), "kernels": a.get("kernels")}
 
 
@@ -516,6 +528,7 @@ def export_trials(storage: str, study_name: str | None, out: str | os.PathLike, 
         raise ExportError(f"unknown ONNX exporter '{onnx_exporter}'; allowed: {', '.join(ONNX_EXPORTERS)}")
     study = load_study(storage, study_name)
     trials = select_trials(study, trial=trial, best=best, pareto=pareto)
+    _load_plug_ins(study)
     sa = study.user_attrs
     if "task" not in sa or "space" not in sa:
         raise SparseNASError(f"study '{study.study_name}' was not made by sparsenas (no 'space'/'task' attrs)")

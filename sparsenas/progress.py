@@ -1,6 +1,9 @@
-"""Progress display for long work: rich bars when enabled, silence otherwise."""
+"""Progress display for long work: rich bars when enabled; log lines (logger ``sparsenas``) when
+the bar is off or stdout is not a terminal (nohup, CI), one per finished trial."""
 from __future__ import annotations
 
+import sys
+import time
 from typing import Any
 
 from rich.console import Console
@@ -11,8 +14,11 @@ class Progress:
     """Two bars: trials done of the budget, and the running trial's training progress."""
 
     def __init__(self, total: int, *, enabled: bool = True, console: Console | None = None,
-                 label: str = "search") -> None:
+                 label: str = "search", objectives: tuple[str, ...] | None = None) -> None:
         self.enabled = enabled
+        self._objectives = objectives
+        self._log_trials = not enabled or not sys.stdout.isatty()
+        self._started = time.perf_counter()
         self._bar: RichProgress | None = None
         self._total, self._label, self._console = total, label, console
         self._best: float | None = None
@@ -41,6 +47,11 @@ class Progress:
             self._bar.update(self._trials, completed=done)
 
     def trial_started(self, number: int, what: str) -> None:
+        self._started = time.perf_counter()
+        if self._log_trials:
+            from .log import logger
+
+            logger.debug(f"trial {number} started: {what}")
         if self._bar is not None:
             self._bar.update(self._current, description=f"  trial {number} ({what})", completed=0, visible=True)
 
@@ -49,6 +60,11 @@ class Progress:
             self._bar.update(self._current, completed=int(100 * fraction))
 
     def trial_finished(self, trial: Any) -> None:
+        if self._log_trials:
+            from .log import logger, trial_line
+
+            took = None if trial.duration is not None else time.perf_counter() - self._started
+            logger.info(trial_line(trial, self._objectives, took))
         if self._bar is None:
             return
         if trial.values:
@@ -60,3 +76,7 @@ class Progress:
     def log(self, message: str) -> None:
         if self._bar is not None:
             self._bar.console.print(message)
+        else:
+            from .log import logger
+
+            logger.info(message)

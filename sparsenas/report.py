@@ -9,6 +9,11 @@
 - ``alpha.png``: architecture-weight evolution, when the study or its trials carry ``alpha_history``
   (gradient strategies);
 - ``latency.png``: predicted against measured latency, when trials carry both;
+- Optuna's own plots that fit a NAS study (``optuna.visualization.matplotlib``), when the study
+  has the data: ``optuna_importance_<objective>.png`` (which choices matter, per objective),
+  ``optuna_hypervolume.png`` (multi-objective: hypervolume of the front against trials),
+  ``optuna_timeline.png`` (when each trial ran, and its state), ``optuna_intermediate.png``
+  (validation accuracy per epoch of each trial);
 - ``report.html``: all of the above embedded as base64, with the study summary and front table.
 """
 from __future__ import annotations
@@ -60,13 +65,10 @@ def study_runtime(config: dict[str, Any], trials: Any = ()) -> str:
 
 
 def _latency(t: Any, axis: str = "objective") -> float | None:
-    if axis == "cpu":
-        v = t.user_attrs.get("measured_latency_cpu_ms")
-        return float(v) if v is not None else None
-    if t.values is not None and len(t.values) > 1:
-        return float(t.values[1])
-    v = t.user_attrs.get("latency_ms")
-    return float(v) if v is not None else None
+    from .tracking import trial_record
+
+    r = trial_record(t)
+    return r.measured_latency_cpu_ms if axis == "cpu" else r.latency_ms
 
 
 def _front(points: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
@@ -273,7 +275,7 @@ def make_report(storage: str, study_name: str | None, out: str | os.PathLike, *,
 
     from .search_spaces import get_space
     from .task import Task
-    from .tracking import load_study
+    from .tracking import load_study, trial_record
 
     if latency_axis not in ("objective", "cpu"):
         raise SparseNASError(f"unknown latency axis '{latency_axis}'; allowed: objective, cpu")
@@ -294,9 +296,19 @@ def make_report(storage: str, study_name: str | None, out: str | os.PathLike, *,
     for t in all_trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
     title = f"{study.study_name}: {len(trials)} completed trials"
-    space = get_space(sa["space"]) if "space" in sa else None
+    space = None
+    for name in dict.fromkeys([sa.get("space"), (sa.get("config") or {}).get("space")]):  # own name, then as searched
+        try:
+            space = get_space(name) if name else None
+        except SparseNASError:
+            continue
+        if space is not None:
+            break
+    if space is None and "space" in sa:
+        rep.notes.append(f"space '{sa['space']}' is not installed here: no baseline")
     task = Task.from_dict(sa["task"]) if "task" in sa else None
-    source = next((t.user_attrs.get("latency_source") for t in trials if t.user_attrs.get("latency_source")), None)
+    records = {t.number: trial_record(t) for t in trials}
+    source = next((r.latency_source for r in records.values() if r.latency_source), None)
     runtime = study_runtime(study.user_attrs.get("config") or {}, trials)
     xlabel = f"latency in {runtime} (ms, batch 1{', ' + source if source else ''})"
     if latency_axis == "cpu":  # thread CPU time: robust to other processes loading the machine
@@ -338,19 +350,16 @@ def make_report(storage: str, study_name: str | None, out: str | os.PathLike, *,
             rep.notes.append(f"alpha plot shows {shown} of {len(series)} decisions")
 
     pairs = []
-    for t in trials:
-        a = t.user_attrs
-        pred = a.get("predicted_latency_ms")
-        if pred is None and str(a.get("latency_source") or "").startswith("table"):
-            pred = a.get("latency_ms")
+    for r in records.values():
         # compare like with like: the measurement in the statistic the profile predicts
-        metric = a.get("predicted_metric") or "wall_ms"
-        meas = a.get(f"measured_latency_{metric}", a.get("measured_latency_ms"))
+        pred, meas = r.predicted_latency_ms, r.measured()
         if pred is not None and meas is not None:
-            pairs.append((float(pred), float(meas)))
+            pairs.append((pred, meas))
     if pairs:
         rep.figures.update(_plot_latency(out / "latency.png", pairs, "predicted vs measured latency"))
         rep.files.append("latency.png")
+
+    _optuna_plots(study, out, trials, rep)
 
     front_trials = sorted((t for t in trials if t.number in {n for _, _, n in front}), key=lambda t: -t.values[0])
     rep.figures.update({"study": study.study_name, "states": states, "completed": len(trials),
@@ -361,6 +370,61 @@ def make_report(storage: str, study_name: str | None, out: str | os.PathLike, *,
     (out / "report.html").write_text(_html(study, mask_url(storage), rep, front_trials, states))
     rep.files.append("report.html")
     return rep
+
+
+OPTUNA_CAPTIONS = {
+    "optuna_hypervolume.png": "Hypervolume of the Pareto front against trials (Optuna); reference point: accuracy 0 "
+                              "and 1.1x the slowest latency.",
+    "optuna_timeline.png": "When each trial ran and how it ended (Optuna's timeline).",
+    "optuna_intermediate.png": "Validation accuracy per epoch of each trial (Optuna's intermediate values).",
+}
+
+
+def _optuna_plots(study: Any, out: Path, trials: list[Any], rep: Report) -> None:
+    """Optuna's matplotlib plots that fit the study; one that cannot be drawn (too few trials, no
+    intermediate values...) becomes a note, never an error."""
+    import warnings
+
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    from .log import optuna_verbosity
+
+    objectives = list(study.user_attrs.get("objectives") or [f"value{i}" for i in range(len(study.directions))])
+    plots: list[tuple[str, Callable[[], Any], str]] = []
+    if len({tuple(sorted(t.params.items())) for t in trials}) >= 2:
+        for i, name in enumerate(objectives):
+            plots.append((f"optuna_importance_{name}.png",
+                          lambda i=i, name=name: ovm.plot_param_importances(
+                              study, target=lambda t: t.values[i], target_name=name),
+                          f"Importance of each architecture choice for {name} (Optuna, fANOVA)."))
+    if len(objectives) > 1:
+        worst = [0.0 if d == optuna.study.StudyDirection.MAXIMIZE else
+                 1.1 * max(float(t.values[i]) for t in trials) for i, d in enumerate(study.directions)]
+        plots.append(("optuna_hypervolume.png", lambda: ovm.plot_hypervolume_history(study, worst), ""))
+    if any(t.datetime_start is not None for t in study.get_trials(deepcopy=False)):
+        plots.append(("optuna_timeline.png", lambda: ovm.plot_timeline(study), ""))
+    if any(t.intermediate_values for t in trials):
+        plots.append(("optuna_intermediate.png", lambda: ovm.plot_intermediate_values(study), ""))
+    plt = _plt()
+    for name, draw, caption in plots:
+        try:
+            # rc_context: Optuna switches matplotlib to its ggplot style; keep that out of the process
+            with warnings.catch_warnings(), optuna_verbosity(optuna.logging.ERROR), plt.rc_context():
+                warnings.simplefilter("ignore")  # these plots are "experimental" in Optuna's terms
+                ax = draw()
+            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            fig.set_size_inches(7.5, 4.5)
+            fig.set_dpi(120)
+            fig.tight_layout()
+            fig.savefig(out / name)
+            plt.close(fig)
+        except Exception as e:  # Optuna refuses some studies (e.g. a single distinct architecture)
+            rep.notes.append(f"Optuna plot {name} not drawn: {type(e).__name__}: {e}")
+            plt.close("all")
+            continue
+        rep.files.append(name)
+        OPTUNA_CAPTIONS.setdefault(name, caption)
 
 
 def _img(path: Path) -> str:
@@ -379,16 +443,18 @@ def _html(study: Any, storage: str, rep: Report, front: list[Any], states: dict[
     def cell(v: Any, spec: str) -> str:
         return "-" if v is None else format(v, spec)
 
+    from .tracking import trial_record
+
     front_rows = "".join(
-        f"<tr><td>{t.number}</td><td>{t.values[0]:.4f}</td><td>{cell(t.user_attrs.get('test_accuracy'), '.4f')}</td>"
-        f"<td>{cell(_latency(t), '.4f')}</td><td>{cell(t.user_attrs.get('params'), ',')}</td>"
-        f"<td>{cell(t.user_attrs.get('nnz'), ',')}</td>"
+        f"<tr><td>{t.number}</td><td>{t.values[0]:.4f}</td><td>{cell((r := trial_record(t)).test_accuracy, '.4f')}</td>"
+        f"<td>{cell(r.latency_ms, '.4f')}</td><td>{cell(r.params, ',')}</td><td>{cell(r.nnz, ',')}</td>"
         f"<td><code>nas export --storage {e(storage)} --study {e(study.study_name)} --trial {t.number} --out found-{t.number}/</code></td></tr>"
         for t in front)
     captions = {"pareto.png": "Accuracy against latency; red: the Pareto front (numbers are trials).",
                 "progress.png": "Accuracy of each trial and the best so far.",
                 "alpha.png": "Architecture weights (softmax of alpha) per decision over the search.",
-                "latency.png": "Latency predicted by the hardware profile against latency measured here."}
+                "latency.png": "Latency predicted by the hardware profile against latency measured here.",
+                **OPTUNA_CAPTIONS}
     figures = "".join(f"<figure><img src='{_img(out / f)}' alt='{e(f)}'><figcaption>{e(captions[f])}</figcaption></figure>"
                       for f in rep.files if f.endswith(".png"))
     notes = "".join(f"<li>{e(n)}</li>" for n in rep.notes)

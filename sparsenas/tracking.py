@@ -12,7 +12,7 @@ import math
 import os
 import socket
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
 import optuna
@@ -23,8 +23,6 @@ from .arch import Arch
 from .errors import SparseNASError, StorageError
 from .evaluators.result import EvalResult
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
 
 @contextlib.contextmanager
 def _quiet_experimental() -> Iterator[None]:
@@ -34,7 +32,7 @@ def _quiet_experimental() -> Iterator[None]:
         yield
 
 
-DEFAULT_STORAGE = "sqlite:///nas.db"
+from .config import DEFAULT_STORAGE  # noqa: E402  (defined once, importable without optuna)
 MULTI = ("accuracy", "latency_ms")
 SINGLE = ("accuracy",)
 DIRECTIONS = {"accuracy": "maximize", "latency_ms": "minimize", "model_bytes": "minimize"}
@@ -330,6 +328,16 @@ class Tracker:
         for k, v in result.to_attrs().items():
             trial.set_user_attr(k, _jsonable(v))
 
+    def record_latency(self, trial: optuna.Trial, ms: float) -> None:
+        """The latency of a trial's network, known before it trains (read back as TrialRecord.latency_ms)."""
+        trial.set_user_attr("latency_ms", _jsonable(float(ms)))
+
+    def record_reason(self, trial: optuna.Trial, state: str, reason: str) -> None:
+        """Why a trial is about to be ``"pruned"`` or has ``"failed"`` (read back as TrialRecord.reason)."""
+        if state not in ("pruned", "failed"):
+            raise ValueError(f"state must be 'pruned' or 'failed', got {state!r}")
+        trial.set_user_attr("pruned_reason" if state == "pruned" else "fail_reason", reason)
+
     def twin(self, canonical_digest: str) -> FrozenTrial | None:
         """A COMPLETE trial of this study that built the same network (same ``canonical_digest``)."""
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -592,3 +600,146 @@ def _jsonable(v: Any) -> Any:
 
 def summarize(trials: Iterable[FrozenTrial], keys: Sequence[str]) -> list[dict[str, Any]]:
     return [{"trial": t.number, **{k: t.user_attrs.get(k) for k in keys}} for t in trials]
+
+
+# ---------------------------------------------------------------- listing the studies of a storage
+def _storage_exists(url: str) -> bool:
+    """False for a sqlite or journal file that is not there (opening would create it)."""
+    if not isinstance(url, str) or "://" not in url:
+        return True  # open_storage says what is wrong with it
+    scheme, rest = url.split("://", 1)
+    if scheme == "journal":
+        return os.path.isfile(rest or "nas.journal")
+    if scheme.startswith("sqlite") and "///" in url:
+        path = url.split("///", 1)[1]
+        return path in ("", ":memory:") or os.path.isfile(path)
+    return True
+
+
+def study_overview(storage: str) -> list[dict[str, Any]]:
+    """Each study of ``storage``: name, what it searched (space, dataset, strategy, runtime when
+    recorded), trials by state and the best value of each objective. A sqlite or journal file that
+    does not exist is an error, not a new empty storage."""
+    if not _storage_exists(storage):
+        raise StorageError(f"no storage at {storage!r}: the file does not exist (nothing was created); "
+                           "pass the --storage a search wrote to")
+    st = open_storage(storage, heartbeat=False)
+    out = []
+    for summary in optuna.get_all_study_summaries(st, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=st)
+        rec = study_record(study)
+        trials = study.get_trials(deepcopy=False)
+        states: dict[str, int] = {}
+        for t in trials:
+            states[t.state.name] = states.get(t.state.name, 0) + 1
+        best: dict[str, float] = {}
+        done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+        for i, (name, direction) in enumerate(zip(rec.objectives, study.directions)):
+            vals = [t.values[i] for t in done if len(t.values) > i]
+            if vals:
+                best[name] = max(vals) if direction == optuna.study.StudyDirection.MAXIMIZE else min(vals)
+        out.append({"study": rec.name, "space": rec.space, "dataset": rec.dataset, "strategy": rec.strategy,
+                    "sampler": rec.config.get("sampler"), "runtime": rec.runtime, "trials": len(trials),
+                    "states": states, "best": best,
+                    "front": len(pareto_front(study)) if done else 0})
+    return out
+
+
+# ---------------------------------------------------------------- typed views of the attrs sparsenas writes
+def _float(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _int(v: Any) -> int | None:
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A trial as sparsenas records it: the readers (CLI, report, export, logs) use these fields
+    instead of spelling user-attr keys, so the keys live here and in the writers above."""
+
+    number: int
+    state: str
+    values: tuple[float, ...]
+    arch_json: str | None
+    accuracy: float | None          # validation accuracy (the first objective)
+    latency_ms: float | None        # the network's latency (an objective or not: objectives may be accuracy,size)
+    test_accuracy: float | None
+    params: int | None
+    nnz: int | None
+    flops: float | None
+    effective_flops: float | None
+    latency_source: str | None      # "table:<profile>" or "measured"
+    predicted_latency_ms: float | None  # the table's prediction (also when the objective was measured)
+    predicted_metric: str | None
+    measured_latency_ms: float | None
+    measured_latency_cpu_ms: float | None
+    strategy: str | None
+    stage: str | None               # supernet strategies: estimate, inherited, retrained...
+    reason: str | None              # why a trial was pruned or failed
+    weights_artifact: str | None
+    runtime: str | None             # the inference runtime the latency is that of (when recorded)
+    model_bytes: int | None         # exported weights in the runtime's smallest encoding (when recorded)
+
+    @property
+    def arch(self) -> Arch | None:
+        return Arch.from_json(self.arch_json) if self.arch_json else None
+
+    def measured(self, metric: str | None = None) -> float | None:
+        """The measured latency in ``metric`` (wall_ms, cpu_ms...; default the predicted one)."""
+        return _float(self._attrs.get(f"measured_latency_{metric or self.predicted_metric or 'wall_ms'}",
+                                      self.measured_latency_ms))
+
+    _attrs: dict = field(default_factory=dict, repr=False, compare=False)  # raw attrs, for measured()
+
+
+def trial_record(t: FrozenTrial) -> TrialRecord:
+    a = t.user_attrs
+    values = tuple(float(v) for v in (t.values or ()))
+    source = a.get("latency_source")
+    predicted = a.get("predicted_latency_ms")
+    if predicted is None and str(source or "").startswith("table"):
+        predicted = a.get("latency_ms")
+    rec = TrialRecord(
+        number=t.number, state=t.state.name, values=values, arch_json=a.get("arch"),
+        accuracy=values[0] if values else _float(a.get("accuracy")),
+        latency_ms=_float(a.get("latency_ms")) if a.get("latency_ms") is not None else (values[1] if len(values) > 1 else None),
+        test_accuracy=_float(a.get("test_accuracy")), params=_int(a.get("params")), nnz=_int(a.get("nnz")),
+        flops=_float(a.get("flops")), effective_flops=_float(a.get("effective_flops")),
+        latency_source=str(source) if source else None, predicted_latency_ms=_float(predicted),
+        predicted_metric=a.get("predicted_metric"), measured_latency_ms=_float(a.get("measured_latency_ms")),
+        measured_latency_cpu_ms=_float(a.get("measured_latency_cpu_ms")), strategy=a.get("strategy"),
+        stage=a.get("stage") or a.get("phase"), reason=a.get("pruned_reason") or a.get("fail_reason"),
+        weights_artifact=a.get(WEIGHTS_ATTR), runtime=a.get("runtime"), model_bytes=_int(a.get("model_bytes")),
+        _attrs=a)
+    return rec
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """What a study records about its search (study user attrs)."""
+
+    name: str
+    space: str | None
+    space_version: int | None
+    dataset: str | None
+    task: dict | None
+    objectives: tuple[str, ...]
+    strategy: str | None
+    config: dict
+    runtime: str | None
+
+    @property
+    def searched_space(self) -> str | None:
+        """The space as the search named it (``module:Class`` for a plug-in), else its own name."""
+        return self.config.get("space") or self.space
+
+
+def study_record(study: optuna.Study) -> StudyRecord:
+    sa = study.user_attrs
+    config = sa.get("config") or {}
+    return StudyRecord(name=study.study_name, space=sa.get("space"), space_version=sa.get("space_version"),
+                       dataset=sa.get("dataset"), task=sa.get("task"),
+                       objectives=tuple(sa.get("objectives") or [f"value{i}" for i in range(len(study.directions))]),
+                       strategy=sa.get("strategy"), config=config, runtime=sa.get("runtime") or config.get("runtime"))

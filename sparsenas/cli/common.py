@@ -5,7 +5,7 @@ import argparse
 import json
 from typing import Any
 
-DEFAULT_STORAGE = "sqlite:///nas.db"  # as tracking.DEFAULT_STORAGE, without importing optuna at start-up
+from ..config import DEFAULT_STORAGE  # noqa: F401  (re-exported for the commands)
 
 
 def positive_float(s: str) -> float:

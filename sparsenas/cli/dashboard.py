@@ -22,20 +22,11 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from optuna_dashboard import run_server
+    from ..api import dashboard
 
-    from ..tracking import artifact_store_for, open_storage, storage_artifact_dir
+    def announce(folder: str | None) -> None:
+        where = f", artifacts from {folder}" if folder else ", no artifact store"
+        print(f"optuna-dashboard on http://{args.host}:{args.port}/{where} (Ctrl-C to stop)", file=sys.stderr)
 
-    storage = open_storage(args.storage, heartbeat=False, must_exist=True)
-    folder = storage_artifact_dir(args.storage, args.artifact_dir)
-    store = artifact_store_for(args.storage, folder)
-    where = f", artifacts from {folder}" if folder else ", no artifact store"
-    print(f"optuna-dashboard on http://{args.host}:{args.port}/{where} (Ctrl-C to stop)", file=sys.stderr)
-    from ..errors import SparseNASError
-
-    try:
-        run_server(storage, host=args.host, port=args.port, artifact_store=store)
-    except OSError as e:  # port in use, address not on this machine
-        raise SparseNASError(f"cannot serve on {args.host}:{args.port}: {e.strerror or e}; pass another --port "
-                             "or --host") from None
+    dashboard(args.storage, host=args.host, port=args.port, artifact_dir=args.artifact_dir, announce=announce)
     return 0

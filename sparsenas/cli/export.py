@@ -35,11 +35,11 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ..errors import SparseNASError
-    from ..export import export_trials
+    from ..api import export
 
     if args.epochs is not None and args.epochs < 1:
         raise SparseNASError(f"--epochs must be at least 1, got {args.epochs}")
-    results = export_trials(args.storage, args.study, args.out, trial=args.trial, best=args.best, pareto=args.pareto,
+    results = export(args.storage, args.study, args.out, trial=args.trial, best=args.best, pareto=args.pareto,
                             formats=args.format, sparse_format=args.sparse_format, train=args.train,
                             epochs=args.epochs, artifact_dir=args.artifact_dir, onnx_exporter=args.onnx_exporter,
                             log=lambda m: print(m, file=sys.stderr))

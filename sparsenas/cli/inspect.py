@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..errors import SparseNASError
-from .common import fmt, print_json
+from .common import print_json
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -23,44 +21,15 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_inspect)
 
 
-def read_arch_file(path: str):
-    """The Arch stored in ``path``; a missing or malformed file is a SparseNASError."""
-    from ..arch import Arch
-
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise SparseNASError(f"cannot read architecture file {path}: {e.strerror}") from None
-    return Arch.from_json(text)
-
-
-def layer_masks(model, task) -> list[str]:
-    """The mask kind of each traced layer (``-`` for dense ones): magnitude, nm, score or g2g."""
-    from ..ops.spec import trace_named_layers
-
-    modules = dict(model.named_modules())
-    return [getattr(modules.get(name), "mask_kind", "-") for name, _ in trace_named_layers(model, task.input_shape)]
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..data import load_dataset
-    from ..evaluators import count_flops, count_params
-    from ..search_spaces import get_space
+    from ..api import inspect
 
-    arch = read_arch_file(args.arch)
-    space = get_space(arch.space)
-    task = load_dataset(args.dataset or space.default_dataset, data_dir=args.data_dir,
-                        input_size=args.input_size).task
-    arch = space.validate(arch, task)  # an architecture of an older space version, in today's terms
-    model = space.build(arch, task)
-    layers = space.layers(arch, task)
-    masks = layer_masks(model, task)
-    params, nnz = count_params(model)
-    flops, eff = count_flops(layers)
-    pred = _predict(args, space, task, layers)
+    r = inspect(args.arch, dataset=args.dataset, data_dir=args.data_dir, input_size=args.input_size,
+                runtime=args.runtime, hw=args.hw)
+    arch, task, layers, masks, pred = r["arch"], r["task"], r["layers"], r["masks"], r["prediction"]
     title = f"{arch.space} v{arch.version} {arch.digest()} on {task.dataset} {task.input_shape}"
     table = Table(title=title + (f", predicted in {args.runtime} ({pred.profile})" if pred else ""))
     cols = ["#", "op", "in->out", "k", "s", "groups", "input", "sparsity", "mask", "MACs"]
@@ -74,6 +43,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             row += [pred.kernels[i], f"{pred.layer_ms[i] * 1000:.2f}"]
         table.add_row(*row)
     Console().print(table)
+    params, nnz, flops, eff = r["params"], r["nnz"], r["flops"], r["effective_flops"]
     print(f"params {params:,}  non-zeros {nnz:,}  MACs {flops:,}  effective MACs {int(eff):,}")
     if pred:
         cal = f"calibrated network latency {pred.ms:.4f} ms" if pred.calibration else "no calibration for this input"
@@ -86,22 +56,3 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                                 **({"kernel": pred.kernels[i], "predicted_ms": pred.layer_ms[i]} if pred else {})}
                                for i, (l, m) in enumerate(zip(layers, masks))]})
     return 0
-
-
-def _predict(args: argparse.Namespace, space, task, layers):
-    """The profile's per-layer prediction in ``--runtime`` (None without it); calibrated when the
-    profile covers this space and input size, else the plain kernel sum."""
-    from ..hwprofiles import LatencyTable, ProfileError
-
-    if args.runtime is None:
-        if args.hw:
-            raise SparseNASError("--hw needs --runtime (the runtime whose per-layer times to show)")
-        return None
-    table = LatencyTable.load(args.hw, args.runtime)
-    try:
-        return table.predict(layers, space.name, task.input_shape)
-    except ProfileError as e:
-        if table.missing(layers):
-            raise
-        del e  # covered kernels, no calibration for this space/input: show the isolated kernel times
-        return table.predict(layers)

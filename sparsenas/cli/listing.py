@@ -1,9 +1,10 @@
-"""`nas spaces`, `nas strategies`, `nas runtimes`: what exists, one line each."""
+"""`nas spaces`, `nas strategies`, `nas datasets`: what exists, one line each; `nas studies`: what a
+storage holds."""
 from __future__ import annotations
 
 import argparse
 
-from .common import print_json
+from .common import DEFAULT_STORAGE, fmt, print_json
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -16,6 +17,16 @@ def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("runtimes", help="list the inference runtimes latency can be profiled and predicted in")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_runtimes)
+    p = sub.add_parser("datasets", help="list the datasets")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_datasets)
+    p = sub.add_parser("studies", help="list the studies in a storage: what each searched, trials, best values",
+                       description="One line per study of --storage: space, dataset, strategy (or sampler), runtime "
+                                   "when recorded, trials by state and the best value of each objective. A storage "
+                                   "file that does not exist is an error; nothing is created.")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
+    p.set_defaults(func=cmd_studies)
 
 
 def _listing(items: dict[str, str], as_json: bool) -> int:
@@ -28,27 +39,41 @@ def _listing(items: dict[str, str], as_json: bool) -> int:
 
 
 def cmd_spaces(args: argparse.Namespace) -> int:
-    from ..search_spaces import SPACES
+    from ..api import spaces
 
-    return _listing({n: cls.description for n, cls in SPACES.items()}, args.json)
+    return _listing(spaces(), args.json)
 
 
 def cmd_strategies(args: argparse.Namespace) -> int:
-    from ..strategies import STRATEGIES
+    from ..api import strategies
 
-    return _listing({n: cls.description for n, cls in STRATEGIES.items()}, args.json)
+    return _listing(strategies(), args.json)
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from ..api import datasets
+
+    return _listing(datasets(), args.json)
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    from ..api import studies
+
+    rows = studies(args.storage)
+    if not rows:
+        print(f"no studies in {args.storage}")
+    for r in rows:
+        how = r["strategy"] + (f" ({r['sampler']})" if r.get("sampler") else "") if r["strategy"] else "-"
+        states = ", ".join(f"{k} {v}" for k, v in sorted(r["states"].items())) or "no trials"
+        best = ", ".join(f"{k} {fmt(v, '.4g')}" for k, v in r["best"].items()) or "-"
+        runtime = f" on {r['runtime']}" if r.get("runtime") else ""
+        print(f"{r['study']}: {r['space'] or '?'} / {r['dataset'] or '?'} / {how}{runtime}; {states}; best {best}")
+    if args.json:
+        print_json({"storage": args.storage, "studies": rows})
+    return 0
 
 
 def cmd_runtimes(args: argparse.Namespace) -> int:
-    from ..errors import SparseNASError
-    from ..runtimes import DEFAULT_RUNTIME, RUNTIMES
+    from ..api import runtimes
 
-    items = {}
-    for name, cls in RUNTIMES.items():
-        try:
-            status = cls.version()
-        except SparseNASError:
-            status = f"not installed: pip install 'sparsenas[{cls.extra}]'"
-        default = ", the default" if name == DEFAULT_RUNTIME else ""
-        items[name] = f"{cls.description} [{status}{default}]; sparsity buys: {cls.sparsity_buys}"
-    return _listing(items, args.json)
+    return _listing(runtimes(), args.json)

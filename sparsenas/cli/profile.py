@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import Any
 
 from ..errors import SparseNASError
 from .common import print_json
@@ -57,53 +55,26 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_profile)
 
 
-def _jobs(args: argparse.Namespace) -> list[tuple[Any, Any]]:
-    from ..data import load_dataset
-    from ..search_spaces import get_space
-
-    jobs = []
-    for name in args.space or ["sparse_mbv2"]:
-        space = get_space(name)
-        for size in args.input_size or [None]:
-            data = load_dataset(args.dataset or space.default_dataset, data_dir=args.data_dir, input_size=size,
-                                limit=1)
-            space.check_task(data.task)
-            jobs.append((space, data.task))
-    return jobs
-
-
 def cmd_profile(args: argparse.Namespace) -> int:
     if args.validate is None and args.out is None:
         raise SparseNASError("nas profile needs --out FILE (the profile to write), or --validate FILE (a profile to "
                              "check against networks measured end to end)")
     if args.validate is not None and args.out is not None:
         raise SparseNASError("give either --out FILE (write a profile) or --validate FILE (check one), not both")
-    if args.calibration_networks < 0 or 0 < args.calibration_networks < 20:
-        raise SparseNASError(f"--calibration-networks must be 0 (no calibration) or at least 20 (the calibration "
-                             f"fits 7 coefficients), got {args.calibration_networks}")
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise SparseNASError("--device cuda was asked for, but this machine has no CUDA device; profile the CPU "
-                                 "kernels with --device cpu (the default)")
     return _validate(args) if args.validate is not None else _profile(args)
 
 
 def _profile(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..hwprofiles.profiler import KernelTimer, run_profile
+    from ..api import profile
 
     console = Console(stderr=True)
-    jobs = _jobs(args)
-    from ..runtimes import DEFAULT_RUNTIME
-
-    timer = KernelTimer(repeats=args.repeats, runtime=args.runtime or DEFAULT_RUNTIME)
-    data = run_profile(jobs, args.out, name=args.name, timer=timer,
-                       calibration_networks=args.calibration_networks, calibration_repeats=args.network_repeats,
-                       seed=args.seed, cuda=args.device == "cuda", progress=not args.no_progress,
-                       log=lambda s: console.print(s))
+    data = profile(args.out, spaces=args.space, dataset=args.dataset, data_dir=args.data_dir,
+                   input_sizes=args.input_size, name=args.name, repeats=args.repeats,
+                   calibration_networks=args.calibration_networks, network_repeats=args.network_repeats,
+                   seed=args.seed, device=args.device, runtime=args.runtime, progress=not args.no_progress,
+                   log=lambda s: console.print(s))
     out = Console()
     rt = data["runtime"]
     out.print(f"wrote {args.out}: {len(data['entries'])} kernels of runtime {rt['name']} {rt['version']} on "
@@ -118,8 +89,8 @@ def _profile(args: argparse.Namespace) -> int:
             out.print(f"  {rec['key']}: {rec['kernels']} kernels, {rec['seconds']:.0f} s; calibration on "
                       f"{len(cal['networks'])} networks, leave-one-out within ±10%: {loo['within_10']:.0%} "
                       f"(plain sum: {cal['plain_sum']['within_10']:.0%})")
-    out.print(f"Check it:  nas profile --validate {args.out} --space {jobs[0][0].name} --n 50")
-    out.print(f"Use it:    nas search --space {jobs[0][0].name} --runtime {rt['name']} --hw {args.out}")
+    out.print(f"Check it:  nas profile --validate {args.out} --space {data['spaces'][0]} --n 50")
+    out.print(f"Use it:    nas search --space {data['spaces'][0]} --runtime {rt['name']} --hw {args.out}")
     if args.json:
         print_json({"out": args.out, "kernels": len(data["entries"]), "machine": data["machine"], "profiled": summary})
     return 0
@@ -129,33 +100,27 @@ def _validate(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..hwprofiles import LatencyTable
-    from ..hwprofiles.profile import METRICS
-    from ..hwprofiles.validate import report_rows, validate
+    from ..api import validate_profile
 
-    table = LatencyTable.load(args.validate, runtime=args.runtime)
-    table.runtime.require()  # measuring needs the runtime installed, predicting does not
     console = Console()
-    reports = []
-    for space, task in _jobs(args):
-        plot = args.plot or f"{Path(args.validate).stem}-validate-{space.name}-{task.input_shape[-1]}.png"
-        r = validate(table, space, task, n=args.n, seed=args.seed + 1, repeats=args.network_repeats, plot=plot,
-                     anchor_networks=min(16, args.n),
-                     log=lambda s: Console(stderr=True).print(s) if not args.no_progress else None)
-        reports.append(r)
-        t = Table(title=f"{table.name} ({table.runtime_name}) on {space.name} {task.input_shape}: {r['n']} random networks, "
-                        f"{r['metric']} ({METRICS[r['metric']]} of {r['repeats']} calls)")
+    reports = validate_profile(args.validate, spaces=args.space, dataset=args.dataset, data_dir=args.data_dir,
+                               input_sizes=args.input_size, n=args.n, seed=args.seed,
+                               network_repeats=args.network_repeats, plot=args.plot, runtime=args.runtime,
+                               log=lambda s: Console(stderr=True).print(s) if not args.no_progress else None)
+    for r in reports:
+        t = Table(title=f"{r['table']} ({r['runtime_name']}) on {r['space']} {tuple(r['input_shape'])}: {r['n']} random networks, "
+                        f"{r['metric']} ({r['metric_label']} of {r['repeats']} calls)")
         for col in ("model", "MAPE", "within ±10%", "Spearman", "median pred/meas"):
             t.add_column(col, justify="right")
-        for label, f in report_rows(r):
+        for label, f in r["rows"]:
             t.add_row(label, f"{f['mape']:.1%}", f"{f['within_10']:.0%}", f"{f['spearman']:.3f}",
                       f"{f['median_ratio']:.2f}")
         console.print(t)
         verdict = "meets" if r["passed"] else "misses"
         console.print(f"{verdict} the bar (>= {r['bar']['within_10']:.0%} within ±10% and Spearman >= "
                       f"{r['bar']['spearman']}); the machine runs x{r['speed']:.2f} the time it took when profiled "
-                      f"(speed anchor: {r['anchor']['networks']} calibration networks); plot: {plot}")
+                      f"(speed anchor: {r['anchor']['networks']} calibration networks); plot: {r['plot']}")
     if args.json:
-        print_json({"profile": args.validate, "reports": [{k: v for k, v in r.items() if k != "networks"}
+        print_json({"profile": args.validate, "reports": [{k: v for k, v in r.items() if k not in ("networks", "rows")}
                                                           for r in reports]})
     return 0

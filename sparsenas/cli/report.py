@@ -26,9 +26,9 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..report import make_report
+    from ..api import report
 
-    rep = make_report(args.storage, args.study, args.out, baseline=args.baseline,
+    rep = report(args.storage, args.study, args.out, baseline=args.baseline,
                       latency_axis=args.latency_axis, log=lambda m: print(m, file=sys.stderr))
     print(f"report of study '{rep.figures['study']}' ({rep.figures['completed']} completed trials, front "
           f"{rep.figures['front']}): {args.out}/report.html with {', '.join(f for f in rep.files if f.endswith('.png'))}")

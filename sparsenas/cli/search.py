@@ -7,113 +7,186 @@ from typing import Any
 from .common import DEFAULT_STORAGE, fmt, positive_float, print_json
 
 
+EPILOG = """examples:
+  nas search --space sparse_mbv2 --trials 20 --epochs 4
+  nas search --space g2g_mlp --strategy entangled --mixing dirichlet --search-epochs 5
+  nas search --config search.toml --trials 50 --sampler nsga3     # flags override the file
+  nas search --space sparse_mbv2 --objective accuracy --sampler gp --print-config > search.toml
+"""
+
+
 def add(sub: argparse._SubParsersAction) -> None:
+    # SUPPRESS: a flag left out is absent from the namespace, so a config file's value is not overridden
+    # by a default; the defaults are SearchConfig's (each written once, in sparsenas/api.py)
     p = sub.add_parser("search", help="search a space for accurate, fast sparse networks",
                        description="Run (or resume) a search. Every evaluated architecture is a trial of an Optuna "
-                                   "study in --storage; re-running the same command resumes it.")
-    p.add_argument("--space", default="sparse_mbv2", help="search space (see `nas spaces`; default sparse_mbv2)")
-    p.add_argument("--strategy", default="tpe", help="search strategy (see `nas strategies`; default tpe)")
-    p.add_argument("--dataset", default=None, help="digits, mnist1d, synthetic, cifar10, cifar100, mnist, fashion_mnist "
-                                                  "(default: the space's own, digits for image spaces)")
-    p.add_argument("--data-dir", default=None, help="folder with the dataset files (cifar*, mnist, fashion_mnist)")
-    p.add_argument("--input-size", type=int, default=None, help="resize images to SxS (digits default 16)")
-    p.add_argument("--trials", type=int, default=10, help="architectures to evaluate in total (default 10)")
+                                   "study in --storage; re-running the same command resumes it.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       argument_default=argparse.SUPPRESS)
+    p.add_argument("--config", metavar="FILE.toml", help="read the search config (every option below, the "
+                   "strategy's [options], [sampler] and [pruner] tables) from a TOML file; flags override it")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
+    p.add_argument("--space", help="search space (see `nas spaces`, or module.path:Class; default sparse_mbv2)")
+    p.add_argument("--strategy", help="search strategy (see `nas strategies`; default tpe)")
+    p.add_argument("--dataset", help="digits, mnist1d, synthetic, cifar10, cifar100, mnist, fashion_mnist, or "
+                   "module.path:loader (see `nas datasets`; default: the space's own, digits for image spaces)")
+    p.add_argument("--data-dir", help="folder with the dataset files (cifar*, mnist, fashion_mnist)")
+    p.add_argument("--input-size", type=int, help="resize images to SxS (digits default 16)")
+    p.add_argument("--trials", type=int, help="architectures to evaluate in total (default 10)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=int, default=None, help="training epochs per architecture (default 6)")
-    budget.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
+    budget.add_argument("--epochs", type=int, help="training epochs per architecture (default 6)")
+    budget.add_argument("--time-budget", type=positive_float, metavar="SECONDS",
                         help="training seconds per architecture instead of an epoch count")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=positive_float, default=0.05, help="peak learning rate (SGD, cosine; default 0.05)")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
-    p.add_argument("--study", default=None, help="study name (default: SPACE-DATASET-STRATEGY)")
-    p.add_argument("--artifact-dir", default=None, help="folder for trained weights (Optuna artifacts; default "
+    p.add_argument("--batch-size", type=int, help="training batch size (default 32)")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate (SGD, cosine; default 0.05)")
+    p.add_argument("--storage", help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
+    p.add_argument("--study", help="study name (default: SPACE-DATASET-STRATEGY)")
+    p.add_argument("--artifact-dir", help="folder for trained weights (Optuna artifacts; default "
                    "<db stem>-artifacts/ beside a sqlite or journal file)")
-    p.add_argument("--checkpoint-dir", default=None, help="folder for supernet checkpoints, one subfolder per study "
+    p.add_argument("--checkpoint-dir", help="folder for supernet checkpoints, one subfolder per study "
                    "(default <db stem>-checkpoints/ beside a sqlite or journal file; none for database servers)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    p.add_argument("--objective", choices=["multi", "accuracy"], default="multi",
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--objective", choices=["multi", "accuracy"],
                    help="multi: accuracy up and latency down (default); accuracy: accuracy alone, with pruning")
-    p.add_argument("--max-latency-ms", type=positive_float, default=None,
+    p.add_argument("--max-latency-ms", type=positive_float,
                    help="with --objective accuracy: reject architectures slower than this before training them")
-    p.add_argument("--objectives", default=None, metavar="LIST",
+    p.add_argument("--objectives", metavar="LIST",
                    help="comma-separated objectives, accuracy first: accuracy,latency (the default), "
                         "accuracy,latency,size (size: bytes of the exported weights in the runtime's smallest "
                         "encoding) or accuracy,size")
-    p.add_argument("--runtime", default=None,
+    p.add_argument("--runtime",
                    help="inference runtime the latency (and size) is that of: onnxruntime (default, the exported "
                         "model.onnx), torch (PyTorch eager with CSR kernels) or openvino; `nas runtimes` lists them")
-    p.add_argument("--latency", default="auto",
+    p.add_argument("--latency",
                    help="table: predict from the hardware profile; measured: time each network here; auto (default): "
                         "table when the profile covers the space and input size, else measured")
-    p.add_argument("--hw", default=None, metavar="PROFILE.json",
+    p.add_argument("--hw", metavar="PROFILE.json",
                    help="hardware profile for the table (default: the one shipped for 2-core x86 CPUs; "
                         "make your own with `nas profile`)")
     p.add_argument("--no-hw-anchor", dest="hw_anchor", action="store_false",
                    help="predict at the speed the machine had when profiled, without re-timing 16 of the "
                         "profile's calibration networks first (the speed anchor)")
-    s = p.add_argument_group("supernet strategies (dass, entangled, balanced)")
-    s.add_argument("--target-sparsity", type=float, default=None, help="sparsity the sparse ops are pruned to (dass: 0.9)")
-    s.add_argument("--latency-weight", type=float, default=None, help="weight of the expected-latency term in the loss")
-    s.add_argument("--search-epochs", type=int, default=None, help="epochs of supernet training")
-    s.add_argument("--retrain-epochs", type=int, default=None, help="epochs to retrain derived architectures")
-    s.add_argument("--retrain-top", type=int, default=None, help="how many of the best architectures to retrain")
-    s.add_argument("--supernets", type=int, default=None, help="balanced: number of supernets M (default 4)")
-    s.add_argument("--channels", type=int, default=None, help="dass on sparse_darts: initial channels C (8, 12, 16)")
-    s.add_argument("--cells", type=int, default=None, help="dass on sparse_darts: cells of the derived network (3, 5, 8)")
-    p.add_argument("--timeout", type=positive_float, default=None, metavar="SECONDS",
+    p.add_argument("--sampler", help="random/tpe/nsga2 loop with another Optuna sampler: tpe, nsga2, nsga3, random, "
+                   "gp, cmaes (single objective), qmc, or module.path:Class; arguments from the config's [sampler]")
+    p.add_argument("--pruner", help="single-objective studies: median (default), hyperband, successive-halving, nop, "
+                   "or module.path:Class; arguments from the config's [pruner]")
+    p.add_argument("--timeout", type=positive_float, metavar="SECONDS",
                    help="stop starting new trials after this many seconds")
-    p.add_argument("--threads", type=int, default=1, help="torch threads while searching, split between --workers "
-                                                        "(default 1: robust on a shared machine; latency is always "
-                                                        "timed with 1)")
-    p.add_argument("--limit", type=int, default=None, help="use at most this many training samples")
-    p.add_argument("--workers", type=int, default=1, metavar="K",
+    p.add_argument("--threads", type=int, help="torch threads while searching, split between --workers "
+                                              "(default 1: robust on a shared machine; latency is always timed with 1)")
+    p.add_argument("--limit", type=int, help="use at most this many training samples")
+    p.add_argument("--workers", type=int, metavar="K",
                    help="local processes evaluating trials of the study at once (random, tpe, nsga2); --trials stays "
                         "the study's total and --threads is split between them. Workers on other machines: run the "
                         "same command there with a shared --storage")
-    p.add_argument("--resume-anyway", action="store_true",
+    p.add_argument("--resume-anyway", action="store_true", default=None,
                    help="join an existing study even though its budget (epochs, time budget, lr, batch size, limit), "
                         "seed or strategy differ from this run's")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar; one log line per finished trial")
+    p.add_argument("-v", "--verbose", action="count", help="more log lines (-vv: Optuna's own too)")
+    p.add_argument("-q", "--quiet", action="count", help="fewer log lines (warnings and errors only)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     p.set_defaults(func=cmd_search)
 
 
-STRATEGY_OPTIONS = ("target_sparsity", "latency_weight", "search_epochs", "retrain_epochs", "retrain_top", "supernets",
-                    "channels", "cells")
+# flag dest -> option name, for the strategies' options (filled by add_strategy_options)
+OPTION_DESTS: dict[str, str] = {}
+
+
+def add_strategy_options(p: argparse.ArgumentParser) -> None:
+    """One flag per option any strategy declares (Strategy.options), grouped per strategy in --help;
+    an option several strategies share is one flag whose help names each. Imports the strategies
+    (torch), so only done when `nas search` is what runs."""
+    from ..strategies import STRATEGIES
+
+    declared: dict[str, list[tuple[str, object]]] = {}
+    for sname, cls in STRATEGIES.items():
+        for o in getattr(cls, "options", ()):
+            declared.setdefault(o.name, []).append((sname, o))
+    taken = set(p._option_string_actions)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for name, owners in declared.items():
+        first = owners[0][1]
+        if first.flag in taken:  # e.g. dass's own batch_size: the config file's [options] sets it
+            continue
+        key = owners[0][0] if len(owners) == 1 else "shared"
+        if key not in groups:
+            title = ("options of several strategies" if key == "shared" else
+                     f"strategy {key} (--strategy {key})")
+            groups[key] = p.add_argument_group(title)
+        by_text: dict[str, list[str]] = {}  # strategies that describe it alike share one entry
+        for sname, o in owners:
+            by_text.setdefault(o.describe(), []).append(sname)
+        help_ = (first.describe() if len(owners) == 1
+                 else "; ".join(f"{', '.join(names)}: {text}" for text, names in by_text.items()))
+        dest = "option_" + name
+        OPTION_DESTS[dest] = name
+        groups[key].add_argument(first.flag, dest=dest, type=_parser_of(first), metavar=first.metavar,
+                                 help=help_.replace("%", "%%"))
+
+
+def _parser_of(option) -> object:
+    def parse(text: str) -> object:
+        try:
+            return option.parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {option.metavar}, got {text!r}") from None
+
+    parse.__name__ = option.type.__name__
+    return parse
+
+
+def resolve_config(args: argparse.Namespace) -> "object":
+    """SearchConfig from SearchConfig's defaults, then --config FILE, then the flags given."""
+    from ..api import SearchConfig
+    from ..config import read_config
+
+    given = vars(args)
+    kw = read_config(given["config"], SearchConfig) if given.get("config") else {}
+    for k in SearchConfig.__dataclass_fields__:
+        if k in given:
+            kw[k] = given[k]
+    options = dict(kw.get("options") or {})
+    options.update({name: given[dest] for dest, name in OPTION_DESTS.items() if dest in given})
+    kw["options"] = options
+    return SearchConfig(**kw)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from ..api import SearchConfig, search
+    from ..api import search
 
-    fields = SearchConfig.__dataclass_fields__
-    given = {k: v for k, v in vars(args).items() if k in fields and not (k == "runtime" and v is None)}
-    config = SearchConfig(**given,
-                          options={k: getattr(args, k) for k in STRATEGY_OPTIONS if getattr(args, k) is not None})
-    study = search(config, progress=not args.no_progress)
+    config = resolve_config(args)
+    if getattr(args, "print_config", False):
+        from ..config import config_to_toml
+        from ..strategies import STRATEGIES
+
+        cls = STRATEGIES.get(config.strategy)
+        cls.resolve_options(config.options)  # an option the strategy does not take is an error here too
+        print(config_to_toml(config, cls.options), end="")
+        return 0
+    study = search(config, progress=not getattr(args, "no_progress", False))
     from .. import distributed
 
     if not distributed.is_main():  # under torchrun rank 0 alone reports (the others hold no study)
         return 0
-    return _print_front(study, args.storage, args.json)
+    return _print_front(study, config.storage, getattr(args, "json", False))
 
 
 def _print_front(study: Any, storage: str, as_json: bool) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..tracking import mask_url, pareto_front
+    from ..api import mask_url, pareto_front, trial_record
 
     storage = mask_url(storage)  # never print a password
-    front = pareto_front(study)
+    front = [trial_record(t) for t in pareto_front(study)]
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    rows = [{"trial": t.number, "accuracy": t.values[0],
-             "latency_ms": t.user_attrs.get("latency_ms"), "runtime": t.user_attrs.get("runtime", "torch"),
-             "model_bytes": t.user_attrs.get("model_bytes"),
-             "test_accuracy": t.user_attrs.get("test_accuracy"), "params": t.user_attrs.get("params"),
-             "nnz": t.user_attrs.get("nnz"), "effective_flops": t.user_attrs.get("effective_flops")} for t in front]
+    rows = [{"trial": r.number, "accuracy": r.accuracy, "latency_ms": r.latency_ms, "runtime": r.runtime or "torch",
+             "model_bytes": r.model_bytes, "test_accuracy": r.test_accuracy, "params": r.params, "nnz": r.nnz,
+             "effective_flops": r.effective_flops} for r in front]
     console = Console()
     runtime = study.user_attrs.get("runtime", "torch")
     table = Table(title=f"study '{study.study_name}': best architectures ({', '.join(f'{k} {v}' for k, v in states.items())})")

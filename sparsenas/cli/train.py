@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from .common import positive_float, print_json
 
@@ -32,38 +31,17 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..errors import SparseNASError
-    from ..export import normalize_formats, read_arch, retrain, write_export
-    from ..progress import Progress
+    from ..api import train
 
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            raise SparseNASError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    normalize_formats(args.format)  # a bad format fails before training, not after
-    arch, task, doc = read_arch(args.arch)
-    dataset = args.dataset or (task.dataset if task else None)
-    if dataset is None:
-        raise SparseNASError(f"{args.arch} names no dataset; pass --dataset")
-    input_size = args.input_size
-    if input_size is None and task is not None and dataset == task.dataset and len(task.input_shape) == 3:
-        input_size = task.input_shape[-1]
-    out = args.out or (args.arch if os.path.isdir(args.arch) else os.path.dirname(os.path.abspath(args.arch)))
-    with Progress(1, enabled=not args.no_progress, label=f"train {arch.digest()}") as bar:
-        bar.trial_started(0, f"{args.epochs} epochs on {dataset}")
-        model, task, figures = retrain(arch, dataset=dataset, data_dir=args.data_dir, input_size=input_size,
-                                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                       limit=args.limit, measure=not args.no_measure, on_step=bar.trial_progress)
-    info = {"weights": f"retrained from scratch for {figures['epochs']} epochs on {task.dataset} (seed {args.seed}) "
-                       "by `nas train`",
-            "retrained": figures, "source": doc.get("source") or {},
-            **{k: figures.get(k) for k in ("latency_ms", "latency_source", "measured_latency_ms",
-                                           "measured_latency_cpu_ms", "flops", "effective_flops", "kernels")}}
-    res = write_export(model, arch, task, out, formats=args.format, sparse_format=args.sparse_format, info=info,
-                       onnx_exporter=args.onnx_exporter)
+    res, figures = train(args.arch, dataset=args.dataset, data_dir=args.data_dir, input_size=args.input_size,
+                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, limit=args.limit,
+                         out=args.out, formats=args.format, sparse_format=args.sparse_format,
+                         onnx_exporter=args.onnx_exporter, measure=not args.no_measure, progress=not args.no_progress)
     lat = figures.get("measured_latency_ms")
-    print(f"trained {arch.digest()} for {figures['epochs']} epochs on {task.dataset}: val acc {figures['accuracy']:.4f}, "
-          f"test acc {figures['test_accuracy']:.4f}" + (f", {lat:.3f} ms measured" if lat is not None else "")
-          + f"; exported to {out}/ ({', '.join(res.files)})")
+    print(f"trained {figures['digest']} for {figures['epochs']} epochs on {figures['dataset']}: val acc "
+          f"{figures['accuracy']:.4f}, test acc {figures['test_accuracy']:.4f}"
+          + (f", {lat:.3f} ms measured" if lat is not None else "")
+          + f"; exported to {figures['out']}/ ({', '.join(res.files)})")
     if args.json:
         print_json({**res.to_dict(), "accuracy": figures["accuracy"], "test_accuracy": figures["test_accuracy"],
                     "epochs": figures["epochs"], "measured_latency_ms": lat,

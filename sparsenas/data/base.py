@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..errors import DatasetError
-from ..registry import Registry
+from ..registry import GROUPS, Registry
 from ..task import Task
 from .splits import channel_stats, normalise, resize, split_indices
 
@@ -41,7 +41,22 @@ class DatasetSpec:
     hint: str = ""  # which files are expected and how to point at them
 
 
-DATASETS: Registry[DatasetSpec] = Registry("dataset", "sparsenas.data")
+def _adopt(obj: object, key: str, where: str) -> DatasetSpec:
+    """A plug-in dataset (entry point in ``sparsenas.datasets`` or ``--dataset module:attr``): a
+    :class:`DatasetSpec`, a loader decorated with :func:`register_dataset`, or a plain loader
+    ``(data_dir, seed) -> RawData`` (registered under ``key``, its docstring as description)."""
+    if isinstance(obj, DatasetSpec):
+        return obj
+    if callable(obj) and not isinstance(obj, type):
+        registered = next((s for s in DATASETS._items.values() if s.load is obj), None)
+        doc = (getattr(obj, "__doc__", None) or "").strip().split("\n")[0]
+        return registered or DatasetSpec(key, doc or f"dataset from {key}", obj)
+    raise DatasetError(f"dataset {where} is a {type(obj).__name__}; expected a loader function (data_dir, seed) -> "
+                       "RawData, decorated with sparsenas.data.register_dataset or not, or a DatasetSpec")
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset", "sparsenas.data", group=GROUPS["dataset"], adopt=_adopt,
+                                           alias=lambda spec: spec.name)
 
 
 def register_dataset(name: str, description: str, *, default_size: int | None = None,
@@ -145,7 +160,7 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, input_size: i
             "std": std.tolist(), "seed": seed, "input_size": size, "limit": limit,
             "test_split": "official" if official else "held-out", "val_fraction": val_fraction,
             "test_fraction": None if official else test_fraction}
-    task = Task(name, tuple(int(d) for d in xs["train"].shape[1:]), len(raw.classes))
+    task = Task(spec.name, tuple(int(d) for d in xs["train"].shape[1:]), len(raw.classes))
     return DataSplits(task, sets["train"], sets["val"], sets["test"], list(raw.classes), meta)
 
 

@@ -7,12 +7,13 @@ a named runtime.
 """
 from __future__ import annotations
 
-from ..registry import Registry
+from ..registry import GROUPS, Registry, subclass_adopter
 from .base import GROUPED, NATIVE, Chooser, Runtime, RuntimeNotInstalled
 
 __all_modules__ = ("pytorch", "onnxruntime", "openvino")
 
-RUNTIMES: Registry = Registry("runtime", __name__)
+RUNTIMES: Registry = Registry("runtime", __name__, group=GROUPS["runtime"],
+                              adopt=subclass_adopter("runtime", Runtime), alias=lambda cls: cls.name)
 DEFAULT_RUNTIME = "onnxruntime"  # the default export format, run where users deploy it
 
 __all__ = ["RUNTIMES", "DEFAULT_RUNTIME", "Chooser", "GROUPED", "NATIVE", "Runtime", "RuntimeNotInstalled", "get_runtime"]

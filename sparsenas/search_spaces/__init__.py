@@ -1,9 +1,15 @@
-"""Search spaces: one module each, registered by name with ``@SPACES.register``."""
-from ..registry import Registry
+"""Search spaces: one module each, registered by name with ``@SPACES.register``.
+
+Spaces outside the package: an entry point in group ``sparsenas.spaces`` or ``--space module:Class``
+(see :mod:`sparsenas.registry`); either way a concrete :class:`SearchSpace` subclass.
+"""
+from ..registry import GROUPS, Registry, subclass_adopter
+from .base import SearchSpace
 
 __all_modules__ = ("sparse_mbv2", "sparse_darts", "g2g_mlp", "pooling_resnet20")
 
-SPACES: Registry = Registry("search space", __name__)
+SPACES: Registry = Registry("search space", __name__, group=GROUPS["space"],
+                            adopt=subclass_adopter("search space", SearchSpace), alias=lambda cls: cls.name)
 
 
 def get_space(name: str):

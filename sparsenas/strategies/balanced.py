@@ -23,6 +23,7 @@ from ..supernets.balanced import BalancedMixture, BalancedTrainer
 from . import STRATEGIES
 from .base import SearchContext, Strategy
 from .supernet import train_supernet
+from .options import Option
 
 MAX_PATHS = 1000
 ESTIMATES_DONE = "balanced_estimates_logged"
@@ -56,6 +57,13 @@ class BalancedStrategy(Strategy):
     runs_distributed = True
     description = ("balanced mixture of M supernets (default 4) over every architecture of a small space "
                    "(pooling_resnet20), ranked by supernet accuracy; the best retrained standalone")
+    options = (
+        Option("supernets", int, 4, "number of supernets M in the mixture"),
+        Option("search_epochs", int, None, "epochs of supernet training (default 3x --epochs)"),
+        Option("retrain_top", int, 3, "best-ranked architectures to retrain standalone"),
+        Option("retrain_epochs", int, None, "training epochs of each retrained architecture (default --epochs)"),
+        Option("fix", dict, None, "hold choices at a value, e.g. downsample=max (the paper's 36 placements)"),
+    )
 
     def run(self, ctx: SearchContext) -> None:
         space, tracker, evaluator = ctx.space, ctx.tracker, ctx.evaluator

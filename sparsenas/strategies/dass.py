@@ -45,6 +45,7 @@ from .base import SearchContext, Strategy
 from ..supernets.base import (SupernetTrainer, cycle_batches, epoch_batches, load_optimizer, optimizer_state, run_epochs,
                               shard_loss)
 from .supernet import train_supernet
+from .options import Option
 
 PHASES = ("warmup", "prune", "finetune")
 SUPERNET_OPTIONS = ("channels", "cells", "search_cells", "downscale", "depth", "width", "expand", "conns")
@@ -357,6 +358,31 @@ class DASSStrategy(Strategy):
     runs_distributed = True
     description = ("DASS: DARTS-style bilevel search over mixed ops with alpha trained on the network masked at "
                    "the target sparsity (warm-up, score pruning, fine-tune); derived nets retrained and logged")
+    options = (
+        Option("target_sparsity", float, DassConfig.target_sparsity, "fraction of zero weights the sparse ops are pruned to"),
+        Option("latency_weight", float, DassConfig.latency_weight, "weight of the expected-latency term in alpha's loss (0: none)"),
+        Option("search_epochs", int, DassConfig.search_epochs, "passes over the train split for the supernet, split into the phases"),
+        Option("retrain_epochs", int, DassConfig.retrain_epochs, "standalone training epochs of each derived architecture"),
+        Option("retrain_top", int, DassConfig.retrain_top, "derived architectures to retrain and log"),
+        Option("order", str, DassConfig.order, "alpha step: first order, or DARTS' second (unrolled) order",
+               choices=("first", "second")),
+        Option("phases", list, DassConfig.phases, "shares of the search steps: warm-up, pruning, fine-tuning", item=float),
+        Option("batch_size", int, DassConfig.batch_size, "supernet batch size (config file only; --batch-size is the trials')"),
+        Option("weight_lr", float, DassConfig.weight_lr, "SGD learning rate of the supernet weights (cosine)"),
+        Option("score_lr", float, DassConfig.score_lr, "SGD learning rate of the mask scores in the pruning phase"),
+        Option("arch_lr", float, DassConfig.arch_lr, "Adam learning rate of the architecture weights alpha"),
+        Option("arch_weight_decay", float, DassConfig.arch_weight_decay, "weight decay of alpha"),
+        Option("grad_clip", float, DassConfig.grad_clip, "gradient-norm clip of the weight step"),
+        Option("threads", int, DassConfig.threads, "torch threads for the search (config file only)"),
+        Option("channels", int, None, "sparse_darts: initial channels C (8, 12, 16; default 8)"),
+        Option("cells", int, None, "sparse_darts: cells of the derived network (3, 5, 8; default 5)"),
+        Option("search_cells", int, None, "sparse_darts: cells of the supernet (2-20; default 3)"),
+        Option("downscale", bool, None, "sparse_darts: the supernet sees the input average-pooled (default: inputs of 16 px and more)"),
+        Option("depth", int, None, "sparse_mbv2: blocks per stage of the supernet (default 1)"),
+        Option("width", float, None, "sparse_mbv2: width multiplier of the supernet (default 0.5)"),
+        Option("expand", int, None, "sparse_mbv2: expansion ratio of the supernet (default 3)"),
+        Option("conns", list, None, "sparse_mbv2: sparse 1x1 connectivities (default magnitude,g2g)", item=str),
+    )
 
     def check(self, space: SearchSpace, task: Task, options: dict[str, Any]) -> None:
         cfg = DassConfig.from_options(options)

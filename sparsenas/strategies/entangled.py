@@ -4,7 +4,7 @@ inherited weights (Once-for-All style), then standalone retraining of the best.
 Phases, all logged to the study:
 1. **gradient search** (``search_epochs``): the supernet in gradient mode; first-order DARTS
    alternates an architecture step (Adam on the alphas, validation batch) and a weight step (SGD,
-   training batch); ``--mixing dirichlet`` (Python API option ``mixing``) samples the mixing
+   training batch); ``--mixing dirichlet`` samples the mixing
    weights DrNAS-style. The per-decision argmax is the *derived* architecture (study attrs
    ``entangled_derived_arch`` and ``entangled_alphas``). Gradient mode fixes the downsampling
    placement (see :mod:`sparsenas.supernets.entangled`).
@@ -27,8 +27,8 @@ Phases, all logged to the study:
    is printed and stored on the study (``kendall_tau``, ``kendall_tau_pvalue``, ``kendall_tau_n``).
 
 ``--timeout`` stops phases 3-4 from starting new architectures; phases 1-2 always run. The search
-runs at ``threads`` (default 1) torch threads. Flags: ``--search-epochs``, ``--retrain-epochs``,
-``--retrain-top``; the other options above through the Python API (``options={...}``).
+runs at ``threads`` (default 1) torch threads. Every option above is a ``nas search`` flag (declared in
+``EntangledStrategy.options``), a key of a config file's ``[options]`` table, or ``options={...}``.
 """
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ from . import STRATEGIES
 from .base import SearchContext, Strategy
 from ..supernets.base import SupernetTrainer, cycle_batches, epoch_batches, epoch_seed, shard_loss
 from .supernet import train_supernet
+from .options import Option
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,26 @@ class EntangledStrategy(Strategy):
     runs_distributed = True
     description = ("weight-entangled supernet (TangleNAS): gradient search mixing candidate weights in one op, "
                    "then NSGA-II over inherited weights (about a second per arch), top archs retrained")
+    _o = EntangledOptions
+    options = (
+        Option("search_epochs", int, None, f"epochs of gradient search on the supernet (default {_o.search_epochs}; "
+               "g2g_mlp 10)"),
+        Option("sandwich_epochs", int, None, f"epochs of sandwich training (largest + smallest + random children; "
+               f"default {_o.sandwich_epochs}; g2g_mlp 30)"),
+        Option("sandwich_random", int, _o.sandwich_random, "random children per sandwich step"),
+        Option("retrain_epochs", int, None, f"standalone training epochs of the retrained architectures "
+               f"(default {_o.retrain_epochs}; g2g_mlp 20)"),
+        Option("retrain_top", int, _o.retrain_top, "best architectures of the inherited front to retrain"),
+        Option("tau_archs", int, _o.tau_archs, "architectures retrained in all, for Kendall's tau of the ranking"),
+        Option("calib_batches", int, _o.calib_batches, "training batches to recalibrate BatchNorm of an extracted child"),
+        Option("finetune_steps", int, _o.finetune_steps, "SGD steps on an extracted child before validating it (0: raw)"),
+        Option("mask_every", int, _o.mask_every, "steps between magnitude-mask refreshes"),
+        Option("arch_lr", float, _o.arch_lr, "Adam learning rate of the architecture weights"),
+        Option("mixing", str, _o.mixing, "how candidate weights are mixed: softmax(alpha), or Dirichlet samples "
+               "(DrNAS)", choices=MIXINGS),
+        Option("threads", int, _o.threads, "torch threads for the search (config file only)"),
+    )
+    del _o
 
     def run(self, ctx: SearchContext) -> None:
         opts = EntangledOptions.from_ctx(ctx)

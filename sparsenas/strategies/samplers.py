@@ -1,20 +1,164 @@
 """Multi-trial strategies: an Optuna sampler proposes architectures; each trains standalone.
 
-random, tpe and nsga2 are the same loop (``suggest -> evaluate -> tell``) with another sampler.
+random, tpe and nsga2 are the same loop (``suggest -> evaluate -> tell``) with another sampler;
+``--sampler NAME`` runs that loop with any sampler of :data:`SAMPLERS` (tpe, nsga2, nsga3, random,
+gp, cmaes, qmc, a plug-in in entry-point group ``sparsenas.samplers``, or ``module:Class``), its
+keyword arguments from a config file's ``[sampler]`` table. :data:`PRUNERS` holds the pruners of
+single-objective studies (``--pruner``).
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
 import time
 import warnings
 from abc import abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import optuna
 import torch
 
 from ..errors import SparseNASError
 from ..evaluators import TrainingDiverged
+from ..registry import GROUPS, Registry
 from . import STRATEGIES
 from .base import SearchContext, Strategy
+from .options import Option
+
+
+# ---------------------------------------------------------------- samplers and pruners by name
+@dataclass(frozen=True)
+class SamplerKind:
+    """How to build one kind of sampler: ``make(seed, trials, **args)``; ``multi_objective`` False for
+    samplers Optuna refuses on multi-objective studies (a clear error before the study is made)."""
+
+    make: Callable[..., optuna.samplers.BaseSampler]
+    description: str
+    multi_objective: bool = True
+
+
+def _adopt_sampler(obj: Any, key: str, where: str) -> SamplerKind:
+    if isinstance(obj, SamplerKind):
+        return obj
+    if inspect.isclass(obj) and issubclass(obj, optuna.samplers.BaseSampler):
+        takes_seed = "seed" in inspect.signature(obj).parameters
+
+        def make(seed: int, trials: int, **args: Any) -> optuna.samplers.BaseSampler:
+            return obj(**({"seed": seed} if takes_seed else {}), **args)
+
+        return SamplerKind(make, (obj.__doc__ or key).strip().splitlines()[0])
+    raise SparseNASError(f"sampler {where} is {'class ' + obj.__name__ if inspect.isclass(obj) else 'a ' + type(obj).__name__}"
+                         ", not a subclass of optuna.samplers.BaseSampler")
+
+
+SAMPLERS: Registry[SamplerKind] = Registry("sampler", group=GROUPS["sampler"], adopt=_adopt_sampler)
+
+
+def _startup(trials: int) -> int:
+    return max(3, min(10, trials // 3))
+
+
+def _population(trials: int) -> int:
+    return max(4, min(50, trials // 4))
+
+
+for _name, _kind in {
+    "random": SamplerKind(lambda seed, trials, **a: optuna.samplers.RandomSampler(seed=seed, **a),
+                          "uniform random choices"),
+    "tpe": SamplerKind(lambda seed, trials, **a: optuna.samplers.TPESampler(
+        **{"seed": seed, "multivariate": True, "n_startup_trials": _startup(trials), **a}),
+        "Tree-structured Parzen Estimator (multivariate, multi-objective aware)"),
+    "nsga2": SamplerKind(lambda seed, trials, **a: optuna.samplers.NSGAIISampler(
+        **{"seed": seed, "population_size": _population(trials), **a}), "NSGA-II evolutionary search"),
+    "nsga3": SamplerKind(lambda seed, trials, **a: optuna.samplers.NSGAIIISampler(
+        **{"seed": seed, "population_size": _population(trials), **a}),
+        "NSGA-III evolutionary search (reference points; for several objectives)"),
+    "gp": SamplerKind(lambda seed, trials, **a: optuna.samplers.GPSampler(
+        **{"seed": seed, "n_startup_trials": _startup(trials), **a}), "Gaussian-process Bayesian optimisation"),
+    # CMA-ES and QMC sample continuous parameters; Optuna hands categorical choices (all of an
+    # architecture's) to their independent sampler, random by default, so on these spaces they
+    # behave as random search. CMA-ES refuses multi-objective studies.
+    "cmaes": SamplerKind(lambda seed, trials, **a: optuna.samplers.CmaEsSampler(
+        **{"seed": seed, "warn_independent_sampling": False, **a}),
+        "CMA-ES (single objective; categorical choices drawn at random)", multi_objective=False),
+    "qmc": SamplerKind(lambda seed, trials, **a: optuna.samplers.QMCSampler(
+        **{"seed": seed, "warn_independent_sampling": False, **a}),
+        "quasi-Monte Carlo (Sobol); categorical choices drawn at random"),
+}.items():
+    SAMPLERS.register(_name)(_kind)
+
+
+@contextlib.contextmanager
+def _quiet_experimental() -> Iterator[None]:
+    with warnings.catch_warnings():  # QMC, NSGA-III... are "experimental" in name; the choice is the user's
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+def make_sampler(name: str, args: dict[str, Any], seed: int, trials: int,
+                 objectives: tuple[str, ...] | None = None) -> optuna.samplers.BaseSampler:
+    """The sampler ``name`` with keyword ``args``; a bad name, argument or objective count is a
+    SparseNASError."""
+    kind = SAMPLERS.get(name)
+    if objectives is not None and len(objectives) > 1 and not kind.multi_objective:
+        raise SparseNASError(f"sampler '{name}' cannot optimise several objectives (accuracy and latency); add "
+                             "--objective accuracy, or pick a multi-objective sampler (tpe, nsga2, nsga3, gp, random, qmc)")
+    try:
+        with _quiet_experimental():
+            return kind.make(seed, trials, **args)
+    except (TypeError, ValueError) as e:
+        raise SparseNASError(f"sampler '{name}' does not accept the arguments {args!r} from the [sampler] table: "
+                             f"{e}") from None
+
+
+def sampler_check(strategy: Strategy, name: str | None, args: dict[str, Any], objectives: tuple[str, ...],
+                  seed: int, trials: int) -> None:
+    """Before the study is made: ``--sampler`` only with a sampler strategy, and a sampler that builds."""
+    if name is None:
+        if args:
+            raise SparseNASError("the config has sampler arguments ([sampler] table) but no sampler name; "
+                                 "add name = \"tpe\" (or another sampler) to the table")
+        return
+    if not isinstance(strategy, SamplerStrategy):
+        raise SparseNASError(f"--sampler applies to the sampler strategies (random, tpe, nsga2); strategy "
+                             f"'{strategy.name}' samples architectures its own way")
+    make_sampler(name, args, seed, trials, objectives)
+
+
+def _adopt_pruner(obj: Any, key: str, where: str) -> Callable[..., optuna.pruners.BasePruner]:
+    if inspect.isclass(obj) and issubclass(obj, optuna.pruners.BasePruner):
+        return lambda epochs, **args: obj(**args)
+    raise SparseNASError(f"pruner {where} is {'class ' + obj.__name__ if inspect.isclass(obj) else 'a ' + type(obj).__name__}"
+                         ", not a subclass of optuna.pruners.BasePruner")
+
+
+# name -> make(epochs, **args)
+PRUNERS: Registry[Callable[..., optuna.pruners.BasePruner]] = Registry("pruner", group=GROUPS["pruner"],
+                                                                        adopt=_adopt_pruner)
+PRUNERS.register("median")(lambda epochs, **a: optuna.pruners.MedianPruner(
+    **{"n_startup_trials": 3, "n_warmup_steps": 2, **a}))
+PRUNERS.register("hyperband")(lambda epochs, **a: optuna.pruners.HyperbandPruner(
+    **{"min_resource": 1, "max_resource": max(epochs, 2), **a}))
+PRUNERS.register("successive-halving")(lambda epochs, **a: optuna.pruners.SuccessiveHalvingPruner(**a))
+PRUNERS.register("nop")(lambda epochs, **a: optuna.pruners.NopPruner(**a))
+
+
+def make_pruner(name: str | None, args: dict[str, Any], objectives: tuple[str, ...],
+                epochs: int) -> optuna.pruners.BasePruner | None:
+    """The pruner of a single-objective study (median by default); None for multi-objective ones,
+    which Optuna cannot prune (a pruner named for one is an error)."""
+    if len(objectives) > 1:
+        if name is not None:
+            raise SparseNASError(f"--pruner {name}: Optuna prunes single-objective studies only; add --objective "
+                                 "accuracy (or leave --pruner out)")
+        return None
+    factory = PRUNERS.get(name or "median")
+    try:
+        return factory(epochs, **args)
+    except (TypeError, ValueError) as e:
+        raise SparseNASError(f"pruner '{name}' does not accept the arguments {args!r} from the [pruner] table: "
+                             f"{e}") from None
 
 
 class TrialFailed(Exception):
@@ -22,6 +166,8 @@ class TrialFailed(Exception):
 
 
 class SamplerStrategy(Strategy):
+    options = (Option("fixed", dict, None, "pin some choices and sample the rest, e.g. s2b1_sparsity=0.8,s1_depth=1"),)
+
     @abstractmethod
     def make_sampler(self, seed: int, ctx: SearchContext) -> optuna.samplers.BaseSampler:
         """The Optuna sampler that proposes architectures."""
@@ -35,7 +181,9 @@ class SamplerStrategy(Strategy):
             return
         # offset the seed by the trials already there, so a resumed search does not replay them, and
         # by the worker's index, so workers started together do not propose the same architectures
-        tracker.study.sampler = self.make_sampler(ctx.seed + len(tracker.study.trials) + 7919 * ctx.worker, ctx)
+        seed = ctx.seed + len(tracker.study.trials) + 7919 * ctx.worker
+        tracker.study.sampler = (make_sampler(ctx.sampler, ctx.sampler_args, seed, ctx.trials) if ctx.sampler
+                                 else self.make_sampler(seed, ctx))
         evaluator, space, task = ctx.evaluator, ctx.space, ctx.task
         if fixed := ctx.options.get("fixed"):  # pin some choices (e.g. the sparsity), sample the rest
             allowed = space.choices(task)
@@ -62,20 +210,20 @@ class SamplerStrategy(Strategy):
                 return tracker.record_duplicate(trial, twin)
             model = evaluator.build(arch)
             lat = evaluator.latency(arch, model, task)
-            trial.set_user_attr("latency_ms", lat.ms)
+            tracker.record_latency(trial, lat.ms)
             if ctx.max_latency_ms is not None and lat.ms > ctx.max_latency_ms:
-                trial.set_user_attr("pruned_reason", f"latency {lat.ms:.3f} ms > --max-latency-ms {ctx.max_latency_ms}")
+                tracker.record_reason(trial, "pruned", f"latency {lat.ms:.3f} ms > --max-latency-ms {ctx.max_latency_ms}")
                 raise optuna.TrialPruned()
 
             def on_epoch(epoch: int, acc: float) -> None:
                 if tracker.record_epoch(trial, epoch, acc):
-                    trial.set_user_attr("pruned_reason", f"pruner stopped it after epoch {epoch}")
+                    tracker.record_reason(trial, "pruned", f"pruner stopped it after epoch {epoch}")
                     raise optuna.TrialPruned()
 
             try:
                 trained = evaluator.train(model, on_epoch=on_epoch, on_step=ctx.progress.trial_progress)
             except (TrainingDiverged, torch.OutOfMemoryError, MemoryError) as e:
-                trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
+                tracker.record_reason(trial, "failed", f"{type(e).__name__}: {e}")
                 raise TrialFailed(str(e)) from e
             result = evaluator.result(arch, model, trained, lat)
             tracker.record_result(trial, result)
@@ -104,7 +252,7 @@ class RandomStrategy(SamplerStrategy):
     description = "uniform random architectures (Optuna RandomSampler), each trained standalone: the honest baseline"
 
     def make_sampler(self, seed: int, ctx: SearchContext) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.RandomSampler(seed=seed)
+        return make_sampler("random", {}, seed, ctx.trials)
 
 
 @STRATEGIES.register("tpe")
@@ -113,7 +261,7 @@ class TPEStrategy(SamplerStrategy):
     description = "Optuna's TPE sampler (multivariate, multi-objective aware), each architecture trained standalone"
 
     def make_sampler(self, seed: int, ctx: SearchContext) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=max(3, min(10, ctx.trials // 3)))
+        return make_sampler("tpe", {}, seed, ctx.trials)
 
 
 @STRATEGIES.register("nsga2")
@@ -122,4 +270,4 @@ class NSGA2Strategy(SamplerStrategy):
     description = "Optuna's NSGA-II evolutionary sampler for the accuracy/latency front, trained standalone"
 
     def make_sampler(self, seed: int, ctx: SearchContext) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, ctx.trials // 4)))
+        return make_sampler("nsga2", {}, seed, ctx.trials)
