@@ -435,3 +435,10 @@ def dashboard(storage: str = DEFAULT_STORAGE, *, host: str = "127.0.0.1", port: 
         run_server(st, host=host, port=port, artifact_store=store)
     except OSError as e:  # port in use, address not on this machine
         raise SparseNASError(f"cannot serve on {host}:{port}: {e.strerror or e}; pass another --port or --host") from None
+
+
+def storage_proxy(storage: str, *, host: str = "127.0.0.1", port: int = 13000) -> None:
+    """Serve ``storage`` to many workers through Optuna's gRPC storage proxy until Ctrl-C."""
+    from .tracking import serve_storage_proxy
+
+    serve_storage_proxy(storage, host=host, port=port)

@@ -26,8 +26,10 @@ EXAMPLES = {
                  "nas search --dataset cifar10 --data-dir ~/data --input-size 32"],
     "studies": ["nas studies", "nas studies --storage sqlite:///runs.db --json",
                 "nas studies --storage postgresql://user@host/nas"],
-    "inspect": ["nas inspect found/arch.json", "nas inspect found/arch.json --dataset digits --input-size 32 --json"],
-    "profile": ["nas profile --space sparse_mbv2 --out my-cpu.json",
+    "inspect": ["nas inspect found/arch.json", "nas inspect found/arch.json --runtime onnxruntime",
+                "nas inspect found/arch.json --dataset digits --input-size 32 --json"],
+    "profile": ["nas profile --space sparse_mbv2 --out my-cpu.json   # ONNX Runtime, the default runtime",
+                "nas profile --space sparse_mbv2 --runtime torch --out my-torch.json",
                 "nas profile --validate my-cpu.json --space sparse_mbv2 --plot validate.png"],
     "dashboard": ["nas dashboard", "nas dashboard --storage sqlite:///runs.db --port 8081"],
     "export": ["nas export --study sparse_mbv2-digits16-tpe --best --out found/",
@@ -35,6 +37,8 @@ EXAMPLES = {
                "nas export --study S --pareto --out front/"],
     "train": ["nas train found/arch.json --epochs 50", "nas train found/ --dataset digits --out retrained/ --json"],
     "report": ["nas report --out report/", "nas report --storage sqlite:///runs.db --study S --out report/ --baseline train"],
+    "storage-proxy": ["nas storage-proxy --storage postgresql://nas@db-host/nas --host 0.0.0.0 --port 13000",
+                      "nas search --space sparse_mbv2 --trials 2000 --storage grpc://proxy-host:13000"],
 }
 
 

@@ -80,7 +80,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="local processes evaluating trials of the study at once (random, tpe, nsga2); --trials stays "
                         "the study's total and --threads is split between them. Workers on other machines: run the "
                         "same command there with a shared --storage")
-    p.add_argument("--resume-anyway", action="store_true", default=None,
+    p.add_argument("--resume-anyway", action="store_true",
                    help="join an existing study even though its budget (epochs, time budget, lr, batch size, limit), "
                         "seed or strategy differ from this run's")
     p.add_argument("--no-progress", action="store_true", help="no progress bar; one log line per finished trial")

@@ -20,9 +20,9 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_storage_proxy(args: argparse.Namespace) -> int:
-    from ..tracking import mask_url, serve_storage_proxy
+    from ..api import mask_url, storage_proxy
 
     print(f"storage proxy for {mask_url(args.storage)} on grpc://{args.host}:{args.port} (Ctrl-C to stop); "
           f"workers: nas search --storage grpc://{args.host}:{args.port} ...", file=sys.stderr, flush=True)
-    serve_storage_proxy(args.storage, host=args.host, port=args.port)
+    storage_proxy(args.storage, host=args.host, port=args.port)
     return 0
