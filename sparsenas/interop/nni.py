@@ -46,7 +46,7 @@ def require_nni() -> Any:
         raise SparseNASError(f"the nni:* strategies need NNI 3.0 and PyTorch Lightning, which are not installed here "
                              f"({e}); install the extra with: {INSTALL_HINT}") from None
     for name in ("nni", "pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # NNI logs every sample at INFO
+        logging.getLogger(name).setLevel(logging.ERROR)  # NNI logs every sample (INFO) and data-loader notes (WARNING)
     return nni
 
 
@@ -136,7 +136,7 @@ def run_multi_trial(kind: str, model_space: Any, evaluate: Callable[[Arch], floa
     total = time.perf_counter() - start
     return {"seconds": round(total, 3), "evaluate_seconds": round(inside["seconds"], 3), "models": inside["models"],
             "overhead_per_model_s": round((total - inside["seconds"]) / max(1, inside["models"]), 4),
-            "engine": "sequential (in-process)", "strategy": repr(strategy)}
+            "engine": "sequential (in-process)", "nni_strategy": repr(strategy)}
 
 
 # ---------------------------------------------------------------------------------------- one-shot
