@@ -12,9 +12,11 @@ covers the space, else measured). Printed per strategy, mean +- standard deviati
 - Pareto hypervolume of (test accuracy up, latency down) of the retrained architectures, and of
   (validation accuracy, latency) of every trial the search logged, with one reference point for all;
 - wall time until the search's validation hypervolume reached random search's final one (same
-  seed; "-" when it never did), the search's wall time, trials, per-trial overhead (search wall time
-  minus training time, per trial: process/framework cost for multi-trial strategies, supernet
-  training per logged architecture for one-shot ones), and peak RSS;
+  seed; "-" when it never did), the search's wall time, trials, per-trial overhead (for multi-trial
+  strategies the median time between two trials' ends that was not training: building, latency,
+  costs, storage, the framework; for one-shot ones search time minus training per logged
+  architecture), and peak RSS; ``--nni-service-overhead`` also times NNI's own training-service
+  engine (one process per trial) on a tiny model;
 - the three baselines the random-search-for-sparse-NAS comparison asks for, built on random
   search's best architecture of each seed: the dense parent (every mask removed), the same
   network with random masks at equal sparsity (fixed, not learned), and random search itself.
@@ -199,6 +201,76 @@ def _run_child(kind: str, cfg: dict, python: str) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+# ------------------------------------------- NNI's own multi-trial engine (one process per trial)
+_SERVICE_SPACE = """
+import time
+import nni
+import torch
+from torch import nn
+from nni.nas.nn.pytorch import LayerChoice, ModelSpace
+
+
+class Tiny(ModelSpace):
+    def __init__(self):
+        super().__init__()
+        self.op = LayerChoice([nn.Sequential(nn.Linear(64, w), nn.ReLU(), nn.Linear(w, 32)) for w in (8, 16, 24, 32, 48, 64)],
+                              label="op")
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc(self.op(x))
+
+
+def evaluate(model):
+    t = time.perf_counter()
+    torch.manual_seed(0)
+    x, y = torch.randn(256, 64), torch.randint(0, 10, (256,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(20):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    nni.report_final_result({"default": float((model(x).argmax(1) == y).float().mean()),
+                             "inside_s": time.perf_counter() - t})
+"""
+_SERVICE_RUN = """
+import json, time
+from service_space import Tiny, evaluate
+from nni.nas.evaluator import FunctionalEvaluator
+from nni.nas.experiment import NasExperiment
+from nni.nas.strategy import Random
+exp = NasExperiment(Tiny(), FunctionalEvaluator(evaluate), Random())
+exp.config.max_trial_number = TRIALS
+exp.config.trial_concurrency = 1
+t = time.perf_counter()
+exp.run(port=PORT, wait_completion=True, debug=False)
+wall = time.perf_counter() - t
+jobs = exp.list_trial_jobs()
+inside = [m.data["inside_s"] for ms in exp.get_job_metrics().values() for m in ms if isinstance(m.data, dict)]
+durs = [(j.endTime - j.startTime) / 1000 for j in jobs if j.endTime]
+exp.stop()
+print(json.dumps({"wall_s": wall, "trials": len(jobs), "trial_s": durs, "inside_s": inside}))
+"""
+
+
+def nni_service_overhead(python: str, trials: int = 4, port: int = 8745) -> dict:
+    """Per-trial overhead of NNI's training-service engine (a fresh trial process per model, NNI's
+    Node manager, local training service) on a tiny model whose own work takes about a second:
+    trial duration minus the time spent inside the evaluation function."""
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "service_space.py"), "w") as f:
+            f.write(_SERVICE_SPACE)
+        script = _SERVICE_RUN.replace("TRIALS", str(trials)).replace("PORT", str(port))
+        p = subprocess.run([python, "-c", script], capture_output=True, text=True, cwd=tmp,
+                           env={**os.environ, "PYTHONPATH": tmp})
+    if p.returncode != 0:
+        return {"error": " | ".join((p.stderr or p.stdout).strip().splitlines()[-3:])}
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    over = statistics.median(r["trial_s"]) - statistics.median(r["inside_s"]) if r["trial_s"] and r["inside_s"] else None
+    return {**r, "overhead_per_trial_s": over,
+            "engine": "NNI training service (local), one process per trial"}
+
+
 # ------------------------------------------------------------------------------------------ parent
 def _applicable(names: list[str], args: argparse.Namespace, options: dict) -> dict[str, str | None]:
     """strategy -> None if it can run on this space and task, else why not."""
@@ -315,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--python", default=sys.executable, help="interpreter of the child runs (one with nni for NNI's)")
     p.add_argument("--plot", default=None, metavar="PNG", help="write the retrained fronts here")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--nni-service-overhead", action="store_true",
+                   help="also time NNI's own training-service engine (a process per trial) on a tiny model")
     p.add_argument("--child-search", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-baselines", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -367,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
                                           if any("error" in r for r in rs)},
            "baselines": base_summary,
            "nni": {s: [r.get("nni") for r in rs if r.get("nni")] for s, rs in runs.items() if s.startswith("nni:")}}
+    if args.nni_service_overhead:
+        out["nni_training_service"] = nni_service_overhead(args.python)
     if args.plot:
         _plot(runs, args.plot, f"{args.space} on {args.dataset}: {args.budget_minutes} min/search, {args.seeds} seeds")
         out["plot"] = args.plot
@@ -401,6 +477,11 @@ def _print(out: dict) -> None:
         for k, v in out["baselines"].items():
             b.add_row(k, _fmt(v["test_accuracy"], "acc"), _fmt(v["nnz"], "n"), _fmt(v["latency_ms"], "overhead"))
         console.print(b)
+    if "nni_training_service" in out:
+        ts = out["nni_training_service"]
+        console.print(f"NNI training-service engine, tiny model: " + (ts.get("error") or
+                      f"{ts['trials']} trials, {ts['overhead_per_trial_s']:.1f} s overhead per trial "
+                      f"(trial durations {', '.join(f'{d:.1f}' for d in ts['trial_s'])} s)"))
     for s, why in out["skipped"].items():
         console.print(f"skipped {s}: {why}")
     for s, errs in out["errors"].items():
