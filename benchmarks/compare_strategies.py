@@ -272,6 +272,18 @@ def nni_service_overhead(python: str, trials: int = 4, port: int = 8745) -> dict
 
 
 # ------------------------------------------------------------------------------------------ parent
+def options_for(name: str, options: dict) -> dict:
+    """The subset of ``options`` strategy ``name`` declares (platforms where strategies declare their
+    options refuse the others); all of them where strategies declare none."""
+    from sparsenas.strategies import STRATEGIES
+
+    declared = getattr(STRATEGIES.get(name), "options", None)
+    if not isinstance(declared, tuple):
+        return dict(options)
+    names = {o.name for o in declared}
+    return {k: v for k, v in options.items() if k in names}
+
+
 def _applicable(names: list[str], args: argparse.Namespace, options: dict) -> dict[str, str | None]:
     """strategy -> None if it can run on this space and task, else why not."""
     from sparsenas.data import load_dataset
@@ -284,7 +296,11 @@ def _applicable(names: list[str], args: argparse.Namespace, options: dict) -> di
     out: dict[str, str | None] = {}
     for n in names:
         try:
-            STRATEGIES.get(n)().check(space, task, dict(options))
+            cls = STRATEGIES.get(n)
+            opts = options_for(n, options)
+            if hasattr(cls, "resolve_options"):
+                opts = cls.resolve_options(opts)
+            cls().check(space, task, opts)
             out[n] = None
         except SparseNASError as e:
             out[n] = str(e).split(";")[0][:160]
@@ -417,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             # they rank on the supernet (entangled, nni:random-one-shot)
             trials = 100_000 if s in MULTI_TRIAL else args.oneshot_trials
             r = _run_child("search", {**base, "strategy": s, "seed": seed, "study": f"{s}-seed{seed}",
-                                      "trials": trials}, args.python)
+                                      "trials": trials, "options": options_for(s, options)}, args.python)
             r.update(strategy=s, seed=seed)
             runs[s].append(r)
             if not args.json:

@@ -25,6 +25,23 @@ from ..task import Task
 from . import STRATEGIES
 from .base import SearchContext, Strategy
 
+try:  # strategies declare their options where the platform has Option (flags, config files)
+    from .options import Option
+except ImportError:  # a platform without declared options passes every flag through ctx.options
+    Option = None  # type: ignore[assignment,misc]
+
+
+def _record(tracker: Any, trial: optuna.Trial, what: str, *args: Any) -> None:
+    """``tracker.record_<what>(trial, ...)`` where the tracker has it (worker, latency, reason), else
+    the same user attr set directly, so these trials carry what the sampler strategies' trials do."""
+    method = getattr(tracker, f"record_{what}", None)
+    if method is not None:
+        method(trial, *args)
+    elif what == "latency":
+        trial.set_user_attr("latency_ms", float(args[0]))
+    elif what == "reason":
+        trial.set_user_attr("pruned_reason" if args[0] == "pruned" else "fail_reason", args[1])
+
 
 def evaluate_in_trial(ctx: SearchContext, arch: Arch, strategy: str,
                       budget_epochs: int | None = None) -> FrozenTrial | None:
@@ -37,6 +54,7 @@ def evaluate_in_trial(ctx: SearchContext, arch: Arch, strategy: str,
     with warnings.catch_warnings():  # heartbeats only run inside optimize(); ask/tell trials go without
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
         trial = study.ask()
+    _record(tracker, trial, "worker")
     arch = space.suggest(trial, task)
     canonical = space.canonical(arch).digest()
     tracker.record_arch(trial, arch, strategy=strategy, canonical_digest=canonical)
@@ -47,16 +65,16 @@ def evaluate_in_trial(ctx: SearchContext, arch: Arch, strategy: str,
     else:
         model = evaluator.build(arch)
         lat = evaluator.latency(arch, model, task)
-        trial.set_user_attr("latency_ms", lat.ms)
+        _record(tracker, trial, "latency", lat.ms)
         if ctx.max_latency_ms is not None and lat.ms > ctx.max_latency_ms:
-            trial.set_user_attr("pruned_reason", f"latency {lat.ms:.3f} ms > --max-latency-ms {ctx.max_latency_ms}")
+            _record(tracker, trial, "reason", "pruned", f"latency {lat.ms:.3f} ms > --max-latency-ms {ctx.max_latency_ms}")
             state = TrialState.PRUNED
         else:
             ev = evaluator if budget_epochs is None else _with_epochs(evaluator, budget_epochs)
 
             def on_epoch(epoch: int, acc: float) -> None:
                 if tracker.record_epoch(trial, epoch, acc):
-                    trial.set_user_attr("pruned_reason", f"pruner stopped it after epoch {epoch}")
+                    _record(tracker, trial, "reason", "pruned", f"pruner stopped it after epoch {epoch}")
                     raise optuna.TrialPruned()
 
             try:
@@ -64,7 +82,7 @@ def evaluate_in_trial(ctx: SearchContext, arch: Arch, strategy: str,
             except optuna.TrialPruned:
                 state = TrialState.PRUNED
             except (TrainingDiverged, torch.OutOfMemoryError, MemoryError) as e:
-                trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
+                _record(tracker, trial, "reason", "failed", f"{type(e).__name__}: {e}")
                 state = TrialState.FAIL
             else:
                 result = evaluator.result(arch, model, trained, lat)
@@ -129,6 +147,15 @@ class NNIEvolution(NNIMultiTrial):
 
 class NNIOneShot(Strategy):
     kind: str  # run_one_shot kind
+    if Option is not None:
+        options = (
+            Option("search_epochs", int, None, "epochs of NNI's supernet training (default --epochs)"),
+            Option("retrain_epochs", int, None, "standalone training epochs of the derived architectures (default --epochs)"),
+            Option("retrain_top", int, None, "derived architectures to retrain and log (default 1; DARTS derives one)"),
+            Option("target_sparsity", float, None, "sparse_darts: sparsity of the supernet's sparse ops (default 0.9)"),
+            Option("channels", int, None, "sparse_darts: initial channels C (8, 12, 16; default 8)"),
+            Option("cells", int, None, "sparse_darts: cells of the supernet and derived network (3, 5, 8; default 5)"),
+        )
 
     def check(self, space: SearchSpace, task: Task, options: dict[str, Any]) -> None:
         from ..interop.nni import check_one_shot, require_nni
