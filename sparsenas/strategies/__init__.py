@@ -7,7 +7,7 @@ from typing import Any
 
 from ..registry import GROUPS, Registry, subclass_adopter
 
-__all_modules__ = ("samplers", "dass", "balanced", "entangled")
+__all_modules__ = ("samplers", "dass", "balanced", "entangled", "nni_strategies")
 
 
 def _adopt(obj: Any, key: str, where: str) -> Any:
