@@ -170,7 +170,10 @@ def test_missing_and_failed_trials_are_clear_errors(study, tmp_path):
     assert rc == 2 and "has no trial 99" in err and "Traceback" not in err
     # a failed trial, in a copy of the study
     copy = tmp_path / "copy.db"
-    shutil.copy(db, copy)
+    import sqlite3
+
+    with sqlite3.connect(db) as src, sqlite3.connect(copy) as dst:  # sqlite's backup: WAL content included
+        src.backup(dst)
     st = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{copy}")
     t = st.ask()
     t.set_user_attr("fail_reason", "TrainingDiverged: loss became nan")
@@ -198,7 +201,10 @@ def test_a_failed_check_writes_nothing(trained_model, tmp_path):
 def test_trial_without_weights_needs_train_and_then_exports(study, tmp_path):
     url, db = study
     copy = tmp_path / "copy.db"
-    shutil.copy(db, copy)
+    import sqlite3
+
+    with sqlite3.connect(db) as src, sqlite3.connect(copy) as dst:  # sqlite's backup: WAL content included
+        src.backup(dst)
     st = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{copy}")
     t0 = st.trials[0]
     # an architecture logged after the fact, as supernet strategies do: no weights attached
