@@ -1,4 +1,4 @@
-"""sparse_mbv2's connectivity choice (conn: magnitude | g2g) for its sparse 1x1 convs, version 2."""
+"""sparse_mbv2's connectivity choice (conn: magnitude | g2g | block) for its sparse 1x1 convs, version 3."""
 import json
 import random
 
@@ -79,9 +79,11 @@ def test_g2g_plan_hits_the_density_or_keeps_only_the_dense_ensembles():
 
 
 def test_version_1_archs_upgrade_to_magnitude_and_build(space):
-    v2 = space.default_arch(TASK16).replace(s2b1_sparsity=0.9)
-    v1 = Arch("sparse_mbv2", 1, {k: v for k, v in v2.choices.items() if not k.endswith("_conn")})
-    assert space.version == 2 and space.upgrade(v1) == v2 and space.validate(v1, TASK16) == v2
+    v3 = space.default_arch(TASK16).replace(s2b1_sparsity=0.9)
+    v1 = Arch("sparse_mbv2", 1, {k: v for k, v in v3.choices.items() if not k.endswith("_conn")})
+    assert space.version == 3 and space.upgrade(v1) == v3 and space.validate(v1, TASK16) == v3
+    v2 = Arch("sparse_mbv2", 2, dict(v3.choices))  # version 2 had no "block": its archs are v3 archs as they are
+    assert space.upgrade(v2) == v3
     model = space.build(v1, TASK16)
     assert sum(isinstance(m, SparseConv2d) for m in model.modules()) == 2
     assert model(torch.randn(1, 1, 16, 16)).shape == (1, 10)
@@ -89,8 +91,8 @@ def test_version_1_archs_upgrade_to_magnitude_and_build(space):
     old = Arch.from_json(v1.to_json())
     assert old.version == 1 and space.build(old, TASK16)(torch.randn(1, 1, 16, 16)).shape == (1, 10)
     # other versions (and a v1 arch with a conn key it never had) are still refused clearly
-    with pytest.raises(SparseNASError, match="version 3"):
-        space.validate(Arch("sparse_mbv2", 3, dict(v2.choices)), TASK16)
+    with pytest.raises(SparseNASError, match="version 4"):
+        space.validate(Arch("sparse_mbv2", 4, dict(v3.choices)), TASK16)
     with pytest.raises(SparseNASError, match="conn"):
         space.validate(v1.replace(s1b1_conn="dense"), TASK16)
 
@@ -98,7 +100,7 @@ def test_version_1_archs_upgrade_to_magnitude_and_build(space):
 def test_choices_list_conn_beside_every_sparsity(space):
     ch = space.choices(TASK16)
     assert [k for k in ch if k.endswith("_conn")] == [f"s{s}b{b}_conn" for s, b in block_keys()] + ["head_conn"]
-    assert all(ch[k] == CONNS == ["magnitude", "g2g"] for k in ch if k.endswith("_conn"))
+    assert all(ch[k] == CONNS == ["magnitude", "g2g", "block"] for k in ch if k.endswith("_conn"))
 
 
 def test_kernel_specs_and_the_shipped_profile_cover_g2g_networks(space, table):
@@ -178,16 +180,16 @@ def test_optuna_searches_sample_conn_unchanged(storage_url, strategy, space):
                              options={"fixed": {"s2b1_sparsity": 0.8, "s2b1_conn": "g2g", "s1_depth": 1}})
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(trials) == 2
-    assert study.user_attrs["space_version"] == 2
+    assert study.user_attrs["space_version"] == 3
     conns = set()
     for t in trials:
         assert all(t.params[f"s{s}b{b}_conn"] in CONNS for s, b in block_keys()) and t.params["head_conn"] in CONNS
         conns |= {v for k, v in t.params.items() if k.endswith("_conn")}
         arch = arch_of(t)
-        assert arch.version == 2 and json.loads(arch.to_json())["choices"]["s2b1_conn"] == "g2g"
+        assert arch.version == 3 and json.loads(arch.to_json())["choices"]["s2b1_conn"] == "g2g"
         model = space.build(arch, study_task(study))
         assert isinstance(model.blocks[1].body[-2], G2GConv2d)  # s2b1's project conv
-    assert conns == {"magnitude", "g2g"}
+    assert conns <= set(CONNS) and "g2g" in conns
 
 
 def study_task(study):
@@ -204,7 +206,7 @@ def test_inspect_shows_each_layers_mask_and_upgrades_version_1_files(space, tmp_
         path.write_text(arch.to_json())
         assert main(["inspect", str(path), "--input-size", "16", "--json"]) == 0
         out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        assert out["arch"]["version"] == 2 and out["arch"]["choices"]["s3b1_conn"] == kind
+        assert out["arch"]["version"] == 3 and out["arch"]["choices"]["s3b1_conn"] == kind
         assert [l["mask"] for l in out["layers"] if l["sparsity"] > 0] == [kind, kind]
         assert {l["mask"] for l in out["layers"] if l["sparsity"] == 0} == {"-"}
 
@@ -222,3 +224,31 @@ def test_g2g_network_exports_and_loads_back(space, tmp_path):
         torch.testing.assert_close(back(x), model(x))
         torch.testing.assert_close(load(tmp_path / "g2g", plain=True)(x), model(x), atol=1e-5, rtol=1e-5)
     assert [m.mask_kind for m in sparse_modules(back)] == ["g2g"] * 3
+
+
+def test_block_conn_is_a_grouped_conv_the_profile_covers_and_the_export_lowers(space, tmp_path):
+    """conn "block": a block-diagonal G2G 1x1 conv (sparsity 1 - 1/G), enumerated for the profile,
+    and run as a grouped conv (with channel gathers for the interleaved project conv) with the same
+    outputs as the masked network."""
+    from sparsenas.ops import to_inference, trace_named_layers
+    from sparsenas.ops.plain import GroupedPointwise, to_plain
+    from sparsenas.search_spaces.sparse_mbv2 import block_plan
+
+    arch = space.default_arch(TASK16).replace(s2b1_sparsity=0.8, s2b1_conn="block", head_sparsity=0.9,
+                                              head_conn="block")
+    torch.manual_seed(0)
+    model = space.build(arch, TASK16).eval()
+    named = dict(trace_named_layers(model, TASK16.input_shape))
+    exp, proj, head = named["blocks.2.body.0"], named["blocks.2.body.6"], named["head.0"]
+    assert exp.blocks == block_plan(exp.cin, exp.cout, 0.2) == 4 and not exp.permuted
+    assert proj.blocks == 4 and proj.permuted and proj.sparsity == 0.75
+    assert head.blocks == 8 and head.sparsity == 0.875
+    keys = {s.key() for s in space.kernel_specs(TASK16)}
+    assert {exp.key(), proj.key(), head.key()} <= keys
+    grouped = lambda spec: "grouped" if spec.blocks else "dense"  # noqa: E731
+    x = torch.randn(2, *TASK16.input_shape)
+    with torch.no_grad():
+        ref = model(x)
+        for net in (to_inference(model, TASK16.input_shape, choose=grouped), to_plain(model, TASK16.input_shape, grouped)):
+            assert sum(isinstance(m, GroupedPointwise) for m in net.modules()) == 3
+            torch.testing.assert_close(net(x), ref, rtol=1e-4, atol=1e-5)

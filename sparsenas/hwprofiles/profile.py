@@ -53,7 +53,7 @@ SHIPPED = {"torch": DEFAULT_PROFILE, "onnxruntime": "cpu-x86-2core-onnxruntime.j
 # profiled kernel covers), constant.
 FEATURES = ("sum_ms", "layers", "layers_native", "layers_dense", "layers_torch_csr", "layers_scipy_csr",
             "act_melems", "dw_layers", "dw_act_melems", "one", "layers_grouped", "sum_pw_ms", "sum_dw_ms",
-            "sum_other_ms", "pw_mmacs", "dw_mmacs")
+            "sum_other_ms", "pw_mmacs", "dw_mmacs", "sum_grouped_ms", "gather_melems")
 
 
 class ProfileError(SparseNASError):

@@ -44,9 +44,9 @@ SAVE_EVERY_S = 10.0
 # plain sum cannot express (leave-one-out within +-10% 88% with it, 95% split, 8x8 inputs); the
 # multiply-accumulates of each kind say how far from its isolated time a layer of that size runs
 # (leave-one-out 94% -> 100% at 8x8 and 92% -> 99% at 16x16 in ONNX Runtime).
-CALIBRATION_FEATURES = ("sum_pw_ms", "sum_dw_ms", "sum_other_ms", "layers_native", "layers_dense",
+CALIBRATION_FEATURES = ("sum_pw_ms", "sum_grouped_ms", "sum_dw_ms", "sum_other_ms", "layers_native", "layers_dense",
                         "layers_torch_csr", "layers_scipy_csr", "layers_grouped", "act_melems", "dw_layers",
-                        "dw_act_melems", "pw_mmacs", "dw_mmacs", "one")
+                        "dw_act_melems", "pw_mmacs", "dw_mmacs", "gather_melems", "one")
 
 
 def partial_path(out: str | Path) -> Path:
@@ -146,6 +146,7 @@ def _start(out: Path, name: str | None, timer: KernelTimer, log: Callable[[str],
     else:
         return new_profile(name or out.stem, timer.threads, timer.settings(), timer.runtime.info(),
                            timer.runtime.metric)
+    data.setdefault("runtime", {"name": profile_runtime(data), "version": data["machine"].get("torch", "?")})
     if profile_runtime(data) != timer.runtime.name:
         raise ProfileError(f"'{out}' is a profile of runtime '{profile_runtime(data)}'; this run times "
                            f"'{timer.runtime.name}'. Timings of two runtimes do not mix: write to another --out file")
@@ -163,7 +164,8 @@ def profile_space(data: dict[str, Any], space: Any, task: Task, *, timer: Kernel
     """Add ``space``'s kernels for ``task`` and its calibration to ``data`` (a profile dict)."""
     t0 = time.monotonic()
     specs = sorted(space.kernel_specs(task), key=lambda s: s.key())
-    levels = set(data["sparsity_levels"]) | {s.sparsity for s in specs}
+    # a block-diagonal layer's sparsity (1 - 1/G) is exact, never a level other layers snap to
+    levels = set(data["sparsity_levels"]) | {s.sparsity for s in specs if not s.blocks}
     data["sparsity_levels"] = sorted(levels)
     todo = [s for s in specs if s.key() not in data["entries"]]
     bar = progress.add_task(f"{space.name} {task.input_shape}: kernels", total=len(specs),

@@ -38,6 +38,13 @@ def layer_impls(spec: LayerSpec, runtime: str = "torch") -> tuple[str, ...]:
     return get_runtime(runtime, check=False).impls(spec)
 
 
+def _prod(values: Sequence[int]) -> int:
+    n = 1
+    for v in values:
+        n *= v
+    return n
+
+
 def _out_elems(spec: LayerSpec) -> int:
     n = spec.batch * spec.cout
     for v in spec.out_hw if spec.op == "conv2d" else ():
@@ -51,11 +58,17 @@ def feature_vector(layers: Sequence[LayerSpec], picks: Sequence[tuple[str, float
     depthwise = [s for s in layers if s.groups > 1]
     pointwise = [s.op == "conv2d" and s.kernel == 1 and s.groups == 1 for s in layers]
     by_name = {"sum_ms": float(sum(ms for _, ms in picks)), "layers": float(len(layers)),
-               "sum_pw_ms": float(sum(ms for (_, ms), pw in zip(picks, pointwise) if pw)),
+               "sum_pw_ms": float(sum(ms for (i, ms), pw in zip(picks, pointwise) if pw and i != "grouped")),
                "sum_dw_ms": float(sum(ms for (_, ms), s in zip(picks, layers) if s.groups > 1)),
                "sum_other_ms": float(sum(ms for (_, ms), s, pw in zip(picks, layers, pointwise)
                                          if not pw and s.groups == 1)),
-               "pw_mmacs": sum(s.flops() for s, pw in zip(layers, pointwise) if pw) / 1e6,
+               # a layer run as a grouped conv does 1/blocks of the dense multiply-accumulates
+               "pw_mmacs": sum(s.flops() / (s.blocks if i == "grouped" else 1)
+                               for s, pw, i in zip(layers, pointwise, impls) if pw) / 1e6,
+               "sum_grouped_ms": float(sum(ms for i, ms in picks if i == "grouped")),
+               # channels gathered around permuted grouped layers (a copy the isolated kernel time under-weights)
+               "gather_melems": sum(s.cin * _prod(s.in_hw) + _out_elems(s) for s, i in zip(layers, impls)
+                                    if i == "grouped" and s.permuted) / 1e6,
                "dw_mmacs": sum(s.flops() for s in depthwise) / 1e6,
                "act_melems": sum(_out_elems(s) for s in layers) / 1e6, "dw_layers": float(len(depthwise)),
                "dw_act_melems": sum(_out_elems(s) for s in depthwise) / 1e6, "one": 1.0}
@@ -136,7 +149,7 @@ class LatencyTable:
     # ------------------------------------------------------------------ look-up
     def snap(self, spec: LayerSpec) -> LayerSpec:
         """``spec`` with its measured zero fraction (e.g. 0.7995) replaced by the nearest profiled level."""
-        if not self.levels or spec.sparsity in self.levels:
+        if not self.levels or spec.sparsity in self.levels or spec.blocks:  # a block layer's sparsity is exact
             return spec
         level = min(self.levels, key=lambda v: abs(v - spec.sparsity))
         if abs(level - spec.sparsity) > SNAP_TOLERANCE:

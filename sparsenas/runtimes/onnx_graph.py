@@ -60,7 +60,7 @@ def _io(spec: LayerSpec) -> tuple[list[int], list[int]]:
 
 def layer_graph(spec: LayerSpec, grouped: bool = False, seed: int = 0) -> bytes:
     """One layer as an ONNX model: ``Gemm`` (linear), ``Conv`` (with the spec's groups), or with
-    ``grouped`` a block-diagonal 1x1 layer as ``Conv(group=blocks)`` after a channel ``Gather`` when
+    ``grouped`` a block-diagonal 1x1 layer as ``Conv(group=blocks)`` between channel ``Gather``s when
     its channels are permuted. Weights are random: a dense kernel's speed does not depend on them."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -76,14 +76,18 @@ def layer_graph(spec: LayerSpec, grouped: bool = False, seed: int = 0) -> bytes:
     w = numpy_helper.from_array(
         rng.standard_normal((spec.cout, spec.cin // groups, spec.kernel, spec.kernel)).astype(np.float32), "w")
     pad = spec.kernel // 2
-    nodes, inits, src = [], [w], "x"
-    if grouped and spec.permuted:
-        perm = np.arange(spec.cin).reshape(-1, spec.blocks).T.reshape(-1).astype(np.int64)  # interleaved -> blocks
-        inits.append(numpy_helper.from_array(perm, "perm"))
-        nodes.append(helper.make_node("Gather", ["x", "perm"], ["xp"], axis=1))
-        src = "xp"
-    nodes.append(helper.make_node("Conv", [src, "w"], ["y"], kernel_shape=[spec.kernel] * 2, strides=[spec.stride] * 2,
+    nodes, inits, src, dst = [], [w], "x", "y"
+    if grouped and spec.permuted:  # interleaved channels (i mod G) gathered into blocks, and back after
+        perm_in = np.arange(spec.cin).reshape(-1, spec.blocks).T.reshape(-1).astype(np.int64)
+        perm_out = np.arange(spec.cout).reshape(-1, spec.blocks).T.reshape(-1).astype(np.int64)
+        inits += [numpy_helper.from_array(perm_in, "perm_in"),
+                  numpy_helper.from_array(np.argsort(perm_out).astype(np.int64), "unperm_out")]
+        nodes.append(helper.make_node("Gather", ["x", "perm_in"], ["xp"], axis=1))
+        src, dst = "xp", "yp"
+    nodes.append(helper.make_node("Conv", [src, "w"], [dst], kernel_shape=[spec.kernel] * 2, strides=[spec.stride] * 2,
                                   pads=[pad] * 4, group=groups))
+    if dst != "y":
+        nodes.append(helper.make_node("Gather", ["yp", "unperm_out"], ["y"], axis=1))
     return _model(nodes, [x], [y], inits)
 
 

@@ -34,8 +34,10 @@ def native_module(spec: LayerSpec) -> nn.Module:
 def grouped_module(spec: LayerSpec) -> nn.Module:
     """A block-diagonal 1x1 layer lowered to a grouped conv (with the input gather when permuted)."""
     g = spec.blocks
-    in_group = torch.arange(spec.cin) % g if spec.permuted else torch.arange(spec.cin) * g // spec.cin
-    out_group = torch.arange(spec.cout) * g // spec.cout
+    def groups(n: int) -> torch.Tensor:  # interleaved (i mod G) when permuted, else contiguous blocks
+        return torch.arange(n) % g if spec.permuted else torch.arange(n) * g // n
+
+    in_group, out_group = groups(spec.cin), groups(spec.cout)
     w = torch.randn(spec.cout, spec.cin) * (out_group[:, None] == in_group[None, :])
     return GroupedPointwise(w, in_group, out_group, g, spec.stride).eval()
 

@@ -14,10 +14,15 @@ Choices, with ``sN`` a stage and ``sNbM`` a block of it:
   interleaves, so consecutive 1x1 convs mix ensembles; see ``ops.g2g.g2g_plan``). Ignored when the
   sparsity is 0 (dense conv). Both keep the weight's shape and the non-zero count (except for
   layers too small for dense ensembles at 0.9/0.95, see ``g2g_plan``), so the kernels, the kernel
-  list and the hardware profile are those of the magnitude networks.
+  list and the hardware profile are those of the magnitude networks; or ``"block"`` (G2G with no
+  edges between ensembles: block-diagonal, ``G`` the largest power of two with ``1/G`` >= the
+  density that divides both channel counts, so its sparsity is ``1 - 1/G``). A block-diagonal
+  layer is a grouped convolution (the project conv interleaves its channels: a gather on each
+  side), which every runtime that reads ONNX runs faster than the dense layer; hardware profiles
+  time both (``LayerSpec.blocks``).
 
-Version 2 added the ``conn`` choices; version-1 architectures are upgraded to ``"magnitude"``
-everywhere (what they built).
+Version 2 added the ``conn`` choices, version 3 ``"block"``; older architectures are upgraded
+(version 1: ``"magnitude"`` everywhere, what they built; version 2: unchanged).
 """
 from __future__ import annotations
 
@@ -36,7 +41,17 @@ EXPANSIONS = [1, 3, 6]
 KERNELS = [3, 5, 7]
 SPARSITIES = [0.0, 0.5, 0.7, 0.8, 0.9, 0.95]
 WIDTHS = [0.5, 0.75, 1.0]
-CONNS = ["magnitude", "g2g"]  # connectivity of the sparse 1x1 convs
+CONNS = ["magnitude", "g2g", "block"]  # connectivity of the sparse 1x1 convs
+SUPERNET_CONNS = ("magnitude", "g2g")  # what the sparse_mbv2 supernets mix (block: standalone searches)
+
+
+def block_plan(cin: int, cout: int, density: float) -> int:
+    """Ensembles G of a block-diagonal 1x1 conv at ``density``: the largest power of two with
+    ``1/G >= density`` that divides both channel counts (at least 2: channels are multiples of 4)."""
+    g = 2
+    while 2 * g * density <= 1.0 + 1e-9 and cin % (2 * g) == 0 and cout % (2 * g) == 0:
+        g *= 2
+    return g
 
 
 def make_divisible(c: float, divisor: int = 4) -> int:
@@ -55,7 +70,7 @@ def block_keys() -> list[tuple[int, int]]:
 @SPACES.register("sparse_mbv2")
 class SparseMBV2Space(SearchSpace):
     name = "sparse_mbv2"
-    version = 2
+    version = 3
     description = ("MobileNetV2 for 8x8..32x32 images: per block expansion, kernel and dense/sparse 1x1 "
                    "convs (magnitude or G2G connectivity); per stage depth and width; downsampling placement")
     default_dataset = "digits"
@@ -81,11 +96,14 @@ class SparseMBV2Space(SearchSpace):
         return c
 
     def upgrade(self, arch: Arch) -> Arch:
-        """Version 1 had no ``conn`` choices: its sparse 1x1 convs were all magnitude-masked."""
-        if arch.space != self.name or arch.version != 1:
+        """Version 1 had no ``conn`` choices (its sparse 1x1 convs were all magnitude-masked);
+        version 2 had no ``"block"`` value, so its architectures are version-3 ones as they are."""
+        if arch.space != self.name or arch.version not in (1, 2):
             return arch
+        if arch.version == 2:
+            return Arch(self.name, 3, dict(arch.choices))
         conns = {f"s{s}b{b}_conn": CONNS[0] for s, b in block_keys()} | {"head_conn": CONNS[0]}
-        return Arch(self.name, 2, {**conns, **arch.choices})
+        return Arch(self.name, 3, {**conns, **arch.choices})
 
     def canonical(self, arch: Arch) -> Arch:
         """Blocks past their stage's depth are not built, and ``conn`` means nothing for a dense
@@ -140,6 +158,14 @@ class SparseMBV2Space(SearchSpace):
                  sp: float = 0.0) -> LayerSpec:
             return LayerSpec("conv2d", cin, cout, k, stride, groups, hw, sp)
 
+        def block(cin: int, cout: int, hw: tuple[int, int], sp: float, permuted: bool) -> set:
+            """The block-diagonal form of a sparse 1x1 conv (conn "block"), none for a dense one."""
+            if sp == 0:
+                return set()
+            g = block_plan(cin, cout, 1.0 - sp)
+            permuted = permuted and not cin == cout == g  # one channel per ensemble: interleaving is the identity
+            return {LayerSpec("conv2d", cin, cout, 1, 1, 1, hw, 1.0 - 1.0 / g, blocks=g, permuted=permuted)}
+
         def down(hw: tuple[int, int], k: int, stride: int) -> tuple[int, int]:
             return tuple((v + 2 * (k // 2) - k) // stride + 1 for v in hw)  # type: ignore[return-value]
 
@@ -159,12 +185,15 @@ class SparseMBV2Space(SearchSpace):
                             for sp in SPARSITIES:
                                 if e != 1:
                                     specs.add(conv(cin, hidden, in_hw, sp=sp))
+                                    specs |= block(cin, hidden, in_hw, sp, permuted=False)
                                 specs.add(conv(hidden, cout, out_hw, sp=sp))
+                                specs |= block(hidden, cout, out_hw, sp, permuted=True)
                             for k in KERNELS:
                                 specs.add(conv(hidden, hidden, in_hw, k=k, stride=st, groups=hidden))
                 prev, hw = widths[s - 1], out_hw
             for cin in prev:
                 for sp in SPARSITIES:
                     specs.add(conv(cin, HEAD_CHANNELS, hw, sp=sp))
+                    specs |= block(cin, HEAD_CHANNELS, hw, sp, permuted=False)
         return specs
 

@@ -425,7 +425,11 @@ class EntangledMBV2(EntangledAlphas, nn.Module):
         if mixing not in MIXINGS:
             raise SparseNASError(f"unknown mixing '{mixing}'; allowed: {', '.join(MIXINGS)}")
         self.space, self.task, self.mixing = space, task, mixing
-        self.choices = space.choices(task)
+        from ..search_spaces.sparse_mbv2 import SUPERNET_CONNS
+
+        # the supernet mixes the magnitude and G2G masks; block-diagonal layers are searched standalone
+        self.choices = {k: [c for c in v if c in SUPERNET_CONNS] if k.endswith("_conn") else v
+                        for k, v in space.choices(task).items()}
         placements = self.choices["downsample"]
         if downsample is None:
             downsample = placements[0]
