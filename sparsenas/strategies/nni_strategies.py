@@ -15,32 +15,16 @@ from dataclasses import replace
 from typing import Any
 
 import optuna
-import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from ..arch import Arch
-from ..evaluators import TrainingDiverged
 from ..search_spaces.base import SearchSpace
 from ..task import Task
 from . import STRATEGIES
 from .base import SearchContext, Strategy
+from .samplers import TrialFailed, evaluate_trial
 
-try:  # strategies declare their options where the platform has Option (flags, config files)
-    from .options import Option
-except ImportError:  # a platform without declared options passes every flag through ctx.options
-    Option = None  # type: ignore[assignment,misc]
-
-
-def _record(tracker: Any, trial: optuna.Trial, what: str, *args: Any) -> None:
-    """``tracker.record_<what>(trial, ...)`` where the tracker has it (worker, latency, reason), else
-    the same user attr set directly, so these trials carry what the sampler strategies' trials do."""
-    method = getattr(tracker, f"record_{what}", None)
-    if method is not None:
-        method(trial, *args)
-    elif what == "latency":
-        trial.set_user_attr("latency_ms", float(args[0]))
-    elif what == "reason":
-        trial.set_user_attr("pruned_reason" if args[0] == "pruned" else "fail_reason", args[1])
+from .options import Option
 
 
 def evaluate_in_trial(ctx: SearchContext, arch: Arch, strategy: str,
@@ -48,47 +32,21 @@ def evaluate_in_trial(ctx: SearchContext, arch: Arch, strategy: str,
     """Train ``arch`` standalone and record it as one trial, exactly as the Optuna-sampler strategies
     do (same attrs, epochs as intermediate values, weights as an artifact). Returns the finished trial
     (None when it failed)."""
-    tracker, space, task, evaluator = ctx.tracker, ctx.space, ctx.task, ctx.evaluator
+    tracker = ctx.tracker
     study = tracker.study
     study.enqueue_trial(dict(arch.choices))  # the next ask() takes these params whatever the sampler
     with warnings.catch_warnings():  # heartbeats only run inside optimize(); ask/tell trials go without
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
         trial = study.ask()
-    _record(tracker, trial, "worker")
-    arch = space.suggest(trial, task)
-    canonical = space.canonical(arch).digest()
-    tracker.record_arch(trial, arch, strategy=strategy, canonical_digest=canonical)
-    ctx.progress.trial_started(trial.number, arch.digest())
+    tracker.record_worker(trial)
     state, values = TrialState.COMPLETE, None
-    if (twin := tracker.twin(canonical)) is not None:
-        values = tracker.record_duplicate(trial, twin)
-    else:
-        model = evaluator.build(arch)
-        lat = evaluator.latency(arch, model, task)
-        _record(tracker, trial, "latency", lat.ms)
-        if ctx.max_latency_ms is not None and lat.ms > ctx.max_latency_ms:
-            _record(tracker, trial, "reason", "pruned", f"latency {lat.ms:.3f} ms > --max-latency-ms {ctx.max_latency_ms}")
-            state = TrialState.PRUNED
-        else:
-            ev = evaluator if budget_epochs is None else _with_epochs(evaluator, budget_epochs)
-
-            def on_epoch(epoch: int, acc: float) -> None:
-                if tracker.record_epoch(trial, epoch, acc):
-                    _record(tracker, trial, "reason", "pruned", f"pruner stopped it after epoch {epoch}")
-                    raise optuna.TrialPruned()
-
-            try:
-                trained = ev.train(model, on_epoch=on_epoch, on_step=ctx.progress.trial_progress)
-            except optuna.TrialPruned:
-                state = TrialState.PRUNED
-            except (TrainingDiverged, torch.OutOfMemoryError, MemoryError) as e:
-                _record(tracker, trial, "reason", "failed", f"{type(e).__name__}: {e}")
-                state = TrialState.FAIL
-            else:
-                result = evaluator.result(arch, model, trained, lat)
-                tracker.record_result(trial, result)
-                tracker.save_weights(trial, model.state_dict())  # while RUNNING: artifacts refuse finished trials
-                values = tracker.values(result)
+    try:
+        values = evaluate_trial(ctx, trial, strategy,
+                                None if budget_epochs is None else _with_epochs(ctx.evaluator, budget_epochs))
+    except optuna.TrialPruned:
+        state = TrialState.PRUNED
+    except TrialFailed:
+        state = TrialState.FAIL
     study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
     ft = next(t for t in reversed(study.get_trials(deepcopy=False)) if t.number == trial.number)
     ctx.progress.trial_finished(ft)
@@ -147,15 +105,14 @@ class NNIEvolution(NNIMultiTrial):
 
 class NNIOneShot(Strategy):
     kind: str  # run_one_shot kind
-    if Option is not None:
-        options = (
-            Option("search_epochs", int, None, "epochs of NNI's supernet training (default --epochs)"),
-            Option("retrain_epochs", int, None, "standalone training epochs of the derived architectures (default --epochs)"),
-            Option("retrain_top", int, None, "derived architectures to retrain and log (default 1; DARTS derives one)"),
-            Option("target_sparsity", float, None, "sparse_darts: sparsity of the supernet's sparse ops (default 0.9)"),
-            Option("channels", int, None, "sparse_darts: initial channels C (8, 12, 16; default 8)"),
-            Option("cells", int, None, "sparse_darts: cells of the supernet and derived network (3, 5, 8; default 5)"),
-        )
+    options = (
+        Option("search_epochs", int, None, "epochs of NNI's supernet training (default --epochs)"),
+        Option("retrain_epochs", int, None, "standalone training epochs of the derived architectures (default --epochs)"),
+        Option("retrain_top", int, None, "derived architectures to retrain and log (default 1; DARTS derives one)"),
+        Option("target_sparsity", float, None, "sparse_darts: sparsity of the supernet's sparse ops (default 0.9)"),
+        Option("channels", int, None, "sparse_darts: initial channels C (8, 12, 16; default 8)"),
+        Option("cells", int, None, "sparse_darts: cells of the supernet and derived network (3, 5, 8; default 5)"),
+    )
 
     def check(self, space: SearchSpace, task: Task, options: dict[str, Any]) -> None:
         from ..interop.nni import check_one_shot, require_nni

@@ -165,6 +165,44 @@ class TrialFailed(Exception):
     """One architecture could not be evaluated; the trial is FAIL and the search goes on."""
 
 
+def evaluate_trial(ctx: SearchContext, trial: optuna.Trial, strategy: str, evaluator: Any = None) -> list[float]:
+    """Suggest, train and record one architecture in a RUNNING trial: what every strategy that trains
+    standalone networks does per trial (the Optuna samplers here, NNI's multi-trial strategies), so
+    their trials carry the same attrs. Raises ``optuna.TrialPruned`` (latency bound, pruner) or
+    :class:`TrialFailed` (diverged, out of memory), the reason recorded first."""
+    tracker, space, task = ctx.tracker, ctx.space, ctx.task
+    evaluator = evaluator or ctx.evaluator
+    arch = space.suggest(trial, task)
+    canonical = space.canonical(arch).digest()
+    tracker.record_arch(trial, arch, strategy=strategy, canonical_digest=canonical)
+    ctx.progress.trial_started(trial.number, arch.digest())
+    # the same network under another encoding (a block past its stage's depth, p_inter of a dense
+    # layer...) is not trained twice: it takes the first one's results and weights
+    if (twin := tracker.twin(canonical)) is not None:
+        return tracker.record_duplicate(trial, twin)
+    model = evaluator.build(arch)
+    lat = evaluator.latency(arch, model, task)
+    tracker.record_latency(trial, lat.ms)
+    if ctx.max_latency_ms is not None and lat.ms > ctx.max_latency_ms:
+        tracker.record_reason(trial, "pruned", f"latency {lat.ms:.3f} ms > --max-latency-ms {ctx.max_latency_ms}")
+        raise optuna.TrialPruned()
+
+    def on_epoch(epoch: int, acc: float) -> None:
+        if tracker.record_epoch(trial, epoch, acc):
+            tracker.record_reason(trial, "pruned", f"pruner stopped it after epoch {epoch}")
+            raise optuna.TrialPruned()
+
+    try:
+        trained = evaluator.train(model, on_epoch=on_epoch, on_step=ctx.progress.trial_progress)
+    except (TrainingDiverged, torch.OutOfMemoryError, MemoryError) as e:
+        tracker.record_reason(trial, "failed", f"{type(e).__name__}: {e}")
+        raise TrialFailed(str(e)) from e
+    result = evaluator.result(arch, model, trained, lat)
+    tracker.record_result(trial, result)
+    tracker.save_weights(trial, model.state_dict())  # while RUNNING: artifacts refuse finished trials
+    return tracker.values(result)
+
+
 class SamplerStrategy(Strategy):
     options = (Option("fixed", dict, None, "pin some choices and sample the rest, e.g. s2b1_sparsity=0.8,s1_depth=1"),)
 
@@ -184,7 +222,7 @@ class SamplerStrategy(Strategy):
         seed = ctx.seed + len(tracker.study.trials) + 7919 * ctx.worker
         tracker.study.sampler = (make_sampler(ctx.sampler, ctx.sampler_args, seed, ctx.trials) if ctx.sampler
                                  else self.make_sampler(seed, ctx))
-        evaluator, space, task = ctx.evaluator, ctx.space, ctx.task
+        space, task = ctx.space, ctx.task
         if fixed := ctx.options.get("fixed"):  # pin some choices (e.g. the sparsity), sample the rest
             allowed = space.choices(task)
             for k, v in fixed.items():
@@ -200,35 +238,7 @@ class SamplerStrategy(Strategy):
             if tracker.surplus(trial, target):  # another worker started the last trial at the same moment
                 tracker.mark_surplus(trial, target)
                 raise TrialFailed("surplus")
-            arch = space.suggest(trial, task)
-            canonical = space.canonical(arch).digest()
-            tracker.record_arch(trial, arch, strategy=self.name, canonical_digest=canonical)
-            ctx.progress.trial_started(trial.number, arch.digest())
-            # the same network under another encoding (a block past its stage's depth, p_inter of a
-            # dense layer...) is not trained twice: it takes the first one's results and weights
-            if (twin := tracker.twin(canonical)) is not None:
-                return tracker.record_duplicate(trial, twin)
-            model = evaluator.build(arch)
-            lat = evaluator.latency(arch, model, task)
-            tracker.record_latency(trial, lat.ms)
-            if ctx.max_latency_ms is not None and lat.ms > ctx.max_latency_ms:
-                tracker.record_reason(trial, "pruned", f"latency {lat.ms:.3f} ms > --max-latency-ms {ctx.max_latency_ms}")
-                raise optuna.TrialPruned()
-
-            def on_epoch(epoch: int, acc: float) -> None:
-                if tracker.record_epoch(trial, epoch, acc):
-                    tracker.record_reason(trial, "pruned", f"pruner stopped it after epoch {epoch}")
-                    raise optuna.TrialPruned()
-
-            try:
-                trained = evaluator.train(model, on_epoch=on_epoch, on_step=ctx.progress.trial_progress)
-            except (TrainingDiverged, torch.OutOfMemoryError, MemoryError) as e:
-                tracker.record_reason(trial, "failed", f"{type(e).__name__}: {e}")
-                raise TrialFailed(str(e)) from e
-            result = evaluator.result(arch, model, trained, lat)
-            tracker.record_result(trial, result)
-            tracker.save_weights(trial, model.state_dict())  # while RUNNING: artifacts refuse finished trials
-            return tracker.values(result)
+            return evaluate_trial(ctx, trial, self.name)
 
         failed = 0
 
