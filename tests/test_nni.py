@@ -14,7 +14,7 @@ import sparsenas
 from sparsenas.search_spaces import get_space
 from sparsenas.task import Task
 from sparsenas.tracking import arch_of, load_weights
-from tests._small_study import run_cli
+from _small_study import run_cli
 
 HAVE_NNI = importlib.util.find_spec("nni") is not None and importlib.util.find_spec("pytorch_lightning") is not None
 needs_nni = pytest.mark.skipif(not HAVE_NNI, reason='NNI is not installed (pip install torch==2.13.0 "sparsenas[nni]")')
