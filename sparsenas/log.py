@@ -31,7 +31,7 @@ class _StderrHandler(logging.StreamHandler):
 
     @stream.setter
     def stream(self, value: Any) -> None:
-        pass
+        """Ignored: ``StreamHandler.__init__`` sets a stream, but this handler always follows ``sys.stderr``."""
 
 
 def setup(verbosity: int = 0) -> None:

@@ -90,7 +90,7 @@ def open_storage(url: str, *, heartbeat: bool = True, must_exist: bool = False) 
     """An Optuna storage for ``url``: any SQLAlchemy URL Optuna supports, or ``journal:///path``.
 
     RDB storages get heartbeats, so trials of a killed worker are failed and retried by the next
-    ``optimize`` that runs on the study (optuna.md §1). ``must_exist`` (read-only commands): a file
+    ``optimize`` that runs on the study. ``must_exist`` (read-only commands): a file
     storage that does not exist is an error instead of a new empty file, and no tables are created.
     """
     if not isinstance(url, str) or "://" not in url:
@@ -314,7 +314,7 @@ class Tracker:
             trial.report(value, epoch)
             return trial.should_prune()
         # Optuna refuses report() in multi-objective studies, but intermediate values are still
-        # stored and shown by the dashboard when written through the storage (optuna.md §1).
+        # stored and shown by the dashboard when written through the storage.
         self.storage.set_trial_intermediate_value(trial._trial_id, epoch, value)
         return False
 
@@ -360,7 +360,7 @@ class Tracker:
 
     def save_weights(self, trial: optuna.Trial, state_dict: dict[str, Any]) -> str | None:
         """Upload ``state_dict`` as an artifact of the RUNNING ``trial`` (Optuna refuses artifacts on
-        finished trials, optuna.md §1); returns the artifact id, or None when there is no artifact
+        finished trials); returns the artifact id, or None when there is no artifact
         store (a database storage without ``artifact_dir``)."""
         if self.artifact_dir is None:
             return None

@@ -5,7 +5,7 @@ is that same decision in the form ``to_inference(model, shape, choose=table.choo
 network whose latency is predicted is the network that is exported.
 
 The prediction is not the plain sum of the per-kernel medians: isolated kernels run 1.5-3x faster
-than inside a real forward on small inputs (kernels.md §2; here BN, ReLU6, residual adds and the
+than inside a real forward on small inputs (here BN, ReLU6, residual adds and the
 Python call of every module cost as much as the convolutions). The profile therefore stores, per
 space and input shape, a linear calibration fitted on networks measured end to end::
 

@@ -1,4 +1,4 @@
-"""Sparse ops: masked training layers, mask rules, layer specs and inference kernels (DESIGN §2)."""
+"""Sparse ops: masked training layers, mask rules, layer specs and inference kernels."""
 from __future__ import annotations
 
 from .batchnorm import recalibrate_bn

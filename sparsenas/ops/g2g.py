@@ -1,7 +1,7 @@
 """G2G (group-to-group) layers: neurons split into ensembles, dense inside an ensemble, sparse between
 ensembles along a group graph; plus dynamic sparse training (prune and regrow, Hebbian rule).
 
-After G2GNet (Konstantaropoulos et al., arXiv 2508.14140; papers.md §4). The mask of a layer with
+After G2GNet (Konstantaropoulos et al., arXiv 2508.14140). The mask of a layer with
 ``G`` ensembles on each side is built in two steps:
 
 1. a **group graph** (networkx) on the G ensembles says which pairs of ensembles may talk:

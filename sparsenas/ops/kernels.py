@@ -2,9 +2,9 @@
 
 A linear layer and a 1x1 convolution are the same product ``Y(Cout x cols) = W(Cout x Cin) @
 X(Cin x cols)``: for linear, cols are the rows of the input; for a 1x1 conv on NCHW input, cols are
-N*H*W (at batch 1 ``X`` is a free view of the input, and torch.mm beats F.conv2d there, see
-kernels.md). Each implementation (dense, torch CSR via MKL, scipy CSR) only supplies ``matmul``;
-the layout classes do the reshapes. :data:`KERNELS` is the registry, one entry per implementation.
+N*H*W (at batch 1 ``X`` is a free view of the input, and torch.mm beats F.conv2d there). Each
+implementation (dense, torch CSR via MKL, scipy CSR) only supplies ``matmul``; the layout classes
+do the reshapes. :data:`KERNELS` is the registry, one entry per implementation.
 
 CSR only applies to 1x1 convs with groups=1 (and linear): a kxk or grouped/depthwise conv is not one
 matrix product without an im2col copy that costs more than sparsity saves, so such sparse convs run
@@ -196,7 +196,7 @@ class _CsrStorage(_MatmulKernel):
 
 class CsrLinearKernel(_CsrStorage):
     """torch sparse CSR @ dense (MKL). Always runs with 1 thread: MKL sparse is 10-100x slower
-    with 2 threads (kernels.md), and the choice of this kernel was timed with 1 thread."""
+    with 2 threads (docs/measurements.md), and the choice of this kernel was timed with 1 thread."""
 
     impl = "torch_csr"
 

@@ -1,4 +1,4 @@
-"""Balanced mixture of supernets (Roshtkhari, Toews, Pedersoli, AutoML-Conf 2023; papers.md §3).
+"""Balanced mixture of supernets (Roshtkhari, Toews, Pedersoli, AutoML-Conf 2023).
 
 M single-path supernets (no weights shared between them; within one, all paths share) and an
 affinity matrix ``W`` (paths x M), initialised to 1. One step:

@@ -31,7 +31,7 @@ G2G code (which levels' G2G masks keep it) share one byte, so the whole soft mas
 BatchNorm affine parameters are mixed the same way (a channel kept by fewer candidates is scaled down), as
 TangleNAS does, because batch statistics would otherwise normalise the weight scaling away.
 Expansion 1 (no expand conv) is the identity folded into the expand weight, so the skip costs no
-extra activation (nni.md §2: folding the skip into the weight is what keeps memory at ~1.0x); in
+extra activation (folding the skip into the weight is what keeps memory at ~1.0x of the largest child); in
 gradient mode that candidate therefore passes BN + ReLU6, which the standalone block does not.
 Depth mixes the stage's block outputs with ``beta = softmax(alpha[sN_depth])``. The first block of
 a stage has a residual exactly when input and output widths agree, so its residual is weighted by

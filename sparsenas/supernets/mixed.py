@@ -471,7 +471,7 @@ def measured_op_latency(spec: LayerSpec) -> float:
     """Median thread-CPU ms of one kernel on this machine (1 thread, 30 calls after warm-up), cached per
     ``spec.key()``: the fastest of the inference kernels for sparse-capable layers (as ``to_inference``
     would pick), a dense ``F.conv2d`` for kxk / grouped convs. CPU time rather than wall time because
-    the machine is shared: it is the less noisy of the two (kernels.md)."""
+    the machine is shared: it is the less noisy of the two (docs/measurements.md)."""
     key = spec.key()
     if key in _OP_LATENCY_CACHE:
         return _OP_LATENCY_CACHE[key]
