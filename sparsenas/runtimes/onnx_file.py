@@ -32,6 +32,18 @@ SESSION_COPIES = 3
 class OnnxFileRuntime(Runtime):
     artifact = "model.onnx"
     network_copies = 2
+    package: str  # the Python package that runs the graphs
+
+    @classmethod
+    def version(cls) -> str:
+        import importlib
+
+        try:
+            importlib.import_module("onnx")  # the graphs are built with it
+            module = importlib.import_module(cls.package)
+        except ImportError as e:
+            raise cls.missing(e.name or cls.package) from None
+        return str(module.__version__)
 
     @classmethod
     @abstractmethod

@@ -40,17 +40,10 @@ class OnnxRuntime(OnnxFileRuntime):
     name = "onnxruntime"
     description = "ONNX Runtime CPU provider running the exported model.onnx (the default)"
     extra = "onnx"
+    package = "onnxruntime"
     sparsity_buys = ("bytes only: masked convs run as dense Conv at every sparsity; block-diagonal G2G layers "
                      "run as grouped Conv")
 
-    @classmethod
-    def version(cls) -> str:
-        try:
-            import onnx  # noqa: F401  (the graphs are built with it)
-            import onnxruntime
-        except ImportError as e:
-            raise cls.missing(e.name or "onnxruntime") from None
-        return str(onnxruntime.__version__)
 
     @classmethod
     def load(cls, graph: bytes) -> Any:

@@ -22,16 +22,9 @@ class OpenVinoRuntime(OnnxFileRuntime):
     name = "openvino"
     description = "OpenVINO CPU plugin (fp32) running the exported model.onnx (extra: sparsenas[openvino])"
     extra = "openvino"
+    package = "openvino"
     sparsity_buys = "nothing in fp32: masked convs run dense; block-diagonal G2G layers run as grouped convs"
 
-    @classmethod
-    def version(cls) -> str:
-        try:
-            import onnx  # noqa: F401
-            import openvino
-        except ImportError as e:
-            raise cls.missing(e.name or "openvino") from None
-        return str(openvino.__version__)
 
     @classmethod
     def load(cls, graph: bytes) -> Any:
