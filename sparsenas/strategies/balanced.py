@@ -14,10 +14,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
+from typing import Any
 
 from ..arch import Arch
 from ..errors import SparseNASError
 from ..evaluators import Evaluator, TrainResult
+from ..search_spaces.base import SearchSpace
+from ..task import Task
 from .. import distributed
 from ..supernets.balanced import BalancedMixture, BalancedTrainer
 from . import STRATEGIES
@@ -65,14 +68,17 @@ class BalancedStrategy(Strategy):
         Option("fix", dict, None, "hold choices at a value, e.g. downsample=max (the paper's 36 placements)"),
     )
 
-    def run(self, ctx: SearchContext) -> None:
-        space, tracker, evaluator = ctx.space, ctx.tracker, ctx.evaluator
+    def check(self, space: SearchSpace, task: Task, options: dict[str, Any]) -> None:
         if not callable(getattr(space, "path_supernet", None)):
             raise SparseNASError(f"strategy 'balanced' needs a space with a single-path weight-sharing supernet "
                                  f"(pooling_resnet20); space '{space.name}' has none. Use random, tpe or nsga2 for it")
-        if space.size(ctx.task) > MAX_PATHS:
+        if space.size(task) > MAX_PATHS:
             raise SparseNASError(f"strategy 'balanced' scores every architecture and takes spaces of at most "
-                                 f"{MAX_PATHS}; space '{space.name}' has {space.size(ctx.task)}")
+                                 f"{MAX_PATHS}; space '{space.name}' has {space.size(task)}")
+
+    def run(self, ctx: SearchContext) -> None:
+        space, tracker, evaluator = ctx.space, ctx.tracker, ctx.evaluator
+        self.check(space, ctx.task, ctx.options)  # library callers may skip check()
         num_models = _option(ctx, "supernets", 4)
         search_epochs = _option(ctx, "search_epochs", 3 * evaluator.budget.epochs)
         retrain_top = _option(ctx, "retrain_top", 3)

@@ -44,10 +44,13 @@ from . import STRATEGIES
 from .base import SearchContext, Strategy
 from ..supernets.base import (SupernetTrainer, cycle_batches, epoch_batches, load_optimizer, optimizer_state, run_epochs,
                               shard_loss)
-from .supernet import train_supernet
+from .budget import Deadline, budget_seconds, epochs_within, is_set, probe_epochs, stored_plan
+from .supernet import say, train_supernet
 from .options import Option
 
 PHASES = ("warmup", "prune", "finetune")
+BUDGET_CANDIDATES = 24  # derived architectures a --timeout run without --retrain-top may retrain
+PLAN_ATTR = "dass_budget_plan"
 SUPERNET_OPTIONS = ("channels", "cells", "search_cells", "downscale", "depth", "width", "expand", "conns")
 
 
@@ -60,6 +63,7 @@ class DassConfig:
     search_epochs: int = 4          # passes over the train split, split into the three phases
     retrain_epochs: int = 12        # standalone training of each derived architecture
     retrain_top: int = 2            # derived architectures to retrain and log
+    budget_share: float = 0.3       # under --timeout, the share the supernet is sized to (see DASSStrategy)
     order: str = "first"            # alpha step: "first" or "second" (unrolled) order
     phases: tuple[float, float, float] = (0.4, 0.3, 0.3)  # shares of the search steps
     batch_size: int = 64
@@ -79,7 +83,7 @@ class DassConfig:
         if unknown:
             raise SparseNASError(f"strategy 'dass' does not take option(s) {', '.join(unknown)}; it takes: "
                                  f"{', '.join(sorted(known))}")
-        kw = {k: v for k, v in options.items() if k in cls.__dataclass_fields__}
+        kw = {k: v for k, v in options.items() if k in cls.__dataclass_fields__ and v is not None}
         cfg = cls(**kw, supernet={k: options[k] for k in SUPERNET_OPTIONS if k in options})
         cfg.check()
         return cfg
@@ -96,6 +100,8 @@ class DassConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise bad(f"{name.replace('_', '-')} must be a whole number >= 1, got {v!r}")
+        if not 0.0 < float(self.budget_share) < 1.0:
+            raise bad(f"budget-share must be a fraction of --timeout in (0, 1), got {self.budget_share}")
         if self.order not in ("first", "second"):
             raise bad(f"order must be 'first' or 'second', got {self.order!r}")
         if len(self.phases) != 3 or any(p < 0 for p in self.phases) or sum(self.phases) <= 0:
@@ -232,7 +238,8 @@ class DassTrainer(SupernetTrainer):
 
     def settings(self) -> dict[str, Any]:
         # what shapes the supernet's training; retraining and thread settings may change on a resume
-        config = {k: v for k, v in self.cfg.to_dict().items() if k not in ("retrain_epochs", "retrain_top", "threads")}
+        config = {k: v for k, v in self.cfg.to_dict().items()
+                  if k not in ("retrain_epochs", "retrain_top", "threads", "budget_share")}
         return {"config": config, "space": getattr(self.space, "name", None),
                 "task": self.data.task.to_dict(), "train_rows": len(self.data.train)}
 
@@ -361,9 +368,13 @@ class DASSStrategy(Strategy):
     options = (
         Option("target_sparsity", float, DassConfig.target_sparsity, "fraction of zero weights the sparse ops are pruned to"),
         Option("latency_weight", float, DassConfig.latency_weight, "weight of the expected-latency term in alpha's loss (0: none)"),
-        Option("search_epochs", int, DassConfig.search_epochs, "passes over the train split for the supernet, split into the phases"),
+        Option("search_epochs", int, None, f"passes over the train split for the supernet, split into the phases "
+               f"(default {DassConfig.search_epochs}; with --timeout, sized to --budget-share of it)"),
         Option("retrain_epochs", int, DassConfig.retrain_epochs, "standalone training epochs of each derived architecture"),
-        Option("retrain_top", int, DassConfig.retrain_top, "derived architectures to retrain and log"),
+        Option("retrain_top", int, None, f"derived architectures to retrain and log (default {DassConfig.retrain_top}; "
+               f"with --timeout, as many as the budget fits, up to {BUDGET_CANDIDATES})"),
+        Option("budget_share", float, DassConfig.budget_share, "with --timeout and no --search-epochs: the share of "
+               "the budget the supernet training is sized to (the rest retrains derived architectures)"),
         Option("order", str, DassConfig.order, "alpha step: first order, or DARTS' second (unrolled) order",
                choices=("first", "second")),
         Option("phases", list, DassConfig.phases, "shares of the search steps: warm-up, pruning, fine-tuning", item=float),
@@ -408,7 +419,9 @@ class DASSStrategy(Strategy):
                              "(pass another --study to search again)")
             return
         start = time.perf_counter()
+        deadline = Deadline(start, ctx.timeout)
         op_latency = op_latency_for(ctx)
+        cfg = self._fit_budget(ctx, cfg, op_latency)
         number = len(tracker.study.trials)
         ctx.progress.trial_started(number, "DASS supernet search")
         trainer = DassTrainer(cfg, ctx.data, space=ctx.space, task=ctx.task, seed=ctx.seed, device=ctx.device,
@@ -428,24 +441,26 @@ class DASSStrategy(Strategy):
         table = slog.latency_table
         if table is None and cfg.retrain_top > 1:
             table = net.candidate_latency(op_latency)  # latency-aware derivations spread the front
-        candidates = net.derive_candidates(cfg.retrain_top, table)
+        candidates = net.derive_candidates(self._candidates(ctx, cfg), table)
         choices = ctx.space.choices(ctx.task)
         budget = replace(ctx.evaluator.budget, epochs=cfg.retrain_epochs, seconds=None)
         for rank, (label, arch) in enumerate(candidates):
-            if rank and ctx.timeout is not None and time.perf_counter() - start > ctx.timeout:
-                ctx.progress.log(f"dass: --timeout reached; {len(candidates) - rank} derived architecture(s) not retrained")
+            if not deadline.fits():
+                ctx.progress.log(f"dass: another retraining would end after --timeout; {len(candidates) - rank} "
+                                 "derived architecture(s) not retrained")
                 break
             ctx.progress.trial_started(number + rank, f"retrain {arch.digest()} ({label})")
-            model = ctx.evaluator.build(arch)
-            lat = ctx.evaluator.latency(arch, model)
-            try:
-                trained = train(model, ctx.data, budget, seed=ctx.seed, device=ctx.device,
-                                on_step=ctx.progress.trial_progress)
-            except TrainingDiverged as e:
-                ctx.progress.log(f"dass: derived architecture {arch.digest()} ({label}) diverged: {e}")
-                continue
-            model.cpu().eval()
-            result = ctx.evaluator.result(arch, model, trained, lat)
+            with deadline.timed():
+                model = ctx.evaluator.build(arch)
+                lat = ctx.evaluator.latency(arch, model)
+                try:
+                    trained = train(model, ctx.data, budget, seed=ctx.seed, device=ctx.device,
+                                    on_step=ctx.progress.trial_progress)
+                except TrainingDiverged as e:
+                    ctx.progress.log(f"dass: derived architecture {arch.digest()} ({label}) diverged: {e}")
+                    continue
+                model.cpu().eval()
+                result = ctx.evaluator.result(arch, model, trained, lat)
             ft = tracker.log_arch(
                 arch, choices, result, strategy=self.name, derivation=label, derivation_rank=rank,
                 target_sparsity=cfg.target_sparsity, latency_weight=cfg.latency_weight, order=cfg.order,
@@ -453,3 +468,29 @@ class DASSStrategy(Strategy):
                 search_seconds=round(slog.seconds, 1), supernet_val_accuracy_masked=slog.history[-1]["val_accuracy_masked"],
                 alpha=net.alpha_snapshot(), alpha_history=alpha_history)
             ctx.progress.trial_finished(ft)
+
+    @staticmethod
+    def _candidates(ctx: SearchContext, cfg: DassConfig) -> int:
+        """Derived architectures to retrain: --retrain-top, or under --timeout as many as fit."""
+        if ctx.options.get("retrain_top") is not None or ctx.timeout is None:
+            return cfg.retrain_top
+        return BUDGET_CANDIDATES
+
+    def _fit_budget(self, ctx: SearchContext, cfg: DassConfig, op_latency: OpLatency) -> DassConfig:
+        """Under --timeout without --search-epochs: the supernet epochs that fill ``budget_share`` of
+        it, from a probe of a few steps (stored on the study, so a resumed run keeps them)."""
+        seconds = budget_seconds(ctx, cfg.budget_share)
+        if seconds is None or is_set(ctx, "search_epochs"):
+            return cfg
+
+        def plan() -> dict[str, Any]:
+            probe_cfg = replace(cfg, search_epochs=1)
+            [cost] = probe_epochs(lambda: DassTrainer(probe_cfg, ctx.data, space=ctx.space, task=ctx.task, seed=ctx.seed,
+                                                      device=ctx.device, op_latency=op_latency), [0], seed=ctx.seed)
+            return {"search_epochs": epochs_within(seconds, cost), "epoch_s": round(cost.epoch_s, 3),
+                    "budget_s": round(seconds, 1), "budget_share": cfg.budget_share}
+
+        p = stored_plan(ctx, PLAN_ATTR, plan)
+        say(ctx, f"dass: {p['search_epochs']} supernet epoch(s) of ~{p['epoch_s']:.1f} s fill {p['budget_share']:g} "
+                 f"of --timeout ({p['budget_s']:.0f} s); the rest retrains derived architectures")
+        return replace(cfg, search_epochs=int(p["search_epochs"]))

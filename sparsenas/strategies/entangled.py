@@ -26,7 +26,10 @@ Phases, all logged to the study:
    ``standalone_accuracy`` and ``inherited_accuracy``). Kendall's tau between the two accuracies
    is printed and stored on the study (``kendall_tau``, ``kendall_tau_pvalue``, ``kendall_tau_n``).
 
-``--timeout`` stops phases 3-4 from starting new architectures; phases 1-2 always run. The search
+With ``--timeout`` and neither epoch count given, phases 1-2 are sized to ``budget_share`` of it
+(default 0.4, from a probe of a few steps of each phase, in the ratio of the default epoch counts);
+phase 3 stops at half of what is left and phase 4 starts a retraining only while the last one's
+duration still fits, the derived (argmax) architecture first. The search
 runs at ``threads`` (default 1) torch threads. Every option above is a ``nas search`` flag (declared in
 ``EntangledStrategy.options``), a key of a config file's ``[options]`` table, or ``options={...}``.
 """
@@ -56,8 +59,11 @@ from .. import distributed
 from . import STRATEGIES
 from .base import SearchContext, Strategy
 from ..supernets.base import SupernetTrainer, cycle_batches, epoch_batches, epoch_seed, shard_loss
+from .budget import Deadline, budget_seconds, is_set, probe_epochs, stored_plan
 from .supernet import train_supernet
 from .options import Option
+
+PLAN_ATTR = "entangled_budget_plan"
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,7 @@ class EntangledOptions:
     mask_every: int = 20          # steps between magnitude-mask refreshes (the trainer refreshes every 50)
     arch_lr: float = 6e-3
     mixing: str = "softmax"
+    budget_share: float = 0.4     # under --timeout: the share phases 1-2 are sized to
     threads: int = 1              # torch threads for this search (see EntangledStrategy.run)
 
     @classmethod
@@ -97,6 +104,8 @@ class EntangledOptions:
                 raise SparseNASError(f"entangled: {name.replace('_', '-')} must be 0 or more, got {getattr(o, name)}")
         if o.mixing not in MIXINGS:
             raise SparseNASError(f"entangled: unknown mixing '{o.mixing}'; allowed: {', '.join(MIXINGS)}")
+        if not 0.0 < float(o.budget_share) < 1.0:
+            raise SparseNASError(f"entangled: budget-share must be a fraction of --timeout in (0, 1), got {o.budget_share}")
         if not (isinstance(o.arch_lr, (int, float)) and o.arch_lr > 0):
             raise SparseNASError(f"entangled: arch-lr must be a positive number, got {o.arch_lr!r}")
         return o
@@ -275,6 +284,8 @@ class EntangledStrategy(Strategy):
         Option("arch_lr", float, _o.arch_lr, "Adam learning rate of the architecture weights"),
         Option("mixing", str, _o.mixing, "how candidate weights are mixed: softmax(alpha), or Dirichlet samples "
                "(DrNAS)", choices=MIXINGS),
+        Option("budget_share", float, _o.budget_share, "with --timeout and no epoch counts: the share of the budget "
+               "phases 1-2 are sized to (the rest: inherited search, then retraining)"),
         Option("threads", int, _o.threads, "torch threads for the search (config file only)"),
     )
     del _o
@@ -295,7 +306,8 @@ class EntangledStrategy(Strategy):
                            "pass another --study to search again")
             return
         start = time.perf_counter()
-        deadline = None if ctx.timeout is None else start + ctx.timeout
+        deadline = Deadline(start, ctx.timeout)
+        opts = self._fit_budget(ctx, opts)
         trainer = EntangledTrainer(ctx, opts)
         train_supernet(ctx, trainer)
         if not distributed.is_main():  # the other ranks only train; rank 0 searches, retrains and logs
@@ -307,15 +319,42 @@ class EntangledStrategy(Strategy):
         self._say(ctx, f"entangled: derived architecture (argmax alpha) {derived.digest()}")
 
         t = time.perf_counter()
-        records, front = self._inherited_search(ctx, supernet, opts, derived, deadline)
+        # the inherited search gets half of what the supernet left, the retraining the rest
+        share = min(1.0, (time.perf_counter() - start) / ctx.timeout) if ctx.timeout else 0.0
+        records, front = self._inherited_search(ctx, supernet, opts, derived, deadline.share(share + (1 - share) / 2))
         timings["inherited_search_s"] = time.perf_counter() - t
         timings["seconds_per_arch"] = timings["inherited_search_s"] / max(1, len(records))
 
         t = time.perf_counter()
-        pairs = self._retrain(ctx, opts, records, front, deadline)
+        pairs = self._retrain(ctx, opts, records, front, deadline, derived)
         timings["retrain_s"] = time.perf_counter() - t
         tracker.set_study_attr("entangled_timings", {k: round(v, 2) for k, v in timings.items()})
         self._rank_quality(ctx, pairs)
+
+    def _fit_budget(self, ctx: SearchContext, opts: EntangledOptions) -> EntangledOptions:
+        """Under --timeout with neither epoch count given: the gradient and sandwich epochs that fill
+        ``budget_share`` of it, in the ratio of the defaults, from a probe of a few steps of each
+        (stored on the study, so a resumed run keeps them)."""
+        seconds = budget_seconds(ctx, opts.budget_share)
+        if seconds is None or is_set(ctx, "search_epochs", "sandwich_epochs"):
+            return opts
+
+        def plan() -> dict[str, Any]:
+            probe = replace(opts, search_epochs=1, sandwich_epochs=1)
+            grad, sand = probe_epochs(lambda: EntangledTrainer(ctx, probe), [0, 1], seed=ctx.seed)
+            ratio = opts.search_epochs / max(1, opts.search_epochs + opts.sandwich_epochs)
+            scale = seconds / (ratio * grad.epoch_s + (1 - ratio) * sand.epoch_s)
+            n_grad = max(1, round(scale * ratio))
+            n_sand = max(0, int((seconds - n_grad * grad.epoch_s) // max(sand.epoch_s, 1e-6))) if opts.sandwich_epochs else 0
+            return {"search_epochs": n_grad, "sandwich_epochs": n_sand, "gradient_epoch_s": round(grad.epoch_s, 3),
+                    "sandwich_epoch_s": round(sand.epoch_s, 3), "budget_s": round(seconds, 1),
+                    "budget_share": opts.budget_share}
+
+        p = stored_plan(ctx, PLAN_ATTR, plan)
+        self._say(ctx, f"entangled: {p['search_epochs']} gradient epoch(s) of ~{p['gradient_epoch_s']:.1f} s and "
+                       f"{p['sandwich_epochs']} sandwich epoch(s) of ~{p['sandwich_epoch_s']:.1f} s fill "
+                       f"{p['budget_share']:g} of --timeout ({p['budget_s']:.0f} s)")
+        return replace(opts, search_epochs=int(p["search_epochs"]), sandwich_epochs=int(p["sandwich_epochs"]))
 
     # ---------------------------------------------------------------- helpers
     @staticmethod
@@ -399,10 +438,14 @@ class EntangledStrategy(Strategy):
         child.eval()
 
     def _retrain(self, ctx: SearchContext, opts: EntangledOptions, records: dict[str, dict[str, Any]],
-                 front: list[str], deadline: float | None) -> list[tuple[float, float]]:
-        """Retrain the best and a spread of the rest from scratch; returns (inherited, standalone) pairs."""
+                 front: list[str], deadline: Deadline, derived: Arch) -> list[tuple[float, float]]:
+        """Retrain the derived architecture, the best and a spread of the rest from scratch (while
+        the budget fits another); returns (inherited, standalone) pairs."""
         ok = {k: r for k, r in records.items() if "trial" in r}
         top = sorted(front, key=lambda k: -ok[k]["accuracy"])[:opts.retrain_top]
+        argmax = ctx.space.canonical(derived).digest()
+        if argmax in ok:  # the gradient search's own answer comes first, on the front or not
+            top = [argmax] + [k for k in top if k != argmax]
         ranked = [k for k in sorted(ok, key=lambda k: ok[k]["accuracy"]) if k not in top]
         extra = max(0, opts.tau_archs - len(top))
         if extra >= len(ranked):
@@ -416,20 +459,21 @@ class EntangledStrategy(Strategy):
         if opts.retrain_epochs == 0:
             return pairs
         for key in top:
-            if deadline is not None and time.perf_counter() > deadline:
-                self._say(ctx, "entangled: --timeout reached, no more retraining")
+            if not deadline.fits():
+                self._say(ctx, "entangled: another retraining would end after --timeout; no more retraining")
                 break
             rec = ok[key]
             arch = rec["arch"]
             ctx.progress.trial_started(len(ctx.tracker.study.trials), f"retrain {key}")
-            model = evaluator.build(arch)
-            try:
-                trained = evaluator.train(model, on_step=ctx.progress.trial_progress)
-            except (TrainingDiverged, torch.OutOfMemoryError, MemoryError) as e:
-                self._say(ctx, f"entangled: retraining {key} failed ({type(e).__name__}: {e}); skipped")
-                continue
-            lat = evaluator.latency(arch, model)
-            result = evaluator.result(arch, model, trained, lat)
+            with deadline.timed():
+                model = evaluator.build(arch)
+                try:
+                    trained = evaluator.train(model, on_step=ctx.progress.trial_progress)
+                except (TrainingDiverged, torch.OutOfMemoryError, MemoryError) as e:
+                    self._say(ctx, f"entangled: retraining {key} failed ({type(e).__name__}: {e}); skipped")
+                    continue
+                lat = evaluator.latency(arch, model)
+                result = evaluator.result(arch, model, trained, lat)
             ft = ctx.tracker.log_arch(arch, choices, result, strategy=self.name, phase="retrained",
                                       standalone_accuracy=trained.val_accuracy, inherited_accuracy=rec["accuracy"],
                                       inherited_trial=rec["trial"], pareto=key in front)

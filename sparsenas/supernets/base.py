@@ -13,6 +13,7 @@ previous epoch left. Under ``torchrun`` each rank gets its rows of every global 
 """
 from __future__ import annotations
 
+import contextlib
 import random
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Iterator
@@ -56,6 +57,21 @@ class SupernetTrainer(ABC):
         """The search's result once every epoch has run."""
 
 
+_STEP_LIMIT: int | None = None  # set only by step_limit(): a probe's epochs stop after that many batches
+
+
+@contextlib.contextmanager
+def step_limit(steps: int) -> Iterator[None]:
+    """Inside it, every :func:`epoch_batches` epoch ends after ``steps`` batches: how a budget probe
+    (:mod:`sparsenas.strategies.budget`) times a few real steps of a trainer's real epoch."""
+    global _STEP_LIMIT
+    before, _STEP_LIMIT = _STEP_LIMIT, int(steps)
+    try:
+        yield
+    finally:
+        _STEP_LIMIT = before
+
+
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     """A seed for (search seed, epoch, stream): independent of anything that ran before."""
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(stream)]).generate_state(1)[0])
@@ -69,7 +85,8 @@ def epoch_batches(dataset: Any, batch_size: int, seed: int, epoch: int, stream: 
     x_all, y_all = dataset.tensors
     order = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(epoch_seed(seed, epoch, stream)))
     world = distributed.world_size()
-    for i in range(0, len(order), batch_size):
+    stop = len(order) if _STEP_LIMIT is None else min(len(order), _STEP_LIMIT * batch_size)
+    for i in range(0, stop, batch_size):
         idx = order[i:i + batch_size]
         if len(idx) < world:
             continue

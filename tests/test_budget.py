@@ -1,0 +1,148 @@
+"""One-shot strategies fit a --timeout: the supernet's epochs are sized from a probe of real steps,
+the plan is stored on the study (a resumed run keeps it), and retraining stops when the next one
+would end after the budget."""
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+import sparsenas
+from sparsenas.errors import SparseNASError
+from sparsenas.strategies.budget import Deadline, EpochCost, epochs_within, probe_epochs
+from sparsenas.strategies.dass import PLAN_ATTR as DASS_PLAN, DassTrainer
+from sparsenas.strategies.entangled import PLAN_ATTR as ENTANGLED_PLAN
+from sparsenas.supernets.base import SupernetTrainer, epoch_batches, step_limit
+
+
+class SleepyTrainer(SupernetTrainer):
+    """Each step sleeps 20 ms and each epoch's end 50 ms, over 10 real batches."""
+
+    kind = "sleepy"
+
+    def __init__(self) -> None:
+        self.data = TensorDataset(torch.zeros(40, 2), torch.zeros(40, dtype=torch.long))
+        self.epochs, self.steps_per_epoch, self.seen = 1, 10, []
+
+    def settings(self):
+        return {}
+
+    def build(self) -> None:
+        pass
+
+    def train_epoch(self, epoch):
+        n = 0
+        for _ in epoch_batches(self.data, 4, 0, epoch):
+            time.sleep(0.02)
+            n += 1
+        time.sleep(0.05)
+        self.seen.append(n)
+        return {}
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def derive(self):
+        return None
+
+
+def test_probe_times_a_few_real_steps_and_splits_step_from_epoch_cost():
+    made = []
+
+    def make():
+        made.append(SleepyTrainer())
+        return made[-1]
+
+    [cost] = probe_epochs(make, [0])
+    assert made[0].seen == [1, 1, 3]  # warm-up, then 1 and 3 steps of the trainer's own epoch
+    assert 0.015 <= cost.step_s <= 0.04 and 0.03 <= cost.fixed_s <= 0.12 and cost.steps == 10
+    assert 0.2 <= cost.epoch_s <= 0.5
+    assert len(list(epoch_batches(made[0].data, 4, 0, 0))) == 10  # the limit ends with the probe
+    with step_limit(2):
+        assert len(list(epoch_batches(made[0].data, 4, 0, 0))) == 2
+
+
+def test_epochs_within_and_the_deadline():
+    cost = EpochCost(step_s=0.5, fixed_s=1.0, steps=10)  # 6 s an epoch
+    assert epochs_within(30.0, cost) == 5 and epochs_within(1.0, cost) == 1 and epochs_within(1.0, cost, least=0) == 0
+    free = Deadline(time.perf_counter(), None)
+    free.last = 1e9
+    assert free.fits() and free.share(0.5) is None
+    d = Deadline(time.perf_counter(), 10.0)
+    assert d.fits()  # the first piece of work always starts
+    with d.timed():
+        pass
+    assert d.last is not None and d.fits()
+    d.last = 11.0
+    assert not d.fits()
+    assert d.share(0.5) == pytest.approx(d.start + 5.0)
+
+
+DASS_KW = dict(space="sparse_darts", strategy="dass", dataset="synthetic", limit=64, progress=False)
+DASS_OPTIONS = dict(retrain_epochs=1, cells=3, search_cells=2)
+
+
+def test_dass_under_a_timeout_sizes_its_epochs_retrains_more_and_a_resume_keeps_the_plan(tmp_path, monkeypatch):
+    db = tmp_path / "d.db"
+    storage = f"sqlite:///{db}"
+    original = DassTrainer.train_epoch
+    epochs_run = []
+
+    def stop_at_epoch_2(self, epoch):
+        if epoch == 1 and self.epochs > 1:  # the real trainer, not the probe's one-epoch copy
+            raise KeyboardInterrupt
+        epochs_run.append(epoch)
+        return original(self, epoch)
+
+    with monkeypatch.context() as m:
+        m.setattr(DassTrainer, "train_epoch", stop_at_epoch_2)
+        with pytest.raises(KeyboardInterrupt):
+            sparsenas.search(storage=storage, study="d", timeout=10, options=DASS_OPTIONS, **DASS_KW)
+    plan = optuna.load_study(study_name="d", storage=storage).user_attrs[DASS_PLAN]
+    assert plan["search_epochs"] >= 2 and plan["budget_s"] == 3.0 and plan["epoch_s"] > 0
+    # another timeout on the re-run: the stored plan (not a new probe) decides, so the checkpoint resumes
+    study = sparsenas.search(storage=storage, study="d", timeout=15, options=DASS_OPTIONS, **DASS_KW)
+    ckpt = torch.load(db.parent / "d-checkpoints" / "d" / "supernet.pt", weights_only=True)
+    assert ckpt["starts"] == [0, 1] and ckpt["epoch"] == plan["search_epochs"]
+    assert study.user_attrs["dass_search"]["config"]["search_epochs"] == plan["search_epochs"]
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) > 2  # no --retrain-top: more derivations than the default 2, as the budget allows
+    assert trials[0].user_attrs["derivation"] == "argmax"
+    assert len({t.user_attrs["arch_digest"] for t in trials}) == len(trials)
+
+
+def test_an_explicit_epoch_count_wins_over_the_budget(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'e.db'}"
+    study = sparsenas.search(storage=storage, study="e", timeout=60,
+                             options={**DASS_OPTIONS, "search_epochs": 1, "retrain_top": 1}, **DASS_KW)
+    assert DASS_PLAN not in study.user_attrs and study.user_attrs["dass_search"]["config"]["search_epochs"] == 1
+    assert len(study.trials) == 1
+
+
+def test_entangled_under_a_timeout_sizes_both_phases_and_retrains_the_derived_architecture_first(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'g.db'}"
+    study = sparsenas.search(space="g2g_mlp", strategy="entangled", dataset="mnist1d", trials=5, limit=96,
+                             batch_size=32, storage=storage, study="g", progress=False, timeout=12,
+                             options={"sandwich_random": 1, "retrain_epochs": 1, "retrain_top": 2, "tau_archs": 3,
+                                      "finetune_steps": 2})
+    plan = study.user_attrs[ENTANGLED_PLAN]
+    assert plan["search_epochs"] >= 1 and plan["sandwich_epochs"] >= 1 and plan["budget_s"] == pytest.approx(4.8)
+    # the defaults' ratio of gradient to sandwich epochs (g2g_mlp: 10 to 30) is kept roughly
+    assert plan["sandwich_epochs"] >= plan["search_epochs"]
+    retrained = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+                 if t.user_attrs["phase"] == "retrained"]
+    assert retrained and retrained[0].user_attrs["arch_digest"] == \
+        sparsenas.arch.Arch.from_json(study.user_attrs["entangled_derived_arch"]).digest()
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0, 1.5])
+def test_a_budget_share_outside_0_1_is_a_clear_error(tmp_path, share):
+    with pytest.raises(SparseNASError, match="budget-share"):
+        sparsenas.search(storage=f"sqlite:///{tmp_path / 'b.db'}", timeout=10,
+                         options={**DASS_OPTIONS, "budget_share": share}, **DASS_KW)
+    assert not Path(tmp_path / "b.db").exists()  # refused before the study was made
