@@ -381,14 +381,17 @@ class Tracker:
 
     # -- architectures evaluated outside optimize() (supernet strategies)
     def log_arch(self, arch: Arch, choices: dict[str, list], result: EvalResult, **attrs: Any) -> FrozenTrial:
+        """Record an architecture a one-shot strategy evaluated as a finished trial; the stored trial."""
         dists = {k: CategoricalDistribution(v) for k, v in choices.items()}
         ft = optuna.trial.create_trial(
             params=dict(arch.choices), distributions=dists, values=self.values(result),
             user_attrs={"arch": arch.to_json(), "arch_digest": arch.digest(),
                         **{k: _jsonable(v) for k, v in {**result.to_attrs(), **attrs}.items()}},
             intermediate_values={i + 1: v for i, v in enumerate(result.history)})
-        self.study.add_trial(ft)
-        return ft
+        # Study.add_trial through the storage, which returns the stored trial (its number is the
+        # study's; the template's is -1), found by id even when other workers add trials meanwhile
+        study_id = self.storage.get_study_id_from_name(self.study.study_name)
+        return self.storage.get_trial(self.storage.create_new_trial(study_id, template_trial=ft))
 
     # -- the study's trial target, shared by every worker on it
     # The target counts COMPLETE and PRUNED trials: Optuna's MaxTrialsCallback with

@@ -116,12 +116,15 @@ def test_dass_under_a_timeout_sizes_its_epochs_retrains_more_and_a_resume_keeps_
     assert len({t.user_attrs["arch_digest"] for t in trials}) == len(trials)
 
 
-def test_an_explicit_epoch_count_wins_over_the_budget(tmp_path):
+def test_an_explicit_epoch_count_wins_over_the_budget(tmp_path, caplog):
     storage = f"sqlite:///{tmp_path / 'e.db'}"
-    study = sparsenas.search(storage=storage, study="e", timeout=60,
-                             options={**DASS_OPTIONS, "search_epochs": 1, "retrain_top": 1}, **DASS_KW)
+    with caplog.at_level("INFO", logger="sparsenas"):
+        study = sparsenas.search(storage=storage, study="e", timeout=60,
+                                 options={**DASS_OPTIONS, "search_epochs": 1, "retrain_top": 1}, **DASS_KW)
     assert DASS_PLAN not in study.user_attrs and study.user_attrs["dass_search"]["config"]["search_epochs"] == 1
     assert len(study.trials) == 1
+    # the per-trial log line names the stored trial (a one-shot strategy's trials were "trial -1")
+    assert any(r.getMessage().startswith("trial 0 COMPLETE") for r in caplog.records), caplog.text
 
 
 def test_entangled_under_a_timeout_sizes_both_phases_and_retrains_the_derived_architecture_first(tmp_path):

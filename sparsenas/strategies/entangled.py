@@ -403,8 +403,7 @@ class EntangledStrategy(Strategy):
             ft = tracker.log_arch(arch, choices, result, strategy=self.name, phase="inherited",
                                   inherited_accuracy=val, inherited_accuracy_raw=raw, finetune_steps=opts.finetune_steps,
                                   derived=arch == derived, eval_seconds=round(secs, 3))
-            # log_arch returns the template trial; the stored one is the study's newest
-            records[key]["trial"] = tracker.study.get_trials(deepcopy=False)[-1].number
+            records[key]["trial"] = ft.number
             ctx.progress.trial_finished(ft)
             return val, lat.ms
 
