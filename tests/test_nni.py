@@ -103,3 +103,29 @@ def test_nni_darts_on_sparse_darts_records_a_trial_like_random(tmp_path):
     assert study.user_attrs["nni"]["derived"][0]["label"] == "nni-darts-argmax"
     # the derived genotype is a valid architecture of our space
     get_space("sparse_darts").validate(arch_of(trial), Task.from_dict(study.user_attrs["task"]))
+
+
+@needs_nni
+def test_nni_multi_trial_can_maximise_mnasnets_latency_aware_reward(tmp_path):
+    from types import SimpleNamespace
+
+    from sparsenas.strategies.nni_strategies import NNIMultiTrial
+
+    ctx = SimpleNamespace(options={"latency_target_ms": 0.5, "latency_exponent": -0.07},
+                          tracker=SimpleNamespace(objectives=("accuracy", "latency_ms")))
+    assert NNIMultiTrial.reward(ctx, [0.9, 0.5]) == pytest.approx(0.9)
+    assert NNIMultiTrial.reward(ctx, [0.9, 1.0]) == pytest.approx(0.9 * 2 ** -0.07)  # slower: less reward
+    assert NNIMultiTrial.reward(SimpleNamespace(options={}, tracker=ctx.tracker), [0.9, 1.0]) == 0.9
+    url = f"sqlite:///{tmp_path}/nas.db"
+    rc, _, err = run_cli(["search", "--space", "sparse_mbv2", "--strategy", "nni:random", "--trials", "2",
+                          "--study", "m", "--storage", url, "--latency-target-ms", "0.05", *TINY])
+    assert rc == 0, err
+    info = optuna.load_study(study_name="m", storage=url).user_attrs["nni"]
+    assert info["reward"] == "accuracy * (latency_ms / 0.05) ** -0.07" and info["models"] == 2
+    # a target without a latency objective, or a non-positive one, is refused before any training
+    for bad in (["--objectives", "accuracy,size", "--latency-target-ms", "1"], ["--latency-target-ms", "-1"]):
+        rc, out, err = run_cli(["search", "--space", "sparse_mbv2", "--strategy", "nni:random", "--trials", "1",
+                                "--study", "bad", "--storage", url, *bad, *TINY])
+        assert rc == 2 and "latency" in err and "Traceback" not in err, err
+        assert "bad" not in [s.study_name for s in optuna.get_all_study_summaries(url)] or \
+            not optuna.load_study(study_name="bad", storage=url).get_trials(states=(optuna.trial.TrialState.COMPLETE,))

@@ -9,6 +9,7 @@ What NNI did (its strategy, engine time, overhead per model) goes into the study
 """
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import replace
@@ -18,6 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ..arch import Arch
+from ..errors import SparseNASError
 from ..search_spaces.base import SearchSpace
 from ..task import Task
 from . import STRATEGIES
@@ -64,15 +66,37 @@ def _with_epochs(evaluator: Any, epochs: int) -> Any:
 
 class NNIMultiTrial(Strategy):
     kind: str  # run_multi_trial kind
+    options = (
+        Option("latency_target_ms", float, None, "NNI's strategies maximise one number: with a target they get "
+               "MnasNet's reward accuracy * (latency / target) ** latency_exponent instead of accuracy alone"),
+        Option("latency_exponent", float, -0.07, "exponent w of the MnasNet reward (MnasNet's soft constraint: -0.07)"),
+    )
 
     def check(self, space: SearchSpace, task: Task, options: dict[str, Any]) -> None:
         from ..interop.nni import require_nni
 
         require_nni()
+        target = options.get("latency_target_ms")
+        if target is not None and not (float(target) > 0 and math.isfinite(float(target))):
+            raise SparseNASError(f"strategy '{self.name}': --latency-target-ms must be a positive number of "
+                                 f"milliseconds, got {target}")
+
+    @staticmethod
+    def reward(ctx: SearchContext, values: list[float]) -> float:
+        """What NNI maximises for a finished trial: accuracy, or MnasNet's latency-aware reward."""
+        target = ctx.options.get("latency_target_ms")
+        if target is None:
+            return float(values[0])
+        latency = float(values[list(ctx.tracker.objectives).index("latency_ms")])
+        return float(values[0]) * (latency / float(target)) ** float(ctx.options.get("latency_exponent", -0.07))
 
     def run(self, ctx: SearchContext) -> None:
         from ..interop.nni import run_multi_trial, value_choice_space
 
+        objectives = list(ctx.tracker.objectives)
+        if ctx.options.get("latency_target_ms") is not None and "latency_ms" not in objectives:
+            raise SparseNASError(f"strategy '{self.name}': --latency-target-ms needs the latency objective; this "
+                                 f"study's objectives are {', '.join(objectives)}")
         remaining = ctx.trials - len(ctx.tracker.finished())
         if remaining <= 0:
             return
@@ -80,12 +104,15 @@ class NNIMultiTrial(Strategy):
 
         def evaluate(arch: Arch) -> float | None:
             ft = evaluate_in_trial(ctx, arch, self.name)
-            return None if ft is None else float(ft.values[0])
+            return None if ft is None else self.reward(ctx, ft.values)
 
         model_space = value_choice_space(ctx.space, ctx.task, ctx.evaluator.build)
         info = run_multi_trial(self.kind, model_space, evaluate, max_models=remaining, max_seconds=ctx.timeout,
                                seed=ctx.seed + len(ctx.tracker.study.trials))
-        ctx.tracker.set_study_attr("nni", {"strategy": self.name, **info})
+        target = ctx.options.get("latency_target_ms")
+        reward = "accuracy" if target is None else \
+            f"accuracy * (latency_ms / {target:g}) ** {ctx.options.get('latency_exponent', -0.07):g}"
+        ctx.tracker.set_study_attr("nni", {"strategy": self.name, "reward": reward, **info})
 
 
 @STRATEGIES.register("nni:random")
