@@ -10,7 +10,10 @@ covers the space, else measured). Printed per strategy, mean +- standard deviati
 - best test accuracy of the retrained architectures, and the best among those within a latency bound
   (``--latency-bound-ms``; default the median latency of random search's trials);
 - Pareto hypervolume of (test accuracy up, latency down) of the retrained architectures, and of
-  (validation accuracy, latency) of every trial the search logged, with one reference point for all;
+  (validation accuracy, latency) of every architecture the search trained standalone, with one
+  reference point for all (a supernet's estimates, entangled's inherited-weight accuracies or
+  balanced's scores, come from more training than a trial's epochs: they are counted apart, as
+  ``estimates`` and ``best_estimate_val``);
 - wall time until the search's validation hypervolume reached random search's final one (same
   seed; "-" when it never did), the search's wall time, trials, per-trial overhead (for multi-trial
   strategies the median time between two trials' ends that was not training: building, latency,
@@ -123,8 +126,12 @@ def child_search(cfg: dict) -> dict:
     own = [t for t in done if "duplicate_of" not in t.user_attrs]
     trained = sum(t.user_attrs.get("train_seconds") or 0.0 for t in own)
     n_all = len(study.trials)
+    # the search's own progress counts only architectures trained standalone (per-epoch values
+    # recorded): a supernet's estimates (entangled's inherited weights, balanced's scores) come from
+    # far more training than a trial's epochs and are not the same quantity
+    standalone = [t for t in done if t.intermediate_values]
     timeline = [{"t": (t.datetime_complete.timestamp() - start_wall) if t.datetime_complete else wall,
-                 "val": t.values[0], "latency_ms": t.values[1]} for t in done]
+                 "val": t.values[0], "latency_ms": t.values[1]} for t in standalone]
     # per-trial overhead: the time between two trials' ends that was not training (build, latency,
     # costs, storage, the framework driving it); start-up (data, imports) is left out. One-shot
     # strategies log their architectures at the end: their overhead is search time per architecture.
@@ -138,7 +145,9 @@ def child_search(cfg: dict) -> dict:
     for row, t in zip(retrained, front):
         row.update(trial=t.number, latency_ms=t.values[1], search_val_accuracy=t.values[0])
     best = max(done, key=lambda t: t.values[0], default=None)
-    return {"wall_s": wall, "trials": n_all, "complete": len(done), "train_seconds": trained,
+    return {"wall_s": wall, "trials": n_all, "complete": len(done), "estimates": len(done) - len(standalone),
+            "best_estimate_val": max((t.values[0] for t in done if not t.intermediate_values), default=None),
+            "train_seconds": trained,
             "overhead_per_trial_s": overhead, "timeline": timeline, "retrained": retrained,
             "best_arch": arch_of(best).to_json() if best is not None else None,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -344,6 +353,8 @@ def summarize(runs: dict[str, list[dict]], bound: float | None) -> tuple[dict, d
                 "overhead_per_trial_s": r["overhead_per_trial_s"], "peak_rss_mb": r["peak_rss_mb"]})
         per[s] = {k: _mean_sd([row[k] for row in rows]) for k, _, _ in METRICS}
         per[s]["seeds"] = len(rs)
+        per[s]["estimates"] = _mean_sd([r.get("estimates") for r in rs])
+        per[s]["best_estimate_val"] = _mean_sd([r.get("best_estimate_val") for r in rs])
         per[s]["reached_random_hv"] = sum(row["time_to_random_hv_s"] is not None for row in rows)
     # ties: within the larger seed spread of the best strategy and this one
     ties: dict[str, list[str]] = {}
