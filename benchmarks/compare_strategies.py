@@ -130,6 +130,7 @@ def child_search(cfg: dict) -> dict:
     # recorded): a supernet's estimates (entangled's inherited weights, balanced's scores) come from
     # far more training than a trial's epochs and are not the same quantity
     standalone = [t for t in done if t.intermediate_values]
+    estimates = [t for t in done if not t.intermediate_values and "duplicate_of" not in t.user_attrs]
     timeline = [{"t": (t.datetime_complete.timestamp() - start_wall) if t.datetime_complete else wall,
                  "val": t.values[0], "latency_ms": t.values[1]} for t in standalone]
     # per-trial overhead: the time between two trials' ends that was not training (build, latency,
@@ -145,8 +146,8 @@ def child_search(cfg: dict) -> dict:
     for row, t in zip(retrained, front):
         row.update(trial=t.number, latency_ms=t.values[1], search_val_accuracy=t.values[0])
     best = max(done, key=lambda t: t.values[0], default=None)
-    return {"wall_s": wall, "trials": n_all, "complete": len(done), "estimates": len(done) - len(standalone),
-            "best_estimate_val": max((t.values[0] for t in done if not t.intermediate_values), default=None),
+    return {"wall_s": wall, "trials": n_all, "complete": len(done), "estimates": len(estimates),
+            "best_estimate_val": max((t.values[0] for t in estimates), default=None),
             "train_seconds": trained,
             "overhead_per_trial_s": overhead, "timeline": timeline, "retrained": retrained,
             "best_arch": arch_of(best).to_json() if best is not None else None,
@@ -410,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=3, help="front architectures retrained per run")
     p.add_argument("--latency-bound-ms", type=float, default=None)
     p.add_argument("--oneshot-trials", type=int, default=50, help="architectures a one-shot strategy ranks")
+    p.add_argument("--options", default="{}", metavar="JSON",
+                   help='more strategy options, each passed to the strategies that declare it, e.g. {"budget_share": 0.15}')
     p.add_argument("--strategies", default=None, help=f"comma list (default: {','.join(OURS + NNI)})")
     p.add_argument("--python", default=sys.executable, help="interpreter of the child runs (one with nni for NNI's)")
     p.add_argument("--plot", default=None, metavar="PNG", help="write the retrained fronts here")
@@ -430,7 +433,13 @@ def main(argv: list[str] | None = None) -> int:
         names.insert(0, "random")  # the baseline every other is measured against
     # one-shot strategies retrain for the same epochs as every trial; their supernet epochs and how many
     # architectures they retrain they size from the budget themselves (what a user's --timeout gets)
-    options = {"retrain_epochs": args.epochs}
+    try:
+        extra = json.loads(args.options)
+        if not isinstance(extra, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as e:
+        p.error(f"--options must be a JSON object of strategy options, e.g. '{{\"budget_share\": 0.15}}' ({e})")
+    options = {"retrain_epochs": args.epochs, **extra}
     skipped = {s: why for s, why in _applicable(names, args, options).items() if why}
     names = [s for s in names if s not in skipped]
     storage = f"sqlite:///{tempfile.mkdtemp(prefix='compare_strategies_')}/bench.db"
