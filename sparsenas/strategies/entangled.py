@@ -29,7 +29,8 @@ Phases, all logged to the study:
 With ``--timeout`` and neither epoch count given, phases 1-2 are sized to ``budget_share`` of it
 (default 0.4, from a probe of a few steps of each phase, in the ratio of the default epoch counts);
 phase 3 stops at half of what is left and phase 4 starts a retraining only while the last one's
-duration still fits, the derived (argmax) architecture first. The search
+duration still fits: the derived (argmax) architecture first, then as above, then the rest of the
+inherited front. The search
 runs at ``threads`` (default 1) torch threads. Every option above is a ``nas search`` flag (declared in
 ``EntangledStrategy.options``), a key of a config file's ``[options]`` table, or ``options={...}``.
 """
@@ -451,6 +452,9 @@ class EntangledStrategy(Strategy):
             top += ranked
         elif extra:  # evenly spaced over the inherited ranking, both ends included (spacing >= 1: distinct)
             top += [ranked[round(i * (len(ranked) - 1) / max(1, extra - 1))] for i in range(extra)]
+        sample = set(top)  # Kendall's tau is measured on these; the front's rest would bias it to the top
+        if deadline.timeout is not None:  # budget left after those: verify the rest of the inherited front
+            top += [k for k in sorted(front, key=lambda k: -ok[k]["accuracy"]) if k not in top]
         evaluator = copy.copy(ctx.evaluator)
         evaluator.budget = replace(ctx.evaluator.budget, epochs=opts.retrain_epochs)
         choices = ctx.space.choices(ctx.task)
@@ -477,7 +481,8 @@ class EntangledStrategy(Strategy):
                                       standalone_accuracy=trained.val_accuracy, inherited_accuracy=rec["accuracy"],
                                       inherited_trial=rec["trial"], pareto=key in front)
             ctx.progress.trial_finished(ft)
-            pairs.append((rec["accuracy"], trained.val_accuracy))
+            if key in sample:
+                pairs.append((rec["accuracy"], trained.val_accuracy))
         return pairs
 
     def _rank_quality(self, ctx: SearchContext, pairs: list[tuple[float, float]]) -> None:
