@@ -17,6 +17,8 @@ leaves nothing half-written.
 """
 from __future__ import annotations
 
+import contextlib
+
 import copy
 import json
 import os
@@ -430,10 +432,9 @@ def _load_plug_ins(study: Any) -> None:
     config = study_record(study).config
     for registry, name in ((SPACES, config.get("space")), (DATASETS, config.get("dataset"))):
         if isinstance(name, str) and ":" in name:
-            try:
+            # not importable here: the later lookup by the plug-in's own name gives the error
+            with contextlib.suppress(SparseNASError):
                 registry.get(name)
-            except SparseNASError:
-                pass  # not importable here: the lookup by the plug-in's own name says so
 
 
 def trial_info(storage: str, study: Any, t: Any) -> dict[str, Any]:

@@ -13,9 +13,10 @@ the last one's duration still fits, so a search ends near its budget instead of 
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from .. import distributed
 from ..supernets.base import SupernetTrainer, seed_everything, step_limit
@@ -85,10 +86,6 @@ class Deadline:
         self.start, self.timeout = start, timeout
         self.last: float | None = None  # seconds the last timed piece of work took
 
-    @property
-    def at(self) -> float | None:
-        return None if self.timeout is None else self.start + self.timeout
-
     def share(self, fraction: float) -> float | None:
         """The moment ``fraction`` of the budget has passed (None without a budget)."""
         return None if self.timeout is None else self.start + fraction * self.timeout
@@ -100,20 +97,14 @@ class Deadline:
             return True
         return time.perf_counter() + self.last <= self.start + self.timeout
 
-    def timed(self) -> "_Timed":
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[None]:
         """``with deadline.timed(): ...`` records how long the block took as :attr:`last`."""
-        return _Timed(self)
-
-
-class _Timed:
-    def __init__(self, deadline: Deadline) -> None:
-        self.deadline = deadline
-
-    def __enter__(self) -> None:
-        self.t0 = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self.deadline.last = time.perf_counter() - self.t0
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.last = time.perf_counter() - t0
 
 
 def budget_seconds(ctx: SearchContext, share: float) -> float | None:
