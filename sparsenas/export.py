@@ -18,7 +18,6 @@ leaves nothing half-written.
 from __future__ import annotations
 
 import contextlib
-
 import copy
 import json
 import os
