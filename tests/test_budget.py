@@ -94,27 +94,38 @@ def test_dass_under_a_timeout_sizes_its_epochs_retrains_more_and_a_resume_keeps_
     original = DassTrainer.train_epoch
     epochs_run = []
 
-    def stop_at_epoch_2(self, epoch):
-        if epoch == 1 and self.epochs > 1:  # the real trainer, not the probe's one-epoch copy
+    def stop_in_the_main_round(self, epoch):
+        # the main round: a trainer of several epochs (not the probe's copy) once the early round's trials are in
+        if epoch == 1 and self.epochs > 1 and optuna.load_study(study_name="d", storage=storage).trials:
             raise KeyboardInterrupt
         epochs_run.append(epoch)
         return original(self, epoch)
 
+    options = {**DASS_OPTIONS, "early_share": 0.05}
     with monkeypatch.context() as m:
-        m.setattr(DassTrainer, "train_epoch", stop_at_epoch_2)
+        m.setattr(DassTrainer, "train_epoch", stop_in_the_main_round)
         with pytest.raises(KeyboardInterrupt):
-            sparsenas.search(storage=storage, study="d", timeout=10, options=DASS_OPTIONS, **DASS_KW)
-    plan = optuna.load_study(study_name="d", storage=storage).user_attrs[DASS_PLAN]
-    assert plan["search_epochs"] >= 2 and plan["budget_s"] == 3.0 and plan["epoch_s"] > 0
-    # another timeout on the re-run: the stored plan (not a new probe) decides, so the checkpoint resumes
-    study = sparsenas.search(storage=storage, study="d", timeout=15, options=DASS_OPTIONS, **DASS_KW)
-    ckpt = torch.load(db.parent / "d-checkpoints" / "d" / "supernet.pt", weights_only=True)
+            sparsenas.search(storage=storage, study="d", timeout=10, options=options, **DASS_KW)
+    killed = optuna.load_study(study_name="d", storage=storage)
+    plan = killed.user_attrs[DASS_PLAN]
+    assert plan["search_epochs"] >= 2 and plan["early_epochs"] >= 1 and plan["budget_s"] == 3.0 and plan["epoch_s"] > 0
+    early = {t.user_attrs["arch_digest"] for t in killed.trials}
+    assert len(early) == 4 and {t.user_attrs["supernet_round"] for t in killed.trials} == {"early"}
+    # another timeout on the re-run: the stored plan (not a new probe) decides, so the checkpoints resume
+    study = sparsenas.search(storage=storage, study="d", timeout=15, options=options, **DASS_KW)
+    folder = db.parent / "d-checkpoints" / "d"
+    ckpt = torch.load(folder / "supernet.pt", weights_only=True)
     assert ckpt["starts"] == [0, 1] and ckpt["epoch"] == plan["search_epochs"]
-    assert study.user_attrs["dass_search"]["config"]["search_epochs"] == plan["search_epochs"]
+    assert torch.load(folder / "supernet-early.pt", weights_only=True)["epoch"] == plan["early_epochs"]
+    summary = study.user_attrs["dass_search"]
+    assert summary["config"]["search_epochs"] == plan["search_epochs"]
+    assert [r["round"] for r in summary["rounds"]] == ["early", "main"]
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    assert len(trials) > 2  # no --retrain-top: more derivations than the default 2, as the budget allows
-    assert trials[0].user_attrs["derivation"] == "argmax"
-    assert len({t.user_attrs["arch_digest"] for t in trials}) == len(trials)
+    assert trials[0].user_attrs["derivation"] == "argmax" and trials[0].user_attrs["supernet_round"] == "early"
+    main = [t for t in trials if t.user_attrs["supernet_round"] == "main"]
+    assert len(main) >= 2 and main[0].user_attrs["derivation"] == "argmax"  # more than the early round's, budget allowing
+    assert len({t.user_attrs["arch_digest"] for t in trials}) == len(trials)  # nothing retrained twice
+    assert study.user_attrs["dass_finished"]
 
 
 def test_an_explicit_epoch_count_wins_over_the_budget(tmp_path, caplog):

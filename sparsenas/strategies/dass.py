@@ -45,12 +45,14 @@ from .base import SearchContext, Strategy
 from ..supernets.base import (SupernetTrainer, cycle_batches, epoch_batches, load_optimizer, optimizer_state, run_epochs,
                               shard_loss)
 from .budget import Deadline, budget_seconds, epochs_within, is_set, probe_epochs, stored_plan
-from .supernet import say, train_supernet
+from .supernet import CHECKPOINT_FILE, say, train_supernet
 from .options import Option
 
 PHASES = ("warmup", "prune", "finetune")
 BUDGET_CANDIDATES = 24  # derived architectures a --timeout run without --retrain-top may retrain
 PLAN_ATTR = "dass_budget_plan"
+DONE_ATTR = "dass_finished"
+EARLY_CHECKPOINT = "supernet-early.pt"
 SUPERNET_OPTIONS = ("channels", "cells", "search_cells", "downscale", "depth", "width", "expand", "conns")
 
 
@@ -64,6 +66,8 @@ class DassConfig:
     retrain_epochs: int = 12        # standalone training of each derived architecture
     retrain_top: int = 2            # derived architectures to retrain and log
     budget_share: float = 0.3       # under --timeout, the share the supernet is sized to (see DASSStrategy)
+    early_share: float = 0.1        # ... of which an early round takes this share of --timeout (0: none)
+    early_top: int = 4              # derived architectures the early round retrains
     order: str = "first"            # alpha step: "first" or "second" (unrolled) order
     phases: tuple[float, float, float] = (0.4, 0.3, 0.3)  # shares of the search steps
     batch_size: int = 64
@@ -96,12 +100,15 @@ class DassConfig:
             raise bad(f"--target-sparsity must be a fraction of zero weights in (0, 1), got {self.target_sparsity}")
         if not (float(self.latency_weight) >= 0.0 and math.isfinite(float(self.latency_weight))):
             raise bad(f"--latency-weight must be a number >= 0 (0: no latency term), got {self.latency_weight}")
-        for name in ("search_epochs", "retrain_epochs", "retrain_top", "batch_size", "threads"):
+        for name in ("search_epochs", "retrain_epochs", "retrain_top", "early_top", "batch_size", "threads"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise bad(f"{name.replace('_', '-')} must be a whole number >= 1, got {v!r}")
         if not 0.0 < float(self.budget_share) < 1.0:
             raise bad(f"budget-share must be a fraction of --timeout in (0, 1), got {self.budget_share}")
+        if not 0.0 <= float(self.early_share) < float(self.budget_share):
+            raise bad(f"early-share must be a fraction of --timeout in [0, budget-share={self.budget_share:g}) "
+                      f"(0: no early round), got {self.early_share}")
         if self.order not in ("first", "second"):
             raise bad(f"order must be 'first' or 'second', got {self.order!r}")
         if len(self.phases) != 3 or any(p < 0 for p in self.phases) or sum(self.phases) <= 0:
@@ -239,7 +246,7 @@ class DassTrainer(SupernetTrainer):
     def settings(self) -> dict[str, Any]:
         # what shapes the supernet's training; retraining and thread settings may change on a resume
         config = {k: v for k, v in self.cfg.to_dict().items()
-                  if k not in ("retrain_epochs", "retrain_top", "threads", "budget_share")}
+                  if k not in ("retrain_epochs", "retrain_top", "early_top", "threads", "budget_share")}
         return {"config": config, "space": getattr(self.space, "name", None),
                 "task": self.data.task.to_dict(), "train_rows": len(self.data.train)}
 
@@ -375,6 +382,10 @@ class DASSStrategy(Strategy):
                f"with --timeout, as many as the budget fits, up to {BUDGET_CANDIDATES})"),
         Option("budget_share", float, DassConfig.budget_share, "with --timeout and no --search-epochs: the share of "
                "the budget the supernet training is sized to (the rest retrains derived architectures)"),
+        Option("early_share", float, DassConfig.early_share, "with --timeout and no --search-epochs: the share of the "
+               "budget an early supernet round takes out of --budget-share; its derivations are retrained first, "
+               "so the search has results early (0: one round)"),
+        Option("early_top", int, DassConfig.early_top, "derived architectures the early round retrains"),
         Option("order", str, DassConfig.order, "alpha step: first order, or DARTS' second (unrolled) order",
                choices=("first", "second")),
         Option("phases", list, DassConfig.phases, "shares of the search steps: warm-up, pruning, fine-tuning", item=float),
@@ -412,44 +423,62 @@ class DASSStrategy(Strategy):
 
     def _run(self, ctx: SearchContext, cfg: DassConfig) -> None:
         tracker = ctx.tracker
-        done = distributed.broadcast(distributed.is_main() and any(t.user_attrs.get("strategy") == self.name
-                                                                   for t in tracker.finished()))
+        done = distributed.broadcast(distributed.is_main() and DONE_ATTR in tracker.study.user_attrs)
         if done:
             ctx.progress.log(f"study '{tracker.study.study_name}' already holds a DASS result; nothing to do "
                              "(pass another --study to search again)")
             return
-        start = time.perf_counter()
-        deadline = Deadline(start, ctx.timeout)
+        deadline = Deadline(time.perf_counter(), ctx.timeout)
         op_latency = op_latency_for(ctx)
-        cfg = self._fit_budget(ctx, cfg, op_latency)
-        number = len(tracker.study.trials)
-        ctx.progress.trial_started(number, "DASS supernet search")
-        trainer = DassTrainer(cfg, ctx.data, space=ctx.space, task=ctx.task, seed=ctx.seed, device=ctx.device,
-                              op_latency=op_latency, on_step=ctx.progress.trial_progress, log=ctx.progress.log)
-        history = train_supernet(ctx, trainer)
-        if not distributed.is_main():  # the other ranks only train; rank 0 derives, retrains and logs
-            return
-        net = trainer.derive()
-        slog = SearchLog(history, trainer.table, trainer.seconds, trainer.step)
-        net.cpu()
-        alpha_history = [{**{k: v for k, v in h.items() if k != "alpha"}, **h["alpha"]} for h in slog.history]
+        cfg, early_epochs = self._fit_budget(ctx, cfg, op_latency)
+        rounds = [_Round("main", cfg, CHECKPOINT_FILE, self._candidates(ctx, cfg))]
+        if early_epochs:
+            rounds.insert(0, _Round("early", replace(cfg, search_epochs=early_epochs), EARLY_CHECKPOINT, cfg.early_top))
+        # a resumed run (killed while retraining) skips what it already logged
+        done_archs = {t.user_attrs.get("arch_digest") for t in tracker.finished()
+                      if t.user_attrs.get("strategy") == self.name} if distributed.is_main() else set()
+        run = _RunLog()
+        net: MixedSupernet | None = None
+        for rnd in rounds:
+            ctx.progress.trial_started(len(tracker.study.trials), f"DASS supernet search ({rnd.name} round)")
+            trainer = DassTrainer(rnd.cfg, ctx.data, space=ctx.space, task=ctx.task, seed=ctx.seed, device=ctx.device,
+                                  net=net, op_latency=op_latency, on_step=ctx.progress.trial_progress,
+                                  log=ctx.progress.log)
+            history = train_supernet(ctx, trainer, rnd.checkpoint)
+            net = trainer.net
+            run.add(rnd, history, trainer)
+            if distributed.is_main():  # the other ranks only train; rank 0 derives, retrains and logs
+                self._retrain(ctx, cfg, rnd, trainer, run, deadline, op_latency, done_archs)
+            distributed.barrier()  # the next round's first collective waits for rank 0's retraining
+        if distributed.is_main():
+            tracker.set_study_attr(DONE_ATTR, True)
+
+    def _retrain(self, ctx: SearchContext, cfg: DassConfig, rnd: "_Round", trainer: DassTrainer, run: "_RunLog",
+                 deadline: Deadline, op_latency: OpLatency, done_archs: set[str]) -> None:
+        """Derive up to ``rnd.candidates`` architectures from the round's supernet and retrain, evaluate and
+        log those not logged before, while the deadline allows."""
+        tracker = ctx.tracker
+        net = trainer.derive().cpu()
+        alpha_history = run.alpha_history()
         tracker.set_study_attr("dass_alpha_history", alpha_history)
         tracker.set_study_attr("dass_candidates", dict(net.candidate_names))
-        tracker.set_study_attr("dass_search", {"seconds": round(slog.seconds, 1), "steps": slog.steps,
-                                               "config": cfg.to_dict(),
-                                               "val_accuracy_masked": [h["val_accuracy_masked"] for h in slog.history]})
-        table = slog.latency_table
-        if table is None and cfg.retrain_top > 1:
-            table = net.candidate_latency(op_latency)  # latency-aware derivations spread the front
-        candidates = net.derive_candidates(self._candidates(ctx, cfg), table)
+        tracker.set_study_attr("dass_search", run.summary(cfg))
+        if run.table is None:
+            run.table = trainer.table
+            if run.table is None and rnd.candidates > 1:
+                run.table = net.candidate_latency(op_latency)  # latency-aware derivations spread the front
+        candidates = [(label, arch) for label, arch in net.derive_candidates(rnd.candidates, run.table)
+                      if arch.digest() not in done_archs]
         choices = ctx.space.choices(ctx.task)
         budget = replace(ctx.evaluator.budget, epochs=cfg.retrain_epochs, seconds=None)
+        masked_acc = run.history[-1]["val_accuracy_masked"]
         for rank, (label, arch) in enumerate(candidates):
             if not deadline.fits():
                 ctx.progress.log(f"dass: another retraining would end after --timeout; {len(candidates) - rank} "
-                                 "derived architecture(s) not retrained")
+                                 f"architecture(s) derived in the {rnd.name} round not retrained")
                 break
-            ctx.progress.trial_started(number + rank, f"retrain {arch.digest()} ({label})")
+            number = len(tracker.study.trials)
+            ctx.progress.trial_started(number, f"retrain {arch.digest()} ({rnd.name} round, {label})")
             with deadline.timed():
                 model = ctx.evaluator.build(arch)
                 lat = ctx.evaluator.latency(arch, model)
@@ -461,11 +490,12 @@ class DASSStrategy(Strategy):
                     continue
                 model.cpu().eval()
                 result = ctx.evaluator.result(arch, model, trained, lat)
+            done_archs.add(arch.digest())
             ft = tracker.log_arch(
                 arch, choices, result, strategy=self.name, derivation=label, derivation_rank=rank,
-                target_sparsity=cfg.target_sparsity, latency_weight=cfg.latency_weight, order=cfg.order,
-                sparse_layer_sparsity=round(sparse_layer_sparsity(model), 4),
-                search_seconds=round(slog.seconds, 1), supernet_val_accuracy_masked=slog.history[-1]["val_accuracy_masked"],
+                supernet_round=rnd.name, target_sparsity=cfg.target_sparsity, latency_weight=cfg.latency_weight,
+                order=cfg.order, sparse_layer_sparsity=round(sparse_layer_sparsity(model), 4),
+                search_seconds=round(run.seconds, 1), supernet_val_accuracy_masked=masked_acc,
                 alpha=net.alpha_snapshot(), alpha_history=alpha_history)
             ctx.progress.trial_finished(ft)
 
@@ -476,21 +506,64 @@ class DASSStrategy(Strategy):
             return cfg.retrain_top
         return BUDGET_CANDIDATES
 
-    def _fit_budget(self, ctx: SearchContext, cfg: DassConfig, op_latency: OpLatency) -> DassConfig:
+    def _fit_budget(self, ctx: SearchContext, cfg: DassConfig, op_latency: OpLatency) -> tuple[DassConfig, int]:
         """Under --timeout without --search-epochs: the supernet epochs that fill ``budget_share`` of
-        it, from a probe of a few steps (stored on the study, so a resumed run keeps them)."""
+        it, from a probe of a few steps, and how many of them an early round takes (0: none); stored on
+        the study, so a resumed run keeps them. Otherwise the configured epochs and no early round."""
         seconds = budget_seconds(ctx, cfg.budget_share)
         if seconds is None or is_set(ctx, "search_epochs"):
-            return cfg
+            return cfg, 0
 
         def plan() -> dict[str, Any]:
             probe_cfg = replace(cfg, search_epochs=1)
             [cost] = probe_epochs(lambda: DassTrainer(probe_cfg, ctx.data, space=ctx.space, task=ctx.task, seed=ctx.seed,
                                                       device=ctx.device, op_latency=op_latency), [0], seed=ctx.seed)
-            return {"search_epochs": epochs_within(seconds, cost), "epoch_s": round(cost.epoch_s, 3),
-                    "budget_s": round(seconds, 1), "budget_share": cfg.budget_share}
+            total = epochs_within(seconds, cost)
+            early = epochs_within(budget_seconds(ctx, cfg.early_share), cost) if cfg.early_share > 0 else 0
+            early = early if early < total else 0  # a round as long as the whole share would only delay the main one
+            return {"search_epochs": total - early, "early_epochs": early, "epoch_s": round(cost.epoch_s, 3),
+                    "budget_s": round(seconds, 1), "budget_share": cfg.budget_share, "early_share": cfg.early_share}
 
         p = stored_plan(ctx, PLAN_ATTR, plan)
-        say(ctx, f"dass: {p['search_epochs']} supernet epoch(s) of ~{p['epoch_s']:.1f} s fill {p['budget_share']:g} "
-                 f"of --timeout ({p['budget_s']:.0f} s); the rest retrains derived architectures")
-        return replace(cfg, search_epochs=int(p["search_epochs"]))
+        early = int(p.get("early_epochs", 0))
+        say(ctx, f"dass: {p['search_epochs'] + early} supernet epoch(s) of ~{p['epoch_s']:.1f} s fill {p['budget_share']:g} "
+                 f"of --timeout ({p['budget_s']:.0f} s)"
+                 + (f"; an early round of {early} is derived and retrained first" if early else "")
+                 + "; the rest retrains derived architectures")
+        return replace(cfg, search_epochs=int(p["search_epochs"])), early
+
+
+@dataclass
+class _Round:
+    """One supernet training round: the early one (a short schedule whose derivations are retrained
+    first, so a budgeted search has results early) or the main one (warm-restarted from the early
+    round's supernet when there was one)."""
+
+    name: str
+    cfg: DassConfig
+    checkpoint: str
+    candidates: int
+
+
+@dataclass
+class _RunLog:
+    """What the rounds so far trained: their epochs' history, seconds and steps, and the latency table."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    steps: int = 0
+    table: list[tuple[str, int, Tensor]] | None = None
+
+    def add(self, rnd: _Round, history: list[dict[str, Any]], trainer: DassTrainer) -> None:
+        self.history += [{**h, "round": rnd.name} for h in history]
+        self.seconds += trainer.seconds
+        self.steps += trainer.step
+        self.rounds.append({"round": rnd.name, "epochs": rnd.cfg.search_epochs, "seconds": round(trainer.seconds, 1)})
+
+    def alpha_history(self) -> list[dict[str, Any]]:
+        return [{**{k: v for k, v in h.items() if k != "alpha"}, **h["alpha"]} for h in self.history]
+
+    def summary(self, cfg: DassConfig) -> dict[str, Any]:
+        return {"seconds": round(self.seconds, 1), "steps": self.steps, "config": cfg.to_dict(), "rounds": self.rounds,
+                "val_accuracy_masked": [h["val_accuracy_masked"] for h in self.history]}

@@ -56,8 +56,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------- checkpoint files
-def checkpoint_path(ctx: SearchContext) -> str | None:
-    return os.path.join(ctx.checkpoint_dir, CHECKPOINT_FILE) if ctx.checkpoint_dir else None
+def checkpoint_path(ctx: SearchContext, name: str = CHECKPOINT_FILE) -> str | None:
+    return os.path.join(ctx.checkpoint_dir, name) if ctx.checkpoint_dir else None
 
 
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
@@ -106,11 +106,13 @@ def say(ctx: SearchContext, message: str) -> None:
         print(message, file=sys.stderr)
 
 
-def train_supernet(ctx: SearchContext, trainer: SupernetTrainer) -> list[dict[str, Any]]:
-    """Build ``trainer``, resume it from its checkpoint if there is one, train the remaining epochs
-    (checkpointing each) and return the history of all epochs, the resumed ones included."""
+def train_supernet(ctx: SearchContext, trainer: SupernetTrainer,
+                   checkpoint: str = CHECKPOINT_FILE) -> list[dict[str, Any]]:
+    """Build ``trainer``, resume it from its checkpoint (file ``checkpoint`` in the checkpoint
+    folder) if there is one, train the remaining epochs (checkpointing each) and return the history
+    of all epochs, the resumed ones included."""
     settings = {"strategy": trainer.kind, "seed": ctx.seed, **trainer.settings()}
-    path = checkpoint_path(ctx)
+    path = checkpoint_path(ctx, checkpoint)
     seed_everything(ctx.seed)
     trainer.build()
     state = None
