@@ -129,3 +129,21 @@ def test_nni_multi_trial_can_maximise_mnasnets_latency_aware_reward(tmp_path):
         assert rc == 2 and "latency" in err and "Traceback" not in err, err
         assert "bad" not in [s.study_name for s in optuna.get_all_study_summaries(url)] or \
             not optuna.load_study(study_name="bad", storage=url).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+
+
+@needs_nni
+def test_nni_one_shot_trains_its_supernet_for_its_share_of_the_timeout(tmp_path):
+    url = f"sqlite:///{tmp_path}/nas.db"
+    rc, out, err = run_cli(["search", "--space", "sparse_darts", "--strategy", "nni:random-one-shot", "--cells", "3",
+                            "--channels", "8", "--trials", "2", "--timeout", "12", "--budget-share", "0.25",
+                            "--study", "t", "--storage", url, *TINY])
+    assert rc == 0, err
+    study = optuna.load_study(study_name="t", storage=url)
+    info = study.user_attrs["nni"]
+    # Lightning's max_time ends the supernet at its 3 s share, in whatever epoch it is (it checks after each step)
+    assert info["max_seconds"] == 3.0 and info["epochs"] is None
+    assert 3.0 <= info["search_seconds"] <= 6.0 and info["steps_run"] > 0
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 1
+    rc, _, err = run_cli(["search", "--space", "sparse_darts", "--strategy", "nni:darts", "--budget-share", "1.5",
+                          "--timeout", "10", "--study", "bad", "--storage", url, *TINY])
+    assert rc == 2 and "budget-share" in err and "Traceback" not in err, err

@@ -16,6 +16,7 @@ Two ways a space becomes an NNI model space:
 """
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 import warnings
@@ -253,8 +254,10 @@ def check_one_shot(space: "SearchSpace", task: "Task", options: Mapping[str, Any
 
 
 def run_one_shot(kind: str, space: "SearchSpace", data: "DataSplits", fixed: Mapping[str, Any], *, epochs: int,
-                 batch_size: int, lr: float, seed: int, candidates: int = 1) -> dict[str, Any]:
-    """Train NNI's one-shot supernet of ``space`` and derive architectures from it.
+                 batch_size: int, lr: float, seed: int, candidates: int = 1,
+                 seconds: float | None = None) -> dict[str, Any]:
+    """Train NNI's one-shot supernet of ``space`` for ``epochs``, or for ``seconds`` (Lightning's
+    ``max_time``, which may stop it inside an epoch) when given, and derive architectures from it.
 
     darts: NNI's DARTS (bilevel: alphas on the validation split), then its argmax export (1 arch).
     random-one-shot: NNI's RandomOneShot (single-path uniform sampling, SPOS), then ``candidates``
@@ -279,7 +282,7 @@ def run_one_shot(kind: str, space: "SearchSpace", data: "DataSplits", fixed: Map
         learning_rate=lr, weight_decay=3e-4, optimizer=torch.optim.SGD, num_classes=task.num_classes,
         train_dataloaders=DataLoader(data.train, batch_size=batch_size, shuffle=True, generator=g),
         val_dataloaders=DataLoader(data.val, batch_size=batch_size),
-        max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        max_epochs=epochs, max_time=None if seconds is None else datetime.timedelta(seconds=seconds), accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     strategy = {"darts": DARTS, "random-one-shot": RandomOneShot}[kind]()
     start = time.perf_counter()
@@ -309,8 +312,11 @@ def run_one_shot(kind: str, space: "SearchSpace", data: "DataSplits", fixed: Map
             scored.append((_accuracy(net, data, batch_size), arch))
         scored.sort(key=lambda s: -s[0])
         archs = [(f"nni-spos-rank{r}", a, acc) for r, (acc, a) in enumerate(scored)]
+    trainer = getattr(evaluator, "trainer", None)
     return {"archs": archs, "search_seconds": round(search_seconds, 2),
-            "derive_seconds": round(time.perf_counter() - start - search_seconds, 2), "epochs": epochs}
+            "derive_seconds": round(time.perf_counter() - start - search_seconds, 2),
+            "epochs": epochs if seconds is None else None, "max_seconds": seconds,
+            "epochs_run": getattr(trainer, "current_epoch", None), "steps_run": getattr(trainer, "global_step", None)}
 
 
 def _accuracy(net: "nn.Module", data: "DataSplits", batch_size: int) -> float:

@@ -24,9 +24,12 @@ from ..search_spaces.base import SearchSpace
 from ..task import Task
 from . import STRATEGIES
 from .base import SearchContext, Strategy
+from .budget import budget_seconds, is_set
 from .samplers import TrialFailed, evaluate_trial
-
 from .options import Option
+
+ONE_SHOT_SHARE = 0.5  # of --timeout for NNI's supernet: it derives one architecture (DARTS) or a ranked few
+MAX_EPOCHS = 10_000   # Lightning needs a cap; under a time budget max_time ends the training first
 
 
 def evaluate_in_trial(ctx: SearchContext, arch: Arch, strategy: str,
@@ -133,7 +136,10 @@ class NNIEvolution(NNIMultiTrial):
 class NNIOneShot(Strategy):
     kind: str  # run_one_shot kind
     options = (
-        Option("search_epochs", int, None, "epochs of NNI's supernet training (default --epochs)"),
+        Option("search_epochs", int, None, "epochs of NNI's supernet training (default --epochs; with --timeout, "
+               "as many as fit in --budget-share of it)"),
+        Option("budget_share", float, ONE_SHOT_SHARE, "with --timeout and no --search-epochs: the share of the budget "
+               "NNI's supernet trains for (Lightning's max_time); the rest retrains the derived architectures"),
         Option("retrain_epochs", int, None, "standalone training epochs of the derived architectures (default --epochs)"),
         Option("retrain_top", int, None, "derived architectures to retrain and log (default 1; DARTS derives one)"),
         Option("target_sparsity", float, None, "sparse_darts: sparsity of the supernet's sparse ops (default 0.9)"),
@@ -145,7 +151,16 @@ class NNIOneShot(Strategy):
         from ..interop.nni import check_one_shot, require_nni
 
         require_nni()
+        self._share(options)
         check_one_shot(space, task, options)
+
+    def _share(self, options: dict[str, Any]) -> float:
+        share = options.get("budget_share")
+        share = ONE_SHOT_SHARE if share is None else float(share)
+        if not 0.0 < share < 1.0:
+            raise SparseNASError(f"strategy '{self.name}': budget-share must be a fraction of --timeout in (0, 1), "
+                                 f"got {share:g}")
+        return share
 
     def run(self, ctx: SearchContext) -> None:
         from ..interop.nni import check_one_shot, run_one_shot
@@ -155,12 +170,16 @@ class NNIOneShot(Strategy):
             return
         fixed = check_one_shot(ctx.space, ctx.task, ctx.options)
         budget = ctx.evaluator.budget
-        epochs = int(ctx.options.get("search_epochs") or budget.epochs)
+        share = self._share(ctx.options)
+        seconds = None if is_set(ctx, "search_epochs") else budget_seconds(ctx, share)
+        # sized by time, the epoch count only caps it (Lightning's max_time ends the training)
+        epochs = int(ctx.options.get("search_epochs") or (MAX_EPOCHS if seconds else budget.epochs))
         retrain_top = int(ctx.options.get("retrain_top") or 1)
         start = time.perf_counter()
-        ctx.progress.log(f"{self.name}: training NNI's supernet for {epochs} epoch(s)")
+        ctx.progress.log(f"{self.name}: training NNI's supernet for "
+                         + (f"{seconds:.0f} s ({share:g} of --timeout)" if seconds else f"{epochs} epoch(s)"))
         out = run_one_shot(self.kind, ctx.space, ctx.data, fixed, epochs=epochs, batch_size=budget.batch_size,
-                           lr=budget.lr, seed=ctx.seed, candidates=max(retrain_top, ctx.trials))
+                           lr=budget.lr, seed=ctx.seed, candidates=max(retrain_top, ctx.trials), seconds=seconds)
         ctx.tracker.study.sampler = optuna.samplers.RandomSampler(seed=ctx.seed)
         retrain = int(ctx.options.get("retrain_epochs") or budget.epochs)
         derived = []
