@@ -30,7 +30,7 @@ With ``--timeout`` and neither epoch count given, phases 1-2 are sized to ``budg
 (default 0.4, from a probe of a few steps of each phase, in the ratio of the default epoch counts);
 phase 3 stops at half of what is left and phase 4 starts a retraining only while the last one's
 duration still fits: the derived (argmax) architecture first, then as above, then the rest of the
-inherited front. The search
+inherited front, then the other inherited estimates, the least dominated first. The search
 runs at ``threads`` (default 1) torch threads. Every option above is a ``nas search`` flag (declared in
 ``EntangledStrategy.options``), a key of a config file's ``[options]`` table, or ``options={...}``.
 """
@@ -453,8 +453,11 @@ class EntangledStrategy(Strategy):
         elif extra:  # evenly spaced over the inherited ranking, both ends included (spacing >= 1: distinct)
             top += [ranked[round(i * (len(ranked) - 1) / max(1, extra - 1))] for i in range(extra)]
         sample = set(top)  # Kendall's tau is measured on these; the front's rest would bias it to the top
-        if deadline.timeout is not None:  # budget left after those: verify the rest of the inherited front
+        if deadline.timeout is not None:
+            # budget left after those: verify the rest of the inherited front, then the other inherited
+            # estimates, the least dominated first (each retrained network can join the standalone front)
             top += [k for k in sorted(front, key=lambda k: -ok[k]["accuracy"]) if k not in top]
+            top += [k for k in _least_dominated_first(ok) if k not in top]
         evaluator = copy.copy(ctx.evaluator)
         evaluator.budget = replace(ctx.evaluator.budget, epochs=opts.retrain_epochs)
         choices = ctx.space.choices(ctx.task)
@@ -500,3 +503,14 @@ class EntangledStrategy(Strategy):
         shown = "n/a" if tau is None else f"{tau:.3f} (p={p:.3g})" if p is not None else f"{tau:.3f}"
         self._say(ctx, f"entangled: Kendall tau between inherited and standalone accuracy over {n} "
                        f"architectures: {shown}")
+
+
+def _least_dominated_first(records: dict[str, dict[str, Any]]) -> list[str]:
+    """Keys of ``records`` ordered by how many others beat them on both accuracy (higher) and latency
+    (lower), a cheap Pareto rank for the few dozen estimates a search makes; ties by accuracy."""
+    def beaten(k: str) -> int:
+        a, ms = records[k]["accuracy"], records[k]["latency_ms"]
+        return sum(r["accuracy"] >= a and r["latency_ms"] <= ms and (r["accuracy"] > a or r["latency_ms"] < ms)
+                   for r in records.values())
+
+    return sorted(records, key=lambda k: (beaten(k), -records[k]["accuracy"]))
