@@ -239,3 +239,25 @@ def test_benchmark_hypervolume_matches_optunas_reference_implementation():
         assert bench.hypervolume_2d(pts, ref) == pytest.approx(expected)
     assert bench.hypervolume_2d([(0.9, 2.0)], (0.0, 4.0)) == pytest.approx(0.9 * 2.0)
     assert bench.hypervolume_2d([(0.9, 5.0)], (0.0, 4.0)) == 0.0  # outside the reference box
+
+
+def test_derive_candidates_fills_up_with_samples_of_alpha_once_single_flips_run_out():
+    task = Task("digits", (1, 8, 8), 10)
+    space = get_space("sparse_mbv2")
+    net = build_mixed_supernet(space, task, target_sparsity=0.8)
+    with torch.no_grad():  # one architecture far more likely than every other
+        for a in net.alpha.values():
+            a.zero_()
+            a[:, 0] = 3.0
+    found = net.derive_candidates(30)
+    labels = [label for label, _ in found]
+    assert labels[0] == "argmax" and any(l.startswith("runner-up") for l in labels)
+    sampled = [a for label, a in found if label.startswith("sampled")]
+    assert len(found) == 30 and len({a for _, a in found}) == 30 and sampled
+    for arch in sampled:
+        space.validate(arch, task)
+    # samples follow softmax(alpha): most of their choices are the argmax's
+    best = found[0][1].choices
+    same = [sum(a.choices[k] == v for k, v in best.items()) / len(best) for a in sampled]
+    assert sum(same) / len(same) > 0.6, same
+    assert [a for _, a in net.derive_candidates(30)] == [a for _, a in found]  # seeded: a resumed run draws the same

@@ -49,7 +49,7 @@ from .supernet import CHECKPOINT_FILE, say, train_supernet
 from .options import Option
 
 PHASES = ("warmup", "prune", "finetune")
-BUDGET_CANDIDATES = 24  # derived architectures a --timeout run without --retrain-top may retrain
+BUDGET_CANDIDATES = 64  # derived architectures a --timeout run without --retrain-top may retrain
 PLAN_ATTR = "dass_budget_plan"
 DONE_ATTR = "dass_finished"
 EARLY_CHECKPOINT = "supernet-early.pt"

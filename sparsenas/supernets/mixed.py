@@ -34,6 +34,7 @@ __all__ = ["MIXED", "MixedOp", "MixedSupernet", "DartsMixedSupernet", "MBV2Mixed
 
 OpLatency = Callable[[LayerSpec], float]  # one kernel's latency in ms
 MIXED: Registry = Registry("mixed-op supernet")  # space name -> builder(space, task, **options)
+SAMPLE_TRIES = 20  # draws per wanted architecture before derive_candidates gives up on finding new ones
 
 
 class MixedOp(nn.Module):
@@ -202,8 +203,9 @@ class MixedSupernet(nn.Module, ABC):
 
     def derive_candidates(self, k: int, table: list[tuple[str, int, Tensor]] | None = None) -> list[tuple[str, Arch]]:
         """Up to ``k`` distinct architectures: DARTS' argmax first, then latency-aware derivations
-        ``argmax(log softmax(alpha) - mu * ms)`` with growing ``mu`` (when a latency ``table`` is given)
-        or, without one, the next most probable choices (flip the decision with the smallest margin)."""
+        ``argmax(log softmax(alpha) - mu * ms)`` with growing ``mu`` (when a latency ``table`` is given),
+        the next most probable choices (flip the decision with the smallest margin), and then
+        architectures sampled from softmax(alpha)."""
         logp = {n: F.log_softmax(a.detach().cpu(), dim=-1) for n, a in self.alpha.items()}
         found: list[tuple[str, Arch]] = [("argmax", self.derive(logp))]
         seen = {found[0][1]}
@@ -234,7 +236,19 @@ class MixedSupernet(nn.Module, ABC):
                 seen.add(arch)
                 found.append((f"runner-up {n}[{row}]", arch))
             if len(found) >= k:
-                break
+                return found
+        # then samples of softmax(alpha) (Gumbel-max, seeded so a resumed run draws the same ones): a
+        # space with few decisions runs out of single flips long before a budget runs out
+        gen = torch.Generator().manual_seed(0)
+        for draw in range(SAMPLE_TRIES * k):
+            gumbel = {n: -torch.log(-torch.log(torch.rand(lp.shape, generator=gen).clamp(1e-12, 1 - 1e-7)))
+                      for n, lp in logp.items()}
+            arch = self.derive({n: logp[n] + gumbel[n] for n in logp})
+            if arch not in seen:
+                seen.add(arch)
+                found.append((f"sampled from softmax(alpha), draw {draw}", arch))
+                if len(found) >= k:
+                    break
         return found
 
 
