@@ -167,9 +167,10 @@ def test_entangled_under_a_timeout_sizes_both_phases_and_retrains_the_derived_ar
     assert set(keys) == inherited
 
 
-@pytest.mark.parametrize("share", [0.0, 1.0, 1.5])
+@pytest.mark.parametrize("share", [{"budget_share": 0.0}, {"budget_share": 1.0}, {"budget_share": 1.5},
+                                   {"early_share": 0.3}, {"early_share": -0.1}])
 def test_a_budget_share_outside_0_1_is_a_clear_error(tmp_path, share):
     with pytest.raises(SparseNASError, match="budget-share"):
         sparsenas.search(storage=f"sqlite:///{tmp_path / 'b.db'}", timeout=10,
-                         options={**DASS_OPTIONS, "budget_share": share}, **DASS_KW)
+                         options={**DASS_OPTIONS, **share}, **DASS_KW)
     assert not Path(tmp_path / "b.db").exists()  # refused before the study was made

@@ -19,6 +19,11 @@ to alpha's loss. Then the discrete architecture is derived (top-2 edges per node
 per block for sparse_mbv2; more candidates from latency-aware derivations), each is retrained from
 scratch with gradual pruning to its masks' target, evaluated with the study's evaluator (the same
 latency as random search) and logged to the study as a trial, with the alpha history.
+
+Under ``--timeout`` (no ``--search-epochs``) the supernet runs in two rounds: an early one of
+``early_share`` of the budget whose first ``early_top`` derivations are retrained at once (a result
+within a fifth of the budget), then the main one, warm-restarted from it with a fresh schedule,
+whose derivations are retrained until the deadline.
 """
 from __future__ import annotations
 
