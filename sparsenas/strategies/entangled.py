@@ -79,6 +79,7 @@ class EntangledOptions:
     finetune_steps: int = 10      # SGD steps on an extracted child before its validation (0: raw inheritance)
     mask_every: int = 20          # steps between magnitude-mask refreshes (the trainer refreshes every 50)
     arch_lr: float = 6e-3
+    grad_clip: float = 50.0       # weight-gradient norm clip: cuts rare spikes, not the usual steps (see _clip)
     mixing: str = "softmax"
     budget_share: float = 0.4     # under --timeout: the share phases 1-2 are sized to
     threads: int = 1              # torch threads for this search (see EntangledStrategy.run)
@@ -107,8 +108,10 @@ class EntangledOptions:
             raise SparseNASError(f"entangled: unknown mixing '{o.mixing}'; allowed: {', '.join(MIXINGS)}")
         if not 0.0 < float(o.budget_share) < 1.0:
             raise SparseNASError(f"entangled: budget-share must be a fraction of --timeout in (0, 1), got {o.budget_share}")
-        if not (isinstance(o.arch_lr, (int, float)) and o.arch_lr > 0):
-            raise SparseNASError(f"entangled: arch-lr must be a positive number, got {o.arch_lr!r}")
+        for name in ("arch_lr", "grad_clip"):
+            v = getattr(o, name)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
+                raise SparseNASError(f"entangled: {name.replace('_', '-')} must be a positive number, got {v!r}")
         return o
 
 
@@ -126,7 +129,7 @@ def _weight_optimizer(params: list[torch.nn.Parameter], lr: float, wd: float) ->
 def _finite(loss: torch.Tensor, what: str) -> None:
     if not torch.isfinite(loss):
         raise SparseNASError(f"entangled: the supernet's loss became {loss.item()} during {what}; lower --lr "
-                             "(or the option arch_lr) and run again")
+                             "(or the options arch_lr, grad_clip) and run again")
 
 
 class EntangledTrainer(SupernetTrainer):
@@ -146,7 +149,7 @@ class EntangledTrainer(SupernetTrainer):
 
     def settings(self) -> dict[str, Any]:
         budget = self.ctx.evaluator.budget
-        keys = ("search_epochs", "sandwich_epochs", "sandwich_random", "mask_every", "arch_lr", "mixing")
+        keys = ("search_epochs", "sandwich_epochs", "sandwich_random", "mask_every", "arch_lr", "grad_clip", "mixing")
         return {"options": {k: getattr(self.opts, k) for k in keys}, "space": self.ctx.space.name,
                 "task": self.ctx.task.to_dict(), "train_rows": len(self.ctx.data.train),
                 "batch_size": budget.batch_size, "lr": budget.lr, "weight_decay": budget.weight_decay}
@@ -218,6 +221,7 @@ class EntangledTrainer(SupernetTrainer):
             _finite(loss, "the weight step")
             self.w_opt.zero_grad(set_to_none=True)
             loss.backward()
+            self._clip()
             self.w_opt.step()
 
     def _sandwich_epoch(self, epoch: int) -> None:
@@ -240,8 +244,14 @@ class EntangledTrainer(SupernetTrainer):
                     loss = shard_loss(self.ddp(x), y, n)
                     _finite(loss, "sandwich training")
                     loss.backward()
+            self._clip()
             self.s_opt.step()
         supernet.set_mixed()
+
+    def _clip(self) -> None:
+        # g2g_mlp on mnist1d, seed 2, 59 sandwich epochs: summed over the 4 children the gradient norm is
+        # 7-95 per step, then one step of 436 and momentum drove the weights to inf within 20 steps
+        torch.nn.utils.clip_grad_norm_(self.supernet.weight_parameters(), self.opts.grad_clip)
 
     def state_dict(self) -> dict[str, Any]:
         return {"supernet": self.supernet.state_dict(), "w_opt": self.w_opt.state_dict(),
@@ -283,6 +293,7 @@ class EntangledStrategy(Strategy):
         Option("finetune_steps", int, _o.finetune_steps, "SGD steps on an extracted child before validating it (0: raw)"),
         Option("mask_every", int, _o.mask_every, "steps between magnitude-mask refreshes"),
         Option("arch_lr", float, _o.arch_lr, "Adam learning rate of the architecture weights"),
+        Option("grad_clip", float, _o.grad_clip, "norm the supernet's weight gradient is clipped to (per step)"),
         Option("mixing", str, _o.mixing, "how candidate weights are mixed: softmax(alpha), or Dirichlet samples "
                "(DrNAS)", choices=MIXINGS),
         Option("budget_share", float, _o.budget_share, "with --timeout and no epoch counts: the share of the budget "
