@@ -353,6 +353,7 @@ def summarize(runs: dict[str, list[dict]], bound: float | None) -> tuple[dict, d
                 "time_to_random_hv_s": reach, "wall_s": r["wall_s"], "trials": r["trials"],
                 "overhead_per_trial_s": r["overhead_per_trial_s"], "peak_rss_mb": r["peak_rss_mb"]})
         per[s] = {k: _mean_sd([row[k] for row in rows]) for k, _, _ in METRICS}
+        per[s]["per_seed"] = [{"seed": r["seed"], **row} for r, row in zip(rs, rows)]  # the raw figures behind the means
         per[s]["seeds"] = len(rs)
         per[s]["estimates"] = _mean_sd([r.get("estimates") for r in rs])
         per[s]["best_estimate_val"] = _mean_sd([r.get("best_estimate_val") for r in rs])
