@@ -174,3 +174,11 @@ def test_a_budget_share_outside_0_1_is_a_clear_error(tmp_path, share):
         sparsenas.search(storage=f"sqlite:///{tmp_path / 'b.db'}", timeout=10,
                          options={**DASS_OPTIONS, **share}, **DASS_KW)
     assert not Path(tmp_path / "b.db").exists()  # refused before the study was made
+
+
+@pytest.mark.parametrize("bad", [{"grad_clip": -1.0}, {"arch_lr": 0.0}, {"budget_share": 1.2}, {"sandwhich_epochs": 2}])
+def test_bad_entangled_options_are_refused_before_the_study_exists(tmp_path, bad):
+    with pytest.raises(SparseNASError, match="entangled"):
+        sparsenas.search(space="g2g_mlp", strategy="entangled", dataset="mnist1d", limit=96, progress=False,
+                         storage=f"sqlite:///{tmp_path / 'b.db'}", timeout=10, options=bad)
+    assert not Path(tmp_path / "b.db").exists()

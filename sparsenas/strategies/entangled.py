@@ -54,7 +54,9 @@ from ..arch import Arch
 from ..errors import SparseNASError
 from ..evaluators import TrainingDiverged, TrainResult, accuracy
 from ..ops import recalibrate_bn
+from ..search_spaces.base import SearchSpace
 from ..supernets.entangled import ENTANGLED, MIXINGS, entangled_supernet
+from ..task import Task
 from ..timing import num_threads
 from .. import distributed
 from . import STRATEGIES
@@ -86,7 +88,12 @@ class EntangledOptions:
 
     @classmethod
     def from_ctx(cls, ctx: SearchContext) -> "EntangledOptions":
-        opts = {k: v for k, v in ctx.options.items() if v is not None}
+        return cls.from_options(ctx.options, ctx.space.name)
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], space: str) -> "EntangledOptions":
+        """The options for a search of ``space``; unknown keys and bad values raise one clear SparseNASError."""
+        opts = {k: v for k, v in options.items() if v is not None}
         known = set(cls.__dataclass_fields__)
         # flags of other supernet strategies reach every strategy from the CLI; they do not apply here
         ignored = {"target_sparsity", "latency_weight", "supernets"}
@@ -95,7 +102,7 @@ class EntangledOptions:
             raise SparseNASError(f"strategy 'entangled' does not take option(s) {', '.join(sorted(unknown))}; "
                                  f"it takes: {', '.join(sorted(known))}")
         # the space's supernet may set its own defaults (an MLP epoch takes a second, an MBV2 one minutes)
-        supernet_cls = ENTANGLED.get(ctx.space.name) if ctx.space.name in ENTANGLED else None
+        supernet_cls = ENTANGLED.get(space) if space in ENTANGLED else None
         space_defaults = getattr(supernet_cls, "default_options", {})
         o = cls(**{**space_defaults, **{k: v for k, v in opts.items() if k in known}})
         for name in ("search_epochs", "calib_batches", "mask_every", "threads"):
@@ -301,6 +308,9 @@ class EntangledStrategy(Strategy):
         Option("threads", int, _o.threads, "torch threads for the search (config file only)"),
     )
     del _o
+
+    def check(self, space: SearchSpace, task: Task, options: dict[str, Any]) -> None:
+        EntangledOptions.from_options(options, space.name)  # bad options are refused before the study exists
 
     def run(self, ctx: SearchContext) -> None:
         opts = EntangledOptions.from_ctx(ctx)
