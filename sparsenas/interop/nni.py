@@ -282,7 +282,8 @@ def run_one_shot(kind: str, space: "SearchSpace", data: "DataSplits", fixed: Map
         learning_rate=lr, weight_decay=3e-4, optimizer=torch.optim.SGD, num_classes=task.num_classes,
         train_dataloaders=DataLoader(data.train, batch_size=batch_size, shuffle=True, generator=g),
         val_dataloaders=DataLoader(data.val, batch_size=batch_size),
-        max_epochs=epochs, max_time=None if seconds is None else datetime.timedelta(seconds=seconds), accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        max_epochs=epochs, max_time=None if seconds is None else datetime.timedelta(seconds=seconds),
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     strategy = {"darts": DARTS, "random-one-shot": RandomOneShot}[kind]()
     start = time.perf_counter()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 from .. import distributed
+from ..errors import SparseNASError
 from ..supernets.base import SupernetTrainer, seed_everything, step_limit
 from .base import SearchContext
 
@@ -110,6 +111,14 @@ class Deadline:
 def budget_seconds(ctx: SearchContext, share: float) -> float | None:
     """``share`` of the search's ``--timeout`` in seconds, or None without one."""
     return None if ctx.timeout is None else float(share) * float(ctx.timeout)
+
+
+def check_share(strategy: str, share: Any) -> float:
+    """``share`` as a float when it is a fraction of the budget in (0, 1); otherwise one clear error."""
+    if not 0.0 < float(share) < 1.0:
+        raise SparseNASError(f"strategy '{strategy}': budget-share must be a fraction of --timeout in (0, 1), "
+                             f"got {float(share):g}")
+    return float(share)
 
 
 def is_set(ctx: SearchContext, *names: str) -> bool:

@@ -49,7 +49,7 @@ from . import STRATEGIES
 from .base import SearchContext, Strategy
 from ..supernets.base import (SupernetTrainer, cycle_batches, epoch_batches, load_optimizer, optimizer_state, run_epochs,
                               shard_loss)
-from .budget import Deadline, budget_seconds, epochs_within, is_set, probe_epochs, stored_plan
+from .budget import Deadline, budget_seconds, check_share, epochs_within, is_set, probe_epochs, stored_plan
 from .supernet import CHECKPOINT_FILE, say, train_supernet
 from .options import Option
 
@@ -109,8 +109,7 @@ class DassConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise bad(f"{name.replace('_', '-')} must be a whole number >= 1, got {v!r}")
-        if not 0.0 < float(self.budget_share) < 1.0:
-            raise bad(f"budget-share must be a fraction of --timeout in (0, 1), got {self.budget_share}")
+        check_share("dass", self.budget_share)
         if not 0.0 <= float(self.early_share) < float(self.budget_share):
             raise bad(f"early-share must be a fraction of --timeout in [0, budget-share={self.budget_share:g}) "
                       f"(0: no early round), got {self.early_share}")

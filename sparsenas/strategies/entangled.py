@@ -62,7 +62,7 @@ from .. import distributed
 from . import STRATEGIES
 from .base import SearchContext, Strategy
 from ..supernets.base import SupernetTrainer, cycle_batches, epoch_batches, epoch_seed, shard_loss
-from .budget import Deadline, budget_seconds, is_set, probe_epochs, stored_plan
+from .budget import Deadline, budget_seconds, check_share, is_set, probe_epochs, stored_plan
 from .supernet import train_supernet
 from .options import Option
 
@@ -113,8 +113,7 @@ class EntangledOptions:
                 raise SparseNASError(f"entangled: {name.replace('_', '-')} must be 0 or more, got {getattr(o, name)}")
         if o.mixing not in MIXINGS:
             raise SparseNASError(f"entangled: unknown mixing '{o.mixing}'; allowed: {', '.join(MIXINGS)}")
-        if not 0.0 < float(o.budget_share) < 1.0:
-            raise SparseNASError(f"entangled: budget-share must be a fraction of --timeout in (0, 1), got {o.budget_share}")
+        check_share("entangled", o.budget_share)
         for name in ("arch_lr", "grad_clip"):
             v = getattr(o, name)
             if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):

@@ -24,7 +24,7 @@ from ..search_spaces.base import SearchSpace
 from ..task import Task
 from . import STRATEGIES
 from .base import SearchContext, Strategy
-from .budget import budget_seconds, is_set
+from .budget import budget_seconds, check_share, is_set
 from .samplers import TrialFailed, evaluate_trial
 from .options import Option
 
@@ -156,11 +156,7 @@ class NNIOneShot(Strategy):
 
     def _share(self, options: dict[str, Any]) -> float:
         share = options.get("budget_share")
-        share = ONE_SHOT_SHARE if share is None else float(share)
-        if not 0.0 < share < 1.0:
-            raise SparseNASError(f"strategy '{self.name}': budget-share must be a fraction of --timeout in (0, 1), "
-                                 f"got {share:g}")
-        return share
+        return check_share(self.name, ONE_SHOT_SHARE if share is None else share)
 
     def run(self, ctx: SearchContext) -> None:
         from ..interop.nni import check_one_shot, run_one_shot
