@@ -169,7 +169,8 @@ def _search(config: SearchConfig | None = None, *, progress: bool = True, **over
     recorded = {**asdict(config), "storage": mask_url(config.storage)}
     storage: Any = config.storage if distributed.is_main() else optuna.storages.InMemoryStorage()
     tracker = Tracker(storage, config.study_name(data.task.dataset, space.name), spec, pruner=pruner,
-                      extra_attrs={"strategy": config.strategy, "config": recorded},
+                      extra_attrs={"strategy": config.strategy, "config": recorded,
+                                   "input": data.contract.to_dict()},
                       artifact_dir=config.artifact_dir, resume_anyway=config.resume_anyway,
                       settings={k: recorded[k] for k in RESUME_CHECKED})
     if config.workers > 1:
@@ -275,7 +276,8 @@ def export(storage: str = DEFAULT_STORAGE, study: str | None = None, out: str = 
 def train(arch_path: str, *, dataset: str | None = None, data_dir: str | None = None, input_size: int | None = None,
           epochs: int = 8, batch_size: int = 32, lr: float = 0.05, seed: int = 0, limit: int | None = None,
           out: str | None = None, formats: str = "json,pt,onnx,torchscript", sparse_format: str | None = None,
-          onnx_exporter: str = "dynamo", measure: bool = True, progress: bool = False) -> tuple[Any, dict[str, Any]]:
+          onnx_exporter: str = "dynamo", measure: bool = True, progress: bool = False,
+          graph_input: str = "raw") -> tuple[Any, dict[str, Any]]:
     """Retrain the architecture in ``arch_path`` (arch.json or its folder) from scratch and export it;
     returns (the export, the training figures)."""
     import os
@@ -305,7 +307,7 @@ def train(arch_path: str, *, dataset: str | None = None, data_dir: str | None = 
             **{k: figures.get(k) for k in ("latency_ms", "latency_source", "measured_latency_ms",
                                            "measured_latency_cpu_ms", "flops", "effective_flops", "kernels")}}
     res = write_export(model, arch, task, out, formats=formats, sparse_format=sparse_format, info=info,
-                       onnx_exporter=onnx_exporter)
+                       onnx_exporter=onnx_exporter, contract=figures.get("contract"), graph_input=graph_input)
     return res, {**figures, "out": out, "digest": arch.digest(), "dataset": task.dataset}
 
 

@@ -732,6 +732,7 @@ class StudyRecord:
     strategy: str | None
     config: dict
     runtime: str | None
+    input: dict | None = None       # the data's input contract (sparsenas.data.contract), when recorded
 
     @property
     def searched_space(self) -> str | None:
@@ -745,4 +746,5 @@ def study_record(study: optuna.Study) -> StudyRecord:
     return StudyRecord(name=study.study_name, space=sa.get("space"), space_version=sa.get("space_version"),
                        dataset=sa.get("dataset"), task=sa.get("task"),
                        objectives=tuple(sa.get("objectives") or [f"value{i}" for i in range(len(study.directions))]),
-                       strategy=sa.get("strategy"), config=config, runtime=sa.get("runtime") or config.get("runtime"))
+                       strategy=sa.get("strategy"), config=config, runtime=sa.get("runtime") or config.get("runtime"),
+                       input=sa.get("input"))

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import sparsenas
-from sparsenas.data import load_dataset
+from sparsenas.data import load_dataset, raw_split
 from sparsenas.evaluators import accuracy
 from sparsenas.export import ExportError, layer_sparsity, load_csr, read_arch, write_export
 from sparsenas.ops import SparseMixin, sparse_modules
@@ -111,10 +111,22 @@ def test_onnx_matches_torch_through_onnxruntime(exported):
     for batch in (1, 7):  # the batch axis is dynamic
         x = torch.randn(batch, 1, 8, 8, generator=torch.Generator().manual_seed(batch))
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-        with torch.no_grad():
-            ref = loaded(x).numpy()
+        with torch.no_grad():  # the graph takes raw values and normalises them inside
+            ref = loaded(loaded.preprocess(x)).numpy()
         assert got.shape == (batch, 4)
         assert np.abs(got - ref).max() <= 1e-4
+
+
+def test_onnx_on_the_raw_test_split_scores_the_trials_test_accuracy(exported, trained_model):
+    ort = pytest.importorskip("onnxruntime")
+    out, _ = exported
+    _, trial = trained_model
+    x, y = raw_split("synthetic", "test", seed=0)  # as the dataset provides it: not normalised
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = float((session.run(None, {"input": x})[0].argmax(1) == y).mean())
+    assert abs(got - trial.user_attrs["test_accuracy"]) <= 0.005
+    doc = json.loads((out / "arch.json").read_text())
+    assert doc["graph_input"] == "raw" and doc["input"]["raw_shape"] == [1, 8, 8] and len(doc["input"]["mean"]) == 1
 
 
 @pytest.mark.slow
@@ -146,7 +158,7 @@ def test_torchscript_loads_and_matches(exported):
     loaded = sparsenas.load(out)
     x = torch.randn(5, 1, 8, 8)
     with torch.no_grad():
-        assert torch.allclose(ts(x), loaded(x), atol=1e-5)
+        assert torch.allclose(ts(x), loaded(loaded.preprocess(x)), atol=1e-5)  # raw input, as ONNX
     assert result["exports"][0]["torchscript_max_abs_diff"] <= 1e-4
 
 

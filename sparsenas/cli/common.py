@@ -27,6 +27,13 @@ def print_json(obj: Any) -> None:
     print(json.dumps(obj, default=str))
 
 
+def add_graph_input(p: argparse.ArgumentParser) -> None:
+    """--graph-input of the commands that write ONNX/TorchScript files."""
+    p.add_argument("--graph-input", choices=["raw", "normalised"], default="raw",
+                   help="what model.onnx/model.ts take: raw (default: the dataset's values as it provides them; "
+                        "the graph resizes and normalises, see card.md) or normalised (the network's own input)")
+
+
 def port(s: str) -> int:
     """A TCP port to listen on: 1..65535."""
     try:
