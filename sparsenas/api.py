@@ -20,9 +20,9 @@ RESUME_CHECKED = ("strategy", "epochs", "time_budget", "lr", "batch_size", "seed
 
 @dataclass
 class SearchConfig:
-    space: str = "sparse_mbv2"
-    strategy: str = "tpe"
-    dataset: str | None = None          # None: the space's default dataset
+    space: Any = "sparse_mbv2"          # a name, module:Class, or a SearchSpace subclass or instance
+    strategy: Any = "tpe"               # a name, module:Class, or a Strategy subclass
+    dataset: Any = None                 # a name, module:loader, a loader or DatasetSpec; None: the space's default
     data_dir: str | None = None
     input_size: int | None = None
     trials: int = 10
@@ -91,6 +91,29 @@ def _check(config: SearchConfig) -> None:
         raise SparseNASError(f"unknown device '{config.device}'; allowed: cpu, cuda, cuda:N, auto")
 
 
+def _fields(config: SearchConfig) -> dict[str, Any]:
+    """The fields as they are (``asdict`` would deep-copy a space instance)."""
+    return {f: getattr(config, f) for f in config.__dataclass_fields__}
+
+
+def _named(config: SearchConfig, space: Any) -> SearchConfig:
+    """``config`` with components given as objects replaced by the names they are registered under
+    (their ``module:Qualname`` when they come from outside sparsenas): what the study records."""
+    from .data import DATASETS
+    from .search_spaces import SPACES
+    from .strategies import STRATEGIES
+
+    def name(registry: Any, item: Any) -> Any:
+        if item is None or isinstance(item, str):
+            return item
+        own = registry.name_of(item)
+        return registry.ref_of(own) or own
+
+    names = {"space": name(SPACES, type(space) if not isinstance(config.space, str) else config.space),
+             "strategy": name(STRATEGIES, config.strategy), "dataset": name(DATASETS, config.dataset)}
+    return SearchConfig(**{**_fields(config), **names})
+
+
 def _device(name: str) -> str:
     import torch
 
@@ -137,9 +160,10 @@ def _search(config: SearchConfig | None = None, *, progress: bool = True, **over
     from .timing import num_threads
     from .tracking import StudySpec, Tracker
 
-    config = SearchConfig(**{**(asdict(config) if config else {}), **overrides})
+    config = SearchConfig(**{**(_fields(config) if config else {}), **overrides})
     _check(config)
     space = get_space(config.space)
+    config = _named(config, space)
     strategy = STRATEGIES.get(config.strategy)()
     options = strategy.resolve_options(config.options)  # unknown or mistyped options: exit 2, nothing written
     objectives = objectives_of(config)
@@ -156,6 +180,7 @@ def _search(config: SearchConfig | None = None, *, progress: bool = True, **over
     data = load_dataset(config.dataset or space.default_dataset, data_dir=config.data_dir,
                         input_size=config.input_size, seed=config.seed, limit=config.limit)
     space.check_task(data.task)
+    space.check_network(data.task, config.seed)
     from .runtimes import get_runtime
 
     get_runtime(config.runtime)  # not installed: a clear error naming the extra, before any work
@@ -282,7 +307,7 @@ def train(arch_path: str, *, dataset: str | None = None, data_dir: str | None = 
     returns (the export, the training figures)."""
     import os
 
-    from .export import normalize_formats, read_arch, retrain, write_export
+    from .export import normalize_formats, read_arch, resolve_plugin, retrain, write_export
     from .progress import Progress
 
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
@@ -290,10 +315,11 @@ def train(arch_path: str, *, dataset: str | None = None, data_dir: str | None = 
             raise SparseNASError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     normalize_formats(formats)  # a bad format fails before training, not after
     arch, task, doc = read_arch(arch_path)
-    dataset = dataset or (task.dataset if task else None)
+    dataset = dataset or (resolve_plugin(doc, "dataset", arch_path) or task.dataset if task else None)
     if dataset is None:
         raise SparseNASError(f"{arch_path} names no dataset; pass --dataset")
-    if input_size is None and task is not None and dataset == task.dataset and len(task.input_shape) == 3:
+    if input_size is None and task is not None and len(task.input_shape) == 3 and dataset in (
+            task.dataset, (doc.get("plugins") or {}).get("dataset")):
         input_size = task.input_shape[-1]
     out = out or (arch_path if os.path.isdir(arch_path) else os.path.dirname(os.path.abspath(arch_path)))
     with Progress(1, enabled=progress, label=f"train {arch.digest()}") as bar:
@@ -313,24 +339,21 @@ def train(arch_path: str, *, dataset: str | None = None, data_dir: str | None = 
 
 def inspect(arch_path: str, *, dataset: str | None = None, data_dir: str | None = None,
             input_size: int | None = None, runtime: str | None = None, hw: str | None = None) -> dict[str, Any]:
-    """An architecture file checked against its space and built for a task: the Arch (in today's
-    version), Task, traced layers with their mask kinds, params, non-zeros and MACs; with ``runtime``,
-    also ``prediction``: each layer's predicted time and kernel in that runtime (from ``hw``'s profile)."""
-    from pathlib import Path
-
-    from .arch import Arch
+    """An architecture file checked against its space and built for a task (the one the file
+    records, unless ``dataset``/``input_size`` say otherwise): the Arch (in today's version), Task,
+    traced layers with their mask kinds, params, non-zeros and MACs; with ``runtime``, also
+    ``prediction``: each layer's predicted time and kernel in that runtime (from ``hw``'s profile)."""
     from .data import load_dataset
     from .evaluators import count_flops, count_params
+    from .export import read_arch, resolve_plugin
     from .ops.spec import trace_named_layers
     from .search_spaces import get_space
 
-    try:
-        text = Path(arch_path).read_text()
-    except OSError as e:
-        raise SparseNASError(f"cannot read architecture file {arch_path}: {e.strerror}") from None
-    arch = Arch.from_json(text)
+    arch, task, doc = read_arch(arch_path)
     space = get_space(arch.space)
-    task = load_dataset(dataset or space.default_dataset, data_dir=data_dir, input_size=input_size).task
+    if task is None or dataset is not None or input_size is not None or data_dir is not None:
+        recorded = (resolve_plugin(doc, "dataset", arch_path) or task.dataset) if task else space.default_dataset
+        task = load_dataset(dataset or recorded, data_dir=data_dir, input_size=input_size).task
     arch = space.validate(arch, task)  # an architecture of an older space version, in today's terms
     model = space.build(arch, task)
     layers = space.layers(arch, task)

@@ -252,7 +252,7 @@ def write_export(model: nn.Module, arch: Arch, task: Task, out: str | os.PathLik
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name or 'export'}.tmp-", dir=anchor))
     result = ExportedModel(str(out), [], info=info)
     try:
-        doc = {**arch.to_dict(), "task": task.to_dict(), "graph_input": graph_input,
+        doc = {**arch.to_dict(), "task": task.to_dict(), "graph_input": graph_input, **_plugin_refs(arch, task),
                **({"input": contract.to_dict()} if contract is not None else {}),
                **{k: info[k] for k in ("source", "weights") if k in info}}
         info["graph_input"], info["contract"] = graph_input, contract
@@ -285,6 +285,39 @@ def write_export(model: nn.Module, arch: Arch, task: Task, out: str | os.PathLik
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
+
+
+def _plugin_refs(arch: Arch, task: Task) -> dict[str, Any]:
+    """``{"plugins": {"space": "module:Class", "dataset": "module:loader"}}`` for the components
+    that come from outside sparsenas: another process imports them by these names (:func:`read_arch`)."""
+    from .data import DATASETS
+    from .search_spaces import SPACES
+
+    refs = {}
+    for kind, registry, name in (("space", SPACES, arch.space), ("dataset", DATASETS, task.dataset)):
+        with contextlib.suppress(SparseNASError):  # not registered here: nothing to record
+            if ref := registry.ref_of(name):
+                refs[kind] = ref
+    return {"plugins": refs} if refs else {}
+
+
+def resolve_plugin(doc: dict[str, Any], kind: str, where: str = "arch.json") -> str | None:
+    """Make the plug-in ``kind`` ("space" or "dataset") an ``arch.json`` document records
+    findable by its own name, importing it by its recorded ``module:Class``; returns that name
+    (None when nothing is recorded). Not importable: a one-paragraph error naming the module."""
+    from .data import DATASETS
+    from .search_spaces import SPACES
+
+    ref = (doc.get("plugins") or {}).get(kind)
+    if not isinstance(ref, str):
+        return None
+    registry = SPACES if kind == "space" else DATASETS
+    try:
+        registry.get(ref)
+    except SparseNASError as e:
+        raise type(e)(f"{where} was made with the plug-in {registry.kind} '{ref}', which cannot be loaded here: "
+                      f"{e}") from None
+    return ref
 
 
 def _move_into(tmp: Path, out: Path) -> None:
@@ -379,7 +412,8 @@ def _input_section(contract: InputContract | None, graph_input: str, task: Task)
 
 # ---------------------------------------------------------------- reading back
 def read_arch(path: str | os.PathLike) -> tuple[Arch, Task | None, dict[str, Any]]:
-    """``arch.json`` (or the folder holding it) -> (Arch, Task or None, the whole document)."""
+    """``arch.json`` (or the folder holding it) -> (Arch, Task or None, the whole document). A
+    plug-in space it records (``plugins.space``) is imported, so ``get_space(arch.space)`` finds it."""
     p = Path(path)
     if p.is_dir():
         p = p / "arch.json"
@@ -389,8 +423,12 @@ def read_arch(path: str | os.PathLike) -> tuple[Arch, Task | None, dict[str, Any
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise SparseNASError(f"{p} is not an architecture file: it is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    from .search_spaces import SPACES
+
     arch = Arch.from_json(text)
     doc = json.loads(text)
+    if arch.space not in SPACES:
+        resolve_plugin(doc, "space", str(p))
     task = None
     if "task" in doc:
         try:
