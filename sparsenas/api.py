@@ -59,8 +59,7 @@ class SearchConfig:
         """``space``: the space's own name (a plug-in named ``module:Class`` calls itself something shorter)."""
         size = f"{self.input_size}" if self.input_size else ""
         suffix = "" if self.objective == "multi" else "-acc"
-        how = self.sampler.rsplit(":", 1)[-1] if self.sampler else self.strategy
-        return self.study or f"{space or self.space}-{dataset}{size}-{how}{suffix}"
+        return self.study or f"{space or self.space}-{dataset}{size}-{_ran(self)}{suffix}"
 
 
 def objectives_of(config: SearchConfig) -> tuple[str, ...]:
@@ -112,6 +111,11 @@ def _named(config: SearchConfig, space: Any) -> SearchConfig:
     names = {"space": name(SPACES, type(space) if not isinstance(config.space, str) else config.space),
              "strategy": name(STRATEGIES, config.strategy), "dataset": name(DATASETS, config.dataset)}
     return SearchConfig(**{**_fields(config), **names})
+
+
+def _ran(config: SearchConfig) -> str:
+    """What searches: the sampler when one replaces the strategy's own (``--sampler gp``), else the strategy."""
+    return config.sampler.rsplit(":", 1)[-1] if config.sampler else config.strategy
 
 
 def _device(name: str) -> str:
@@ -201,12 +205,12 @@ def _search(config: SearchConfig | None = None, *, progress: bool = True, **over
     if config.workers > 1:
         from .workers import run_workers
 
-        run_workers(config, tracker, progress=progress, label=f"{config.strategy} on {space.name}")
+        run_workers(config, tracker, progress=progress, label=f"{_ran(config)} on {space.name}")
         return tracker.study
     epochs = config.epochs or (10_000 if config.time_budget else DEFAULT_EPOCHS)
     budget = TrainBudget(epochs=epochs, seconds=config.time_budget, batch_size=config.batch_size, lr=config.lr)
     evaluator = Evaluator(space, data, budget, latency, seed=config.seed, device=device)
-    with Progress(config.trials, enabled=progress, label=f"{config.strategy} on {space.name}",
+    with Progress(config.trials, enabled=progress, label=f"{_ran(config)} on {space.name}",
                   objectives=objectives) as bar:
         bar.advance_to(len(tracker.finished()))
         ctx = SearchContext(space=space, task=data.task, data=data, evaluator=evaluator, tracker=tracker,
@@ -362,25 +366,19 @@ def inspect(arch_path: str, *, dataset: str | None = None, data_dir: str | None 
     params, nnz = count_params(model)
     flops, eff = count_flops(layers)
     return {"arch": arch, "task": task, "layers": layers, "masks": masks, "params": params, "nnz": nnz,
-            "flops": flops, "effective_flops": eff, "prediction": _predict_layers(runtime, hw, space, task, layers)}
+            "flops": flops, "effective_flops": eff, "prediction": _predict_layers(runtime, hw, space, arch, task)}
 
 
-def _predict_layers(runtime: str | None, hw: str | None, space: Any, task: Any, layers: list[Any]) -> Any:
+def _predict_layers(runtime: str | None, hw: str | None, space: Any, arch: Any, task: Any) -> Any:
     """The profile's per-layer prediction in ``runtime`` (None without it); calibrated when the
     profile covers this space and input size, else the plain kernel sum."""
-    from .hwprofiles import LatencyTable, ProfileError
+    from .evaluators.latency import profile_prediction
 
     if runtime is None:
         if hw:
             raise SparseNASError("--hw needs --runtime (the runtime whose per-layer times to show)")
         return None
-    table = LatencyTable.load(hw, runtime)
-    try:
-        return table.predict(layers, space.name, task.input_shape)
-    except ProfileError:
-        if table.missing(layers):
-            raise
-        return table.predict(layers)  # covered kernels, no calibration for this space/input: isolated kernel times
+    return profile_prediction(space, arch, task, runtime, hw)
 
 
 def _profile_jobs(spaces: list[str] | None, dataset: str | None, data_dir: str | None,

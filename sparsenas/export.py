@@ -361,12 +361,8 @@ def _card(arch: Arch, task: Task, info: dict[str, Any], layers: list[dict], para
         rows.append(("runtime (artifact)", f"{rt['name']} {rt['version']} ({rt['artifact']})"))
         rows.append(("weights, bytes (smallest encoding the runtime loads / dense)",
                      f"{rt['bytes']:,} / {rt['dense_bytes']:,}"))
-    rows += [(f"latency objective (ms, batch 1{', ' + rt['name'] if rt else ''})", _fmt(info.get("latency_ms"), ".4f") +
-              (f" ({info['latency_source']})" if info.get("latency_source") else "")),
-             ("predicted latency (ms)", _fmt(info.get("predicted_latency_ms"), ".4f")),
-             ("measured latency (ms, wall / thread CPU)", f"{_fmt(info.get('measured_latency_ms'), '.4f')} / "
-                                                          f"{_fmt(info.get('measured_latency_cpu_ms'), '.4f')}"),
-             ("hardware profile", _fmt(info.get("hw_profile"))),
+    rows += _latency_rows(info, rt.get("name") if rt else None)
+    rows += [("hardware profile", _fmt(info.get("hw_profile"))),
              ("parameters (exported network)", f"{params:,}"), ("non-zeros", f"{nnz:,}"),
              ("overall sparsity", f"{1 - nnz / max(1, params):.3f}"),
              ("MACs dense / effective", f"{_fmt(info.get('flops'), ',.0f')} / {_fmt(info.get('effective_flops'), ',.0f')}")]
@@ -392,6 +388,31 @@ def _card(arch: Arch, task: Task, info: dict[str, Any], layers: list[dict], para
                  "card.md": "this card"}
     lines += [f"- `{f}`: {described.get(f, '')}" for f in files + ["card.md"] if f in described]
     return "\n".join(lines) + "\n"
+
+
+def _latency_rows(info: dict[str, Any], runtime: str | None) -> list[tuple[str, str]]:
+    """Every latency figure with what it is: the search's (with the speed anchor's factor when the
+    profile's table gave it), measured then, and the profile's prediction now (what `nas inspect
+    --runtime` prints for this file)."""
+    where = f"batch 1, {runtime}" if runtime else "batch 1"
+    speed = info.get("hw_speed")
+    anchored = f" x speed anchor {speed:.3f}" if isinstance(speed, (int, float)) and speed != 1.0 else ""
+    source = str(info.get("latency_source") or "")
+    rows = [(f"latency at search time (ms, {where}; {source or 'source not recorded'}"
+             f"{anchored if source.startswith('table') else ''})", _fmt(info.get("latency_ms"), ".4f"))]
+    if info.get("predicted_latency_ms") is not None and not source.startswith("table"):
+        rows.append((f"profile prediction at search time (ms{anchored})", _fmt(info["predicted_latency_ms"], ".4f")))
+    if info.get("measured_latency_ms") is not None:
+        rows.append((f"measured at search time (ms, {where}, wall / thread CPU)",
+                     f"{_fmt(info.get('measured_latency_ms'), '.4f')} / {_fmt(info.get('measured_latency_cpu_ms'), '.4f')}"))
+    now = info.get("predicted_now")
+    if isinstance(now, dict):
+        how = "calibrated" if now.get("calibration") else "sum of isolated kernels, no calibration for this input"
+        rows.append((f"predicted now by profile {now['profile']} (ms, {now['metric']}, {how}, no speed anchor; "
+                     f"= `nas inspect --runtime {runtime}`)", f"{now['ms']:.4f}"))
+    elif isinstance(now, str):
+        rows.append(("predicted now by the profile", f"- ({now})"))
+    return rows
 
 
 def _input_section(contract: InputContract | None, graph_input: str, task: Task) -> list[str]:
@@ -540,7 +561,7 @@ def trial_info(storage: str, study: Any, t: Any) -> dict[str, Any]:
             "trial": t.number, "accuracy": r.accuracy, "test_accuracy": r.test_accuracy,
             "latency_ms": a.get("latency_ms"), "latency_source": r.latency_source,
             "predicted_latency_ms": r.predicted_latency_ms, "measured_latency_ms": r.measured_latency_ms,
-            "measured_latency_cpu_ms": r.measured_latency_cpu_ms, "hw_profile": hw,
+            "measured_latency_cpu_ms": r.measured_latency_cpu_ms, "hw_profile": hw, "hw_speed": a.get("hw_speed"),
             "flops": a.get("flops"), "effective_flops": a.get("effective_flops"), "kernels": a.get("kernels")}
 
 
@@ -583,6 +604,17 @@ def retrain(arch: Arch, *, dataset: str, data_dir: str | None = None, input_size
         figures.update(latency_ms=lat.ms, latency_source="measured", measured_latency_ms=lat.attrs["measured_latency_ms"],
                        measured_latency_cpu_ms=lat.attrs["measured_latency_cpu_ms"], kernels=lat.attrs.get("kernels"))
     return model, data.task, figures
+
+
+def _predicted_now(space: Any, arch: Arch, task: Task, runtime: str, hw: str | None) -> dict[str, Any] | str:
+    """The profile's prediction now (as `nas inspect --runtime` makes it), or why there is none."""
+    from .evaluators.latency import profile_prediction
+
+    try:
+        p = profile_prediction(space, arch, task, runtime, hw)
+    except SparseNASError as e:
+        return str(e).split(";")[0]
+    return {"ms": p.ms, "profile": p.profile, "metric": p.metric, "calibration": p.calibration}
 
 
 def _study_contract(study: Any, config: dict[str, Any]) -> InputContract:
@@ -668,6 +700,7 @@ def export_trials(storage: str, study_name: str | None, out: str | os.PathLike, 
                 f"trial {t.number} of study '{study.study_name}' has no saved weights (searches save them as Optuna "
                 "artifacts beside file storages, or in --artifact-dir); pass --train to retrain the architecture "
                 "(with the search's training budget; --epochs to change it)")
+        info["predicted_now"] = _predicted_now(space, arch, task, runtime, config.get("hw"))
         target = Path(out) / f"trial-{t.number}" if pareto else Path(out)
         res = write_export(model, arch, task, target, formats=formats, sparse_format=sparse_format, info=info,
                            onnx_exporter=onnx_exporter, runtime=runtime, choose=choose, contract=contract,

@@ -35,26 +35,24 @@ class WrongOutputs(SearchSpace):
 
 
 @pytest.fixture(scope="module")
-def plugin_export(tmp_path_factory):
-    """A 1-trial search of the example plug-in space on digits resized 8 -> 12 (so the pipeline
-    resizes and normalises), exported: (storage URL, export folder, trial)."""
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        tmp = tmp_path_factory.mktemp("deploy")
-        url = f"sqlite:///{tmp / 'p.db'}"
-        study = sparsenas.search(space=SPACE, dataset="digits", input_size=12, trials=1, epochs=1, limit=300,
-                                 storage=url, latency="measured", progress=False)
-        out = tmp / "found"
-        rc, _, err = run_cli(["export", "--storage", url, "--trial", "0", "--out", str(out), "--format", "json,pt,onnx"])
-        assert rc == 0, err
-        yield url, out, load_study(url, study.study_name).trials[0]
-    finally:
-        sys.path.remove(str(EXAMPLES))
+def default_export(tmp_path_factory):
+    """The default search (sparse_mbv2 on digits, resized 8 -> 16, latency from the shipped
+    profile) cut to 1 trial of 1 epoch on 300 training samples, exported:
+    (storage URL, export folder, trial)."""
+    tmp = tmp_path_factory.mktemp("deploy")
+    url = f"sqlite:///{tmp / 'p.db'}"
+    # hw_anchor=False: re-timing the anchor networks costs ~4 s CPU; the card labels the factor either way
+    study = sparsenas.search(space="sparse_mbv2", trials=1, epochs=1, limit=300, storage=url, hw_anchor=False,
+                             progress=False)
+    out = tmp / "found"
+    rc, _, err = run_cli(["export", "--storage", url, "--trial", "0", "--out", str(out), "--format", "json,pt,onnx"])
+    assert rc == 0, err
+    return url, out, load_study(url, study.study_name).trials[0]
 
 
-def test_exported_onnx_takes_raw_digits_and_scores_the_trials_test_accuracy(plugin_export):
+def test_exported_onnx_takes_raw_digits_and_scores_the_trials_test_accuracy(default_export):
     ort = pytest.importorskip("onnxruntime")
-    _, out, trial = plugin_export
+    _, out, trial = default_export
     x, y = raw_split("digits", "test", seed=0)  # 8x8, pixels / 16: before resizing and normalising
     assert x.shape[1:] == (1, 8, 8) and 0 <= x.min() and x.max() <= 1
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -66,17 +64,32 @@ def test_exported_onnx_takes_raw_digits_and_scores_the_trials_test_accuracy(plug
     assert abs(torch_acc - recorded) <= 0.005, (torch_acc, recorded)
     doc = json.loads((out / "arch.json").read_text())
     contract = doc["input"]
-    assert (contract["raw_shape"], contract["input_shape"], contract["resize"]) == ([1, 8, 8], [1, 12, 12], 12)
+    assert (contract["raw_shape"], contract["input_shape"], contract["resize"]) == ([1, 8, 8], [1, 16, 16], 16)
     assert contract["value_range"] == [0.0, 1.0] and contract["channels"] == "gray"
-    assert doc["plugins"] == {"space": SPACE}
     card = (out / "card.md").read_text()
-    assert "## Input" in card and "resize to 12x12 (bilinear" in card and "take the raw input" in card
+    assert "## Input" in card and "resize to 16x16 (bilinear" in card and "take the raw input" in card
 
 
-def test_a_plugin_that_cannot_be_imported_is_named(plugin_export, tmp_path):
-    _, out, _ = plugin_export
+def test_card_and_inspect_print_the_same_latency_for_the_same_export(default_export):
+    _, out, trial = default_export
+    card = (out / "card.md").read_text()
+    row = next(line for line in card.splitlines() if line.startswith("| predicted now by profile"))
+    assert "no speed anchor" in row and "`nas inspect --runtime onnxruntime`" in row
+    card_ms = row.rstrip(" |").rsplit("|", 1)[1].strip()
+    rc, stdout, err = run_cli(["inspect", str(out / "arch.json"), "--runtime", "onnxruntime", "--json"])
+    assert rc == 0, err
+    assert f"{json.loads(stdout.strip().splitlines()[-1])['predicted_latency_ms']:.4f}" == card_ms
+    assert f"calibrated network latency {card_ms} ms" in stdout
+    # the search's figure says what it is: the profile's, scaled by the speed anchor then
+    searched = next(line for line in card.splitlines() if line.startswith("| latency at search time"))
+    assert "table:cpu-x86-2core-onnxruntime" in searched and f"{trial.user_attrs['latency_ms']:.4f}" in searched
+    assert ("x speed anchor" in searched) == (trial.user_attrs["hw_speed"] != 1.0)
+
+
+def test_a_plugin_that_cannot_be_imported_is_named(default_export, tmp_path):
+    _, out, _ = default_export
     doc = json.loads((out / "arch.json").read_text())
-    doc["space"], doc["plugins"] = "gone_space", {"space": "no_such_module_xyz:Gone"}
+    doc["space"], doc["plugins"] = "gone_space", {"space": "no_such_module_xyz:Gone"}  # as a plug-in records it
     (tmp_path / "arch.json").write_text(json.dumps(doc))
     for argv in (["inspect", str(tmp_path / "arch.json")], ["train", str(tmp_path), "--no-progress"]):
         rc, _, err = run_cli(argv)

@@ -259,3 +259,4 @@ def test_load_errors_are_clear(tmp_path):
         sparsenas.load(tmp_path)
     rc, _, err = run_cli(["train", str(tmp_path / "missing.json")])
     assert rc == 2 and "no architecture file" in err
+

@@ -47,7 +47,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"params {params:,}  non-zeros {nnz:,}  MACs {flops:,}  effective MACs {int(eff):,}")
     if pred:
         cal = f"calibrated network latency {pred.ms:.4f} ms" if pred.calibration else "no calibration for this input"
-        print(f"{args.runtime}: sum of isolated kernels {pred.plain_sum_ms:.4f} ms, {cal} ({pred.metric})")
+        print(f"{args.runtime}: sum of isolated kernels {pred.plain_sum_ms:.4f} ms, {cal} ({pred.metric}; profile "
+              f"{pred.profile} as it stands, no speed anchor: a search scales it by this machine's speed then)")
     if args.json:
         print_json({"arch": arch.to_dict(), "digest": arch.digest(), "task": task.to_dict(), "params": params,
                     "nnz": nnz, "flops": flops, "effective_flops": eff,

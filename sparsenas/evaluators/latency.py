@@ -133,3 +133,20 @@ class TableLatency:
                  "kernels": {name: impl for (name, _), impl in zip(named, p.kernels)},
                  **_runtime_attrs(self.runtime, model, task, self.table.choose)}
         return LatencyResult(p.ms, f"table:{p.profile}", attrs)
+
+
+def profile_prediction(space: Any, arch: Arch, task: Task, runtime: str, hw: str | None = None) -> Any:
+    """The hardware profile's prediction for ``arch`` in ``runtime`` as it stands now: calibrated
+    when the profile covers this space and input shape, else the plain sum of its kernels; never
+    scaled by a speed anchor (a search's figures are). The one prediction `nas inspect` and the
+    export card print, so the two agree. Kernels the profile lacks: ProfileError."""
+    from ..hwprofiles import LatencyTable, ProfileError
+
+    table = LatencyTable.load(hw, runtime)
+    layers = space.layers(arch, task)
+    try:
+        return table.predict(layers, space.name, task.input_shape)
+    except ProfileError:
+        if table.missing(layers):
+            raise
+        return table.predict(layers)  # covered kernels, no calibration for this space/input: isolated kernel times
