@@ -181,15 +181,30 @@ def _search(config: SearchConfig | None = None, *, progress: bool = True, **over
                                  "worker on a shared --storage")
         distributed.init_from_env(device)
         progress = progress and distributed.is_main()
+    import time
+
+    from .log import logger
+
+    started = time.perf_counter()
     data = load_dataset(config.dataset or space.default_dataset, data_dir=config.data_dir,
                         input_size=config.input_size, seed=config.seed, limit=config.limit)
+    sizes = data.meta["sizes"]
+    # logged once the study is open: a search refused before (bad storage...) says only why
+    set_up = [f"set-up: data {data.task.dataset} {sizes['train']}/{sizes['val']}/{sizes['test']} train/val/test, "
+              f"input {data.task.input_shape}, {data.task.num_classes} classes, loaded in "
+              f"{time.perf_counter() - started:.1f} s"]
     space.check_task(data.task)
     space.check_network(data.task, config.seed)
     from .runtimes import get_runtime
 
     get_runtime(config.runtime)  # not installed: a clear error naming the extra, before any work
-    latency = LATENCY.get(_latency_kind(config, space.name, data.task))(hw=config.hw, anchor=config.hw_anchor,
-                                                                         runtime=config.runtime)
+    kind = _latency_kind(config, space.name, data.task)
+    latency = LATENCY.get(kind)(hw=config.hw, anchor=config.hw_anchor, runtime=config.runtime)
+    table = getattr(latency, "table", None)
+    set_up.append(f"set-up: latency {kind} in {config.runtime}"
+                  + (f" from profile {table.name}" + (" (a speed anchor is re-timed before the first trial's "
+                                                      "prediction)" if config.hw_anchor else "")
+                     if table is not None else " (each network timed on this machine)"))
     strategy.check(space, data.task, options)
     spec = StudySpec(space.name, space.version, data.task.dataset, data.task.to_dict(), objectives, config.runtime)
     if config.workers > 1 and not isinstance(strategy, SamplerStrategy):
@@ -202,6 +217,8 @@ def _search(config: SearchConfig | None = None, *, progress: bool = True, **over
                                    "input": data.contract.to_dict()},
                       artifact_dir=config.artifact_dir, resume_anyway=config.resume_anyway,
                       settings={k: recorded[k] for k in RESUME_CHECKED})
+    for line in set_up:
+        logger.info(line)
     if config.workers > 1:
         from .workers import run_workers
 

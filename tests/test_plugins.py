@@ -29,9 +29,19 @@ def _search_args(space: str, dataset: str, db: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_example_space_and_dataset_by_module_attr(tmp_path):
-    r = _nas(_search_args("tiny_space:TinyMLP", "tiny_dataset:stripes", tmp_path / "a.db"), [EXAMPLES], tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(EXAMPLES)])}
+    with open(tmp_path / "log", "w") as log:  # `nas search ... > log`: stdout is a file, not a terminal
+        r = subprocess.run([sys.executable, "-m", "sparsenas", *_search_args("tiny_space:TinyMLP", "tiny_dataset:stripes",
+                                                                             tmp_path / "a.db")],
+                           env=env, cwd=tmp_path, stdout=log, stderr=subprocess.PIPE, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    res = json.loads(r.stdout.strip().splitlines()[-1])
+    out = (tmp_path / "log").read_text()
+    # off a terminal nothing is cut or wrapped: the table's header whole, the export command on one line
+    assert "latency ms (onnxruntime)" in out and "…" not in out
+    export = next(line for line in out.splitlines() if line.startswith("Export an architecture:"))
+    assert export.endswith("--out found/") and f"--storage sqlite:///{tmp_path / 'a.db'} --study tiny_mlp-stripes-tpe" in export
+    assert "set-up: data stripes" in r.stderr and "set-up: latency measured in onnxruntime" in r.stderr
+    res = json.loads(out.strip().splitlines()[-1])
     # studies are named by the space's and the dataset's own names, not the import paths
     assert res["study"] == "tiny_mlp-stripes-tpe" and res["states"] == {"COMPLETE": 2}
     assert 0.0 <= res["front"][0]["accuracy"] <= 1.0

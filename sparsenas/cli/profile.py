@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import SparseNASError
-from .common import print_json
+from .common import console as stdout_console, print_json
 
 
 def _positive_int(s: str) -> int:
@@ -75,7 +75,7 @@ def _profile(args: argparse.Namespace) -> int:
                    calibration_networks=args.calibration_networks, network_repeats=args.network_repeats,
                    seed=args.seed, device=args.device, runtime=args.runtime, progress=not args.no_progress,
                    log=lambda s: console.print(s))
-    out = Console()
+    out = stdout_console()
     rt = data["runtime"]
     out.print(f"wrote {args.out}: {len(data['entries'])} kernels of runtime {rt['name']} {rt['version']} on "
               f"{data['machine']['cpu_model']} ({data['machine']['cores']} cores, {data['timing']['threads']} thread)")
@@ -102,7 +102,7 @@ def _validate(args: argparse.Namespace) -> int:
 
     from ..api import validate_profile
 
-    console = Console()
+    console = stdout_console()
     reports = validate_profile(args.validate, spaces=args.space, dataset=args.dataset, data_dir=args.data_dir,
                                input_sizes=args.input_size, n=args.n, seed=args.seed,
                                network_repeats=args.network_repeats, plot=args.plot, runtime=args.runtime,

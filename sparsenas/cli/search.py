@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import DEFAULT_STORAGE, fmt, positive_float, print_json
+from .common import DEFAULT_STORAGE, console, fmt, positive_float, print_json
 
 
 EPILOG = """examples:
@@ -174,7 +174,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _print_front(study: Any, storage: str, as_json: bool) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from ..api import mask_url, pareto_front, trial_record
@@ -187,7 +186,7 @@ def _print_front(study: Any, storage: str, as_json: bool) -> int:
     rows = [{"trial": r.number, "accuracy": r.accuracy, "latency_ms": r.latency_ms, "runtime": r.runtime or "torch",
              "model_bytes": r.model_bytes, "test_accuracy": r.test_accuracy, "params": r.params, "nnz": r.nnz,
              "effective_flops": r.effective_flops} for r in front]
-    console = Console()
+    out = console()
     runtime = study.user_attrs.get("runtime", "torch")
     table = Table(title=f"study '{study.study_name}': best architectures ({', '.join(f'{k} {v}' for k, v in states.items())})")
     for col in ("trial", "val acc", "test acc", f"latency ms ({runtime})", "params", "non-zeros", "eff. MFLOPs"):
@@ -196,12 +195,12 @@ def _print_front(study: Any, storage: str, as_json: bool) -> int:
         table.add_row(str(r["trial"]), f"{r['accuracy']:.4f}", fmt(r["test_accuracy"], ".4f"),
                       fmt(r["latency_ms"], ".3f"), fmt(r["params"], ","), fmt(r["nnz"], ","),
                       fmt((r["effective_flops"] or 0) / 1e6, ".2f"))
-    console.print(table)
+    out.print(table)
     if rows:
-        console.print(f"Open the dashboard:  nas dashboard --storage {storage}")
-        console.print(f"Export an architecture:  nas export --storage {storage} --study {study.study_name} "
+        out.print(f"Open the dashboard:  nas dashboard --storage {storage}")
+        out.print(f"Export an architecture:  nas export --storage {storage} --study {study.study_name} "
                       f"--trial {rows[0]['trial']} --out found/")
-        console.print(f"Plot the search:  nas report --storage {storage} --study {study.study_name} --out report/")
+        out.print(f"Plot the search:  nas report --storage {storage} --study {study.study_name} --out report/")
     if as_json:
         print_json({"study": study.study_name, "storage": storage, "states": states, "front": rows})
     return 0
