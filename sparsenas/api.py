@@ -20,9 +20,9 @@ RESUME_CHECKED = ("strategy", "epochs", "time_budget", "lr", "batch_size", "seed
 
 @dataclass
 class SearchConfig:
-    space: Any = "sparse_mbv2"          # a name, module:Class, or a SearchSpace subclass or instance
-    strategy: Any = "tpe"               # a name, module:Class, or a Strategy subclass
-    dataset: Any = None                 # a name, module:loader, a loader or DatasetSpec; None: the space's default
+    space: str | Any = "sparse_mbv2"   # a name, module:Class, or (Python) a SearchSpace subclass or instance
+    strategy: str | Any = "tpe"        # a name, module:Class, or (Python) a Strategy subclass
+    dataset: str | Any | None = None   # a name, module:loader, or (Python) a loader or DatasetSpec; None: the space's default
     data_dir: str | None = None
     input_size: int | None = None
     trials: int = 10

@@ -90,6 +90,14 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_search)
 
 
+def field_help() -> dict[str, str]:
+    """SearchConfig field -> the help of its `nas search` flag (the one place each key is described)."""
+    parser = argparse.ArgumentParser(prog="nas")
+    add(parser.add_subparsers())
+    actions = parser._subparsers._group_actions[0].choices["search"]._actions  # type: ignore[union-attr]
+    return {a.dest: (a.help or "").replace("%%", "%") for a in actions if a.help and a.help != argparse.SUPPRESS}
+
+
 # flag dest -> option name, for the strategies' options (filled by add_strategy_options)
 OPTION_DESTS: dict[str, str] = {}
 
@@ -163,7 +171,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
         cls = STRATEGIES.get(config.strategy)
         cls.resolve_options(config.options)  # an option the strategy does not take is an error here too
-        print(config_to_toml(config, cls.options), end="")
+        print(config_to_toml(config, cls.options, field_help()), end="")
         return 0
     study = search(config, progress=not getattr(args, "no_progress", False))
     from .. import distributed

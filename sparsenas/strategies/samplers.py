@@ -204,7 +204,8 @@ def evaluate_trial(ctx: SearchContext, trial: optuna.Trial, strategy: str, evalu
 
 
 class SamplerStrategy(Strategy):
-    options = (Option("fixed", dict, None, "pin some choices and sample the rest, e.g. s2b1_sparsity=0.8,s1_depth=1"),)
+    options = (Option("fixed", dict, None, "pin some choices and sample the rest, e.g. --fixed s2b1_sparsity=0.8,s1_depth=1 "
+                                           "(in a config file: { s2b1_sparsity = 0.8, s1_depth = 1 })"),)
 
     @abstractmethod
     def make_sampler(self, seed: int, ctx: SearchContext) -> optuna.samplers.BaseSampler:
