@@ -20,6 +20,9 @@ RESUME_CHECKED = ("strategy", "epochs", "time_budget", "lr", "batch_size", "seed
 
 @dataclass
 class SearchConfig:
+    """Everything a search runs with: one field per config-file key and `nas search` flag (every key,
+    its default and its help: docs/reference.md, "Search config keys")."""
+
     space: str | Any = "sparse_mbv2"   # a name, module:Class, or (Python) a SearchSpace subclass or instance
     strategy: str | Any = "tpe"        # a name, module:Class, or (Python) a Strategy subclass
     dataset: str | Any | None = None   # a name, module:loader, or (Python) a loader or DatasetSpec; None: the space's default
