@@ -362,16 +362,17 @@ def make_report(storage: str, study_name: str | None, out: str | os.PathLike, *,
     for t in all_trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
     title = f"{study.study_name}: {len(trials)} completed trials"
-    space = None
+    space, why = None, ""
     for name in dict.fromkeys([sa.get("space"), (sa.get("config") or {}).get("space")]):  # own name, then as searched
         try:
             space = get_space(name) if name else None
-        except SparseNASError:
+        except SparseNASError as e:
+            why = str(e)  # the last is the plug-in's import path: it names the module that is missing
             continue
         if space is not None:
             break
     if space is None and "space" in sa:
-        rep.notes.append(f"space '{sa['space']}' is not installed here: no baseline")
+        rep.notes.append(f"space '{sa['space']}' cannot be loaded here ({why}): no baseline")
     task = Task.from_dict(sa["task"]) if "task" in sa else None
     records = {t.number: trial_record(t) for t in trials}
     source = next((r.latency_source for r in records.values() if r.latency_source), None)
