@@ -1,6 +1,7 @@
 """The Python API: what the CLI calls, and what users call from notebooks."""
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -159,6 +160,7 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
 def _search(config: SearchConfig | None = None, *, progress: bool = True, **overrides: Any) -> optuna.Study:
     from .data import load_dataset
     from .evaluators import LATENCY, Evaluator, TrainBudget
+    from .log import logger
     from .progress import Progress
     from .search_spaces import get_space
     from .strategies import STRATEGIES
@@ -184,10 +186,6 @@ def _search(config: SearchConfig | None = None, *, progress: bool = True, **over
                                  "worker on a shared --storage")
         distributed.init_from_env(device)
         progress = progress and distributed.is_main()
-    import time
-
-    from .log import logger
-
     started = time.perf_counter()
     data = load_dataset(config.dataset or space.default_dataset, data_dir=config.data_dir,
                         input_size=config.input_size, seed=config.seed, limit=config.limit)

@@ -383,7 +383,8 @@ def _card(arch: Arch, task: Task, info: dict[str, Any], layers: list[dict], para
     lines += ["", "## Files", ""]
     described = {"arch.json": "architecture + task (`sparsenas.load(DIR)` rebuilds the network)",
                  "model.pt": "state_dict, `torch.load(path, weights_only=True)`; sparse layers keep masks",
-                 "model.onnx": "plain network, checked against onnxruntime", "model.ts": "TorchScript (`torch.jit.load`)",
+                 "model.onnx": "plain network, checked against onnxruntime (its input: see Input)",
+                 "model.ts": "TorchScript (`torch.jit.load`; its input: see Input)",
                  "weights_csr.pt": "sparse layers' masked weights in CSR (`sparsenas.export.load_csr`)",
                  "card.md": "this card"}
     lines += [f"- `{f}`: {described.get(f, '')}" for f in files + ["card.md"] if f in described]
@@ -626,7 +627,8 @@ def _study_contract(study: Any, config: dict[str, Any]) -> InputContract:
     rec = study_record(study)
     if isinstance(rec.input, dict):
         return InputContract.from_dict(rec.input)
-    data = load_dataset(str(rec.dataset if ":" not in str(config.get("dataset") or "") else config["dataset"]),
+    searched = config.get("dataset")  # a plug-in by its import path, else the dataset's own name
+    data = load_dataset(searched if isinstance(searched, str) and ":" in searched else str(rec.dataset),
                         data_dir=config.get("data_dir"), input_size=config.get("input_size"),
                         seed=int(config.get("seed") or 0), limit=config.get("limit"))
     assert data.contract is not None
