@@ -512,6 +512,7 @@ def _img(path: Path) -> str:
 def _html(study: Any, storage: str, rep: Report, front: list[Any], states: dict[str, int]) -> str:
     e = html.escape
     sa = study.user_attrs
+    runtime = study_runtime(sa.get("config") or {}, front)
     out = Path(rep.out)
     summary = {"storage": storage, "space": sa.get("space"), "dataset": sa.get("dataset"),
                "strategy": sa.get("strategy"), "objectives": ", ".join(sa.get("objectives") or []),
@@ -544,7 +545,7 @@ figure{{margin:1.5em 0}}img{{max-width:100%}}figcaption{{color:#555;font-size:13
 <body><h1>Search report: {e(study.study_name)}</h1>
 <table>{rows}</table>
 <h2>Pareto front</h2>
-<table><tr><th>trial</th><th>val acc</th><th>test acc</th><th>latency ms</th><th>params</th><th>non-zeros</th><th>export</th></tr>
+<table><tr><th>trial</th><th>val acc</th><th>test acc</th><th>latency ms ({e(runtime)}, at search time)</th><th>params</th><th>non-zeros</th><th>export</th></tr>
 {front_rows}</table>
 {figures}
 <h2>Notes</h2><ul>{notes or '<li>none</li>'}</ul>
