@@ -11,6 +11,7 @@ from torch import nn
 
 import sparsenas
 from sparsenas.data import load_dataset, raw_split
+from sparsenas.data.contract import InputContract
 from sparsenas.evaluators import accuracy
 from sparsenas.export import ExportError, layer_sparsity, load_csr, read_arch, write_export
 from sparsenas.ops import SparseMixin, sparse_modules
@@ -146,8 +147,9 @@ def test_dynamo_onnx_export_matches_torch(study, tmp_path):
     st = load_study(url, STUDY)
     ref_model = get_space("sparse_mbv2").build(arch_of(st.trials[trial]), sparsenas.Task.from_dict(st.user_attrs["task"]))
     ref_model.load_state_dict(load_weights(url, st, st.trials[trial]))
+    prepare = InputContract.from_dict(st.user_attrs["input"]).preprocess  # the graph takes raw values
     with torch.no_grad():
-        assert np.abs(got - ref_model.eval()(x).numpy()).max() <= 1e-4
+        assert np.abs(got - ref_model.eval()(prepare(x)).numpy()).max() <= 1e-4
 
 
 def test_torchscript_loads_and_matches(exported):
