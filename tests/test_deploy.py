@@ -80,6 +80,7 @@ def test_card_and_inspect_print_the_same_latency_for_the_same_export(default_exp
     assert rc == 0, err
     assert f"{json.loads(stdout.strip().splitlines()[-1])['predicted_latency_ms']:.4f}" == card_ms
     assert f"calibrated network latency {card_ms} ms" in stdout
+    assert "us (onnxruntime)" in stdout and "…" not in stdout  # `nas inspect > file`: no column cut
     # the search's figure says what it is: the profile's, scaled by the speed anchor then
     searched = next(line for line in card.splitlines() if line.startswith("| latency at search time"))
     assert "table:cpu-x86-2core-onnxruntime" in searched and f"{trial.user_attrs['latency_ms']:.4f}" in searched
