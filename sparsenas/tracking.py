@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from .arch import Arch
 from .errors import SparseNASError, StorageError
 from .evaluators.result import EvalResult
+from .pruners.mo_asha import MOASHAPruner, report, should_prune
 
 
 @contextlib.contextmanager
@@ -257,6 +258,10 @@ class Tracker:
         self.artifact_dir = artifact_dir or (default_artifact_dir(storage) if isinstance(storage, str) else None)
         self.spec = spec
         self.objectives = tuple(spec.objectives)
+        self.pruner = pruner
+        # with a successive-halving pruner of sparsenas's own, the trial target counts architectures
+        # trained to full fidelity (COMPLETE); otherwise PRUNED trials count too
+        self.full_fidelity = isinstance(pruner, MOASHAPruner)
         # load_if_exists: workers started together all join the one study; the retry covers sqlite's
         # "database is locked" while another worker is creating it
         self.study = _retry("create", lambda: optuna.create_study(
@@ -309,14 +314,23 @@ class Tracker:
 
     # -- trials run through optimize()/ask()
     def record_epoch(self, trial: optuna.Trial, epoch: int, value: float) -> bool:
-        """Log validation accuracy after ``epoch``; True when the pruner says to stop the trial."""
-        if not self.multi_objective:
-            trial.report(value, epoch)
-            return trial.should_prune()
-        # Optuna refuses report() in multi-objective studies, but intermediate values are still
-        # stored and shown by the dashboard when written through the storage.
-        self.storage.set_trial_intermediate_value(trial._trial_id, epoch, value)
-        return False
+        """Log validation accuracy after ``epoch``; True when the pruner says to stop the trial.
+
+        Optuna refuses ``report()``/``should_prune()`` in multi-objective studies; there the value goes
+        through the storage as an intermediate value (the dashboard plots it) and the pruner, when the
+        study has one (mo-asha), is asked directly."""
+        report(trial, value, epoch)
+        if self.multi_objective and self.pruner is None:
+            return False
+        return should_prune(trial)
+
+    def record_stopped(self, trial: optuna.Trial, epoch: int, value: float, reason: str) -> None:
+        """A trial stopped after ``epoch`` (about to be PRUNED): its reason and its last validation
+        accuracy (Optuna stores no values for a PRUNED multi-objective trial; read back as
+        TrialRecord.accuracy, beside the latency recorded before training)."""
+        trial.set_user_attr("accuracy", _jsonable(float(value)))
+        trial.set_user_attr("epochs", int(epoch))
+        self.record_reason(trial, "pruned", reason)
 
     def record_arch(self, trial: optuna.Trial, arch: Arch, **attrs: Any) -> None:
         trial.set_user_attr("arch", arch.to_json())
@@ -328,9 +342,12 @@ class Tracker:
         for k, v in result.to_attrs().items():
             trial.set_user_attr(k, _jsonable(v))
 
-    def record_latency(self, trial: optuna.Trial, ms: float) -> None:
-        """The latency of a trial's network, known before it trains (read back as TrialRecord.latency_ms)."""
+    def record_latency(self, trial: optuna.Trial, ms: float, model_bytes: int | None = None) -> None:
+        """The latency (and exported size) of a trial's network, known before it trains, so a pruner can
+        rank trials on them (read back as TrialRecord.latency_ms, TrialRecord.model_bytes)."""
         trial.set_user_attr("latency_ms", _jsonable(float(ms)))
+        if model_bytes is not None:
+            trial.set_user_attr("model_bytes", int(model_bytes))
 
     def record_reason(self, trial: optuna.Trial, state: str, reason: str) -> None:
         """Why a trial is about to be ``"pruned"`` or has ``"failed"`` (read back as TrialRecord.reason)."""
@@ -421,16 +438,51 @@ class Tracker:
 
     def counts(self) -> tuple[int, list[int]]:
         """(trials that count towards the target, numbers of the RUNNING trials)."""
-        trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        counted = (TrialState.COMPLETE,) if self.full_fidelity else (TrialState.COMPLETE, TrialState.PRUNED)
+        trials = self.study.get_trials(deepcopy=False, states=(*counted, TrialState.RUNNING))
         running = [t.number for t in trials if t.state == TrialState.RUNNING]
         return len(trials) - len(running), running
+
+    def _committed(self, before: int | None = None) -> int:
+        """Trials that count towards the target, plus RUNNING ones that claimed a place
+        (:meth:`claim_completion`), of those numbered below ``before`` when given."""
+        counted = (TrialState.COMPLETE,) if self.full_fidelity else (TrialState.COMPLETE, TrialState.PRUNED)
+        n = 0
+        for t in self.study.get_trials(deepcopy=False, states=(*counted, TrialState.RUNNING)):
+            if t.state != TrialState.RUNNING:
+                n += 1
+            elif t.user_attrs.get(CLAIM_ATTR) and (before is None or t.number < before):
+                n += 1
+        return n
 
     def surplus(self, trial: optuna.Trial, target: int) -> bool:
         """True when ``trial`` is beyond ``target``: the finished trials and the RUNNING ones started
         before it (lower numbers; the storage numbers trials atomically) already make the target. Two
-        workers that start the last trial at the same moment agree on which one is surplus."""
+        workers that start the last trial at the same moment agree on which one is surplus. With a
+        pruner counting full fidelity, RUNNING trials may still be pruned: only those that claimed a
+        place count."""
+        if self.full_fidelity:
+            return self._committed() >= target
         done, running = self.counts()
         return done + sum(1 for n in running if n < trial.number) >= target
+
+    def target_reached(self, target: int) -> bool:
+        """Full-fidelity counting: the study holds ``target`` COMPLETE trials or claims, so a RUNNING
+        trial that has not claimed a place can stop."""
+        return self.full_fidelity and self._committed() >= target
+
+    def claim_completion(self, trial: optuna.Trial, target: int) -> bool:
+        """Full-fidelity counting: ``trial`` finished training; claim a place among the ``target``
+        architectures. The claim is written before the others are read, so of two trials claiming the
+        last place at once both see both claims and the lower number keeps it. False: no place left
+        (the trial is surplus)."""
+        if not self.full_fidelity:
+            return True
+        trial.set_user_attr(CLAIM_ATTR, True)
+        if self._committed(before=trial.number) >= target:
+            trial.set_user_attr(CLAIM_ATTR, False)
+            return False
+        return True
 
     def mark_surplus(self, trial: optuna.Trial, target: int) -> None:
         trial.set_user_attr("fail_reason", f"surplus: the study reached its target of {target} trials while "
@@ -447,7 +499,12 @@ class Tracker:
             done, running = self.counts()
             if done >= target:
                 return False
-            if done + len(running) < target:
+            if self.full_fidelity:
+                # asynchronous: a RUNNING trial may yet be pruned, so only claimed places (trials
+                # already trained, being told) are waited for
+                if self._committed() < target:
+                    return True
+            elif done + len(running) < target:
                 return True
             if deadline is not None and time.time() >= deadline:
                 return False
@@ -462,6 +519,7 @@ class Tracker:
 
 
 WORKER_ATTR = "worker"
+CLAIM_ATTR = "full_fidelity_claim"  # a RUNNING trial trained to the end holds a place in the target
 
 
 def _alive(pid: int) -> bool:
