@@ -201,21 +201,30 @@ def evaluate_trial(ctx: SearchContext, trial: optuna.Trial, strategy: str, evalu
     :class:`TrialFailed` (diverged, out of memory), the reason recorded first."""
     tracker, space, task = ctx.tracker, ctx.space, ctx.task
     evaluator = evaluator or ctx.evaluator
-    arch = space.suggest(trial, task)
-    canonical = space.canonical(arch).digest()
-    tracker.record_arch(trial, arch, strategy=strategy, canonical_digest=canonical)
+    # the choices and the architecture are written in one storage transaction, what is known before
+    # training in a second
+    with tracker.batch(trial):
+        arch = space.suggest(trial, task)
+        canonical = space.canonical(arch).digest()
+        tracker.record_arch(trial, arch, strategy=strategy, canonical_digest=canonical)
     ctx.progress.trial_started(trial.number, arch.digest())
-    # the same network under another encoding (a block past its stage's depth, p_inter of a dense
-    # layer...) is not trained twice: it takes the first one's results and weights
-    if (twin := tracker.twin(canonical)) is not None:
-        values = tracker.record_duplicate(trial, twin)
+    with tracker.batch(trial):
+        # the same network under another encoding (a block past its stage's depth, p_inter of a dense
+        # layer...) is not trained twice: it takes the first one's results and weights
+        twin = tracker.twin(canonical)
+        if twin is not None:
+            values = tracker.record_duplicate(trial, twin)
+        else:
+            model = evaluator.build(arch)
+            lat = evaluator.latency(arch, model, task)
+            tracker.record_latency(trial, lat.ms, lat.attrs.get("model_bytes"))
+            too_slow = ctx.max_latency_ms is not None and lat.ms > ctx.max_latency_ms
+            if too_slow:
+                tracker.record_reason(trial, "pruned", f"latency {lat.ms:.3f} ms > --max-latency-ms {ctx.max_latency_ms}")
+    if twin is not None:
         _claim(ctx, trial)
         return values
-    model = evaluator.build(arch)
-    lat = evaluator.latency(arch, model, task)
-    tracker.record_latency(trial, lat.ms, lat.attrs.get("model_bytes"))
-    if ctx.max_latency_ms is not None and lat.ms > ctx.max_latency_ms:
-        tracker.record_reason(trial, "pruned", f"latency {lat.ms:.3f} ms > --max-latency-ms {ctx.max_latency_ms}")
+    if too_slow:
         raise optuna.TrialPruned()
 
     def on_epoch(epoch: int, acc: float) -> None:
@@ -233,8 +242,9 @@ def evaluate_trial(ctx: SearchContext, trial: optuna.Trial, strategy: str, evalu
         tracker.record_reason(trial, "failed", f"{type(e).__name__}: {e}")
         raise TrialFailed(str(e)) from e
     result = evaluator.result(arch, model, trained, lat)
-    tracker.record_result(trial, result)
-    tracker.save_weights(trial, model.state_dict())  # while RUNNING: artifacts refuse finished trials
+    with tracker.batch(trial):
+        tracker.record_result(trial, result)
+        tracker.save_weights(trial, model.state_dict())  # while RUNNING: artifacts refuse finished trials
     _claim(ctx, trial)
     return tracker.values(result)
 
@@ -283,7 +293,7 @@ class SamplerStrategy(Strategy):
                 tracker.study.sampler = optuna.samplers.PartialFixedSampler(dict(fixed), tracker.study.sampler)
 
         def objective(trial: optuna.Trial) -> list[float]:
-            tracker.record_worker(trial)
+            tracker.record_worker(trial)  # at once: on a journal storage, how a killed worker's trial is found
             if tracker.surplus(trial, target):  # another worker started the last trial at the same moment
                 tracker.mark_surplus(trial, target)
                 raise TrialFailed("surplus")
