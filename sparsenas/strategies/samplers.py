@@ -207,14 +207,15 @@ def evaluate_trial(ctx: SearchContext, trial: optuna.Trial, strategy: str, evalu
         arch = space.suggest(trial, task)
         canonical = space.canonical(arch).digest()
         tracker.record_arch(trial, arch, strategy=strategy, canonical_digest=canonical)
-    ctx.progress.trial_started(trial.number, arch.digest())
-    with tracker.batch(trial):
         # the same network under another encoding (a block past its stage's depth, p_inter of a dense
-        # layer...) is not trained twice: it takes the first one's results and weights
+        # layer...) is not trained twice: it takes the first one's results and weights. (Looked up
+        # before this trial's choices are written: reading the study re-reads its RUNNING trials.)
         twin = tracker.twin(canonical)
         if twin is not None:
             values = tracker.record_duplicate(trial, twin)
-        else:
+    ctx.progress.trial_started(trial.number, arch.digest())
+    if twin is None:
+        with tracker.batch(trial):
             model = evaluator.build(arch)
             lat = evaluator.latency(arch, model, task)
             tracker.record_latency(trial, lat.ms, lat.attrs.get("model_bytes"))
