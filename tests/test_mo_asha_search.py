@@ -29,9 +29,9 @@ def _decisions(t: optuna.trial.FrozenTrial) -> dict[str, bool]:
 
 
 def test_pruned_trials_are_pruned_with_their_values(storage_url, examples_on_path):
-    study = sparsenas.search(**SEARCH, trials=3, strategy="random", seed=1, storage=storage_url)
+    study = sparsenas.search(**SEARCH, trials=2, strategy="random", seed=1, storage=storage_url)
     states = [t.state for t in study.trials]
-    assert states.count(optuna.trial.TrialState.COMPLETE) == 3  # the target counts full fidelity only
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2  # the target counts full fidelity only
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert pruned, "rungs at epochs 1 and 2 with reduction factor 2 stop some of these trials"
     for t in pruned:
