@@ -390,6 +390,9 @@ class Tracker:
         """Inside, the parameters a RUNNING ``trial`` is suggested and the attributes (and artifacts)
         recorded on it are kept, then written at the end in one storage transaction; the trial object
         sees them at once. Nothing inside may rely on reading them back from the storage."""
+        if isinstance(trial.storage, _BufferedStorage):  # already inside a batch: one write at its end
+            yield
+            return
         buffered = _BufferedStorage(trial.storage)
         trial.storage = buffered  # type: ignore[assignment]  # Trial writes through this attribute
         try:
@@ -452,7 +455,7 @@ class Tracker:
     def record_duplicate(self, trial: optuna.Trial, twin: FrozenTrial) -> list[float]:
         """Give ``trial`` the results (and saved weights) of ``twin``, the same network under another
         encoding, instead of training it again; returns the twin's values."""
-        own = {"arch", "arch_digest", "canonical_digest", "strategy"}
+        own = {"arch", "arch_digest", "canonical_digest", "strategy", WORKER_ATTR, CLAIM_ATTR}  # this trial's own
         for k, v in twin.user_attrs.items():
             if k not in own:
                 trial.set_user_attr(k, v)
