@@ -423,6 +423,17 @@ def _fmt(m: dict | None, k: str) -> str:
     return f"{m['mean']:.{digits}f} ± {m['sd']:.{digits}f}"
 
 
+def _json_object(p: argparse.ArgumentParser, flag: str, text: str, example: str) -> dict:
+    """``text`` parsed as a JSON object, or the parser's usage error naming ``flag``."""
+    try:
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as e:
+        p.error(f"{flag} must be a JSON object, e.g. '{example}' ({e})")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--space", default="sparse_mbv2")
@@ -461,19 +472,9 @@ def main(argv: list[str] | None = None) -> int:
         names.insert(0, "random")  # the baseline every other is measured against
     # one-shot strategies retrain for the same epochs as every trial; their supernet epochs and how many
     # architectures they retrain they size from the budget themselves (what a user's --timeout gets)
-    try:
-        extra = json.loads(args.options)
-        if not isinstance(extra, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as e:
-        p.error(f"--options must be a JSON object of strategy options, e.g. '{{\"budget_share\": 0.15}}' ({e})")
+    extra = _json_object(p, "--options", args.options, '{"budget_share": 0.15}')
     options = {"retrain_epochs": args.epochs, **extra}
-    try:
-        pruner_args = json.loads(args.pruner_args)
-        if not isinstance(pruner_args, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as e:
-        p.error(f"--pruner-args must be a JSON object, e.g. '{{\"reduction_factor\": 3}}' ({e})")
+    pruner_args = _json_object(p, "--pruner-args", args.pruner_args, '{"reduction_factor": 3}')
     skipped = {s: why for s, why in _applicable(names, args, options).items() if why}
     names = [s for s in names if s not in skipped]
     storage = f"sqlite:///{tempfile.mkdtemp(prefix='compare_strategies_')}/bench.db"

@@ -64,18 +64,6 @@ def test_two_worker_processes_end_with_the_target_and_promote_once(storage_url, 
             assert all(_decisions(t).values()) and len(records) == 2
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--pruner", "mo-asha", "--strategy", "dass"], "--pruner applies to the sampler strategies"),
-    (["--pruner", "median"], "Optuna prunes single-objective studies only; use --pruner mo-asha"),
-])
-def test_bad_pruner_use_is_exit_2(argv, message, tmp_path, examples_on_path):
-    db = tmp_path / "x.db"
-    rc, out, err = run_cli(["search", "--space", "tiny_space:TinyMLP", "--dataset", "synthetic", "--storage",
-                            f"sqlite:///{db}", "--no-progress", *argv])
-    assert rc == 2 and message in err, err
-    assert not db.exists()
-
-
 def test_bad_pruner_settings_from_the_config_are_exit_2(tmp_path, examples_on_path):
     db = tmp_path / "x.db"
     cfg = tmp_path / "s.toml"
