@@ -151,7 +151,7 @@ INTERNAL_FIELDS = ("worker",)
 HINTS: dict[str, Any] = {"dataset": "digits", "data_dir": "~/data", "input_size": 16, "epochs": 6, "time_budget": 30.0,
                          "artifact_dir": "nas-artifacts", "checkpoint_dir": "nas-checkpoints", "study": "my-study",
                          "objectives": "accuracy,latency,size", "max_latency_ms": 0.1, "hw": "my-cpu.json",
-                         "timeout": 3600.0, "limit": 500, "sampler": "gp", "pruner": "median"}
+                         "timeout": 3600.0, "limit": 500, "sampler": "gp", "pruner": "mo-asha"}
 _TYPE_HINTS = {"int": 1, "float": 1.0, "str": "", "bool": False, "list": [], "dict": {}}
 
 

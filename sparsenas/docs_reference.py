@@ -79,9 +79,11 @@ def _samplers_and_pruners() -> list[str]:
     lines += _table(("name", "what", "multi-objective"),
                     ((f"`{n}`", k.description, "yes" if k.multi_objective else "no")
                      for n, k in SAMPLERS.items() if ":" not in n and _builtin(k.make)))
-    lines += ["## Pruners (`[pruner] name`, `--pruner`; single-objective studies)", ""]
+    from .cli.search import field_help
+
+    lines += ["## Pruners (`[pruner] name`, `--pruner`)", ""]
     lines += ["Built in: " + ", ".join(f"`{n}`" for n, p in PRUNERS.items() if ":" not in n and _builtin(p))
-              + " (default `median`); or `module.path:Class` of an Optuna pruner.", ""]
+              + f". `--pruner`: {_cell(field_help().get('pruner', ''))}", ""]
     return lines
 
 
