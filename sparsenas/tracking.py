@@ -110,9 +110,7 @@ def open_storage(url: str, *, heartbeat: bool = True, must_exist: bool = False) 
             raise StorageError(f"storage {shown!r} does not exist (no file {os.path.abspath(path)}); pass the "
                                "--storage a search wrote to")
     if scheme == "journal":
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-
-        return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+        return _journal(path, read_only=must_exist)
     url = _with_driver(url)
     try:
         with _quiet_experimental():
@@ -135,6 +133,20 @@ def open_storage(url: str, *, heartbeat: bool = True, must_exist: bool = False) 
             raise StorageError(f"cannot read storage {shown!r}: it holds no Optuna studies, or cannot be opened "
                                f"({type(e).__name__}: {first})") from None
         raise StorageError(f"cannot open storage {shown!r}: {type(e).__name__}: {first}") from None
+
+
+def _journal(path: str, *, read_only: bool) -> optuna.storages.BaseStorage:
+    """A journal file's storage, with a torn last record set aside first (storage_faults)."""
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    from .storage_faults import damaged_journal, repair_journal
+
+    lock = JournalFileOpenLock(path)
+    repair_journal(path, lock, read_only=read_only)
+    try:
+        return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=lock))
+    except (ValueError, KeyError, TypeError, RecursionError) as e:  # a damaged record before the last one
+        raise damaged_journal(path, e) from None
 
 
 def _grpc_client(url: str, shown: str) -> optuna.storages.BaseStorage:
@@ -257,6 +269,7 @@ class Tracker:
         self.artifact_dir = artifact_dir or (default_artifact_dir(storage) if isinstance(storage, str) else None)
         self.spec = spec
         self.objectives = tuple(spec.objectives)
+        self._mine: set[int] = set()  # ids of the trials this tracker started (record_worker)
         # load_if_exists: workers started together all join the one study; the retry covers sqlite's
         # "database is locked" while another worker is creating it
         self.study = _retry("create", lambda: optuna.create_study(
@@ -400,6 +413,7 @@ class Tracker:
     def record_worker(self, trial: optuna.Trial) -> None:
         """Which process runs ``trial`` (host:pid), so a dead local worker's trial can be failed later."""
         trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+        self._mine.add(trial._trial_id)
 
     def fail_stale(self) -> None:
         """Fail RUNNING trials whose worker is gone: by heartbeat on RDB storages (Optuna re-queues them,
@@ -413,8 +427,13 @@ class Tracker:
             return
         host = socket.gethostname()
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            who = str(t.user_attrs.get(WORKER_ATTR, ""))
-            if who.rsplit(":", 1)[0] == host and who.rsplit(":", 1)[-1].isdigit() and not _alive(int(who.rsplit(":", 1)[1])):
+            who, _, pid = str(t.user_attrs.get(WORKER_ATTR, "")).rpartition(":")
+            if who != host or not pid.isdigit():
+                continue
+            # this very process, but not this tracker: an earlier search here that stopped on an error
+            # (a full disk) before it could fail its trial
+            gone = t._trial_id not in self._mine if int(pid) == os.getpid() else not _alive(int(pid))
+            if gone:
                 with contextlib.suppress(Exception):  # another worker failed it first
                     self.storage.set_trial_user_attr(t._trial_id, "fail_reason", "its worker process died")
                     self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
