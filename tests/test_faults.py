@@ -3,10 +3,12 @@ signals, exposed servers, secrets in URLs, broken checkpoints. Real files, real 
 processes; tiny searches (g2g_mlp on 64 synthetic samples, 1 epoch: ~0.3 s a trial)."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from _small_study import run_cli
@@ -74,3 +76,23 @@ def test_a_journal_damaged_in_the_middle_is_exit_2_and_left_as_it_is(tmp_path):
     assert rc == 2 and "Traceback" not in err
     assert str(path) in err and "damaged" in err
     assert path.read_bytes() == before
+
+
+# ------------------------------------------------------------------ bad hardware profiles
+@pytest.mark.parametrize("bad", [-29.95, float("nan")])
+def test_a_profile_with_negative_or_nan_times_is_exit_2_before_any_training(tmp_path, bad):
+    from sparsenas.hwprofiles import LatencyTable
+
+    doc = json.loads(Path(LatencyTable.load(runtime="torch").path).read_text())
+    key = sorted(doc["entries"])[7]
+    impl = next(iter(doc["entries"][key]["impls"]))
+    doc["entries"][key]["impls"][impl]["cpu_p10_ms"] = bad
+    hw = tmp_path / "bad.json"
+    hw.write_text(json.dumps(doc))
+    db = tmp_path / "x.db"
+    rc, out, err = run_cli(["search", "--space", "sparse_mbv2", "--dataset", "digits", "--input-size", "8",
+                            "--runtime", "torch", "--hw", str(hw), "--trials", "1", "--epochs", "1", "--no-progress",
+                            "--storage", f"sqlite:///{db}"])
+    assert rc == 2 and "Traceback" not in err
+    assert f"entry '{key}' impl '{impl}' has cpu_p10_ms={bad!r}" in err and str(hw) in err
+    assert not db.exists()  # refused before the study (and any training) existed
