@@ -122,8 +122,17 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     """
     from .log import optuna_verbosity
 
+    config = SearchConfig(**{**(asdict(config) if config else {}), **overrides})
     with optuna_verbosity():
-        return _search(config, progress=progress, **overrides)
+        try:
+            return _search(config, progress=progress)
+        except Exception as e:  # a full disk or a damaged database is the user's to fix: one paragraph
+            from .tracking import search_fault
+
+            fault = None if isinstance(e, SparseNASError) else search_fault(e, config.storage, config.artifact_dir)
+            if fault is None:
+                raise
+            raise fault from None
 
 
 def _search(config: SearchConfig | None = None, *, progress: bool = True, **overrides: Any) -> optuna.Study:

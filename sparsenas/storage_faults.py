@@ -124,6 +124,19 @@ def damaged_journal(path: str, e: BaseException) -> StorageError:
                         "restore a copy, or move the damaged line out of a copy of it (each line is one record)")
 
 
+def cause(e: BaseException | None, test: Any) -> BaseException | None:
+    """The first exception in ``e``'s chain (itself, then what it was raised from or during) that
+    passes ``test``. Optuna re-raises storage errors as its own, or loses them in an assertion of its
+    trial loop (``Should not reach``); the cause says what happened."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if test(e):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
 # ---------------------------------------------------------------- sqlite
 def sqlite_damaged(e: BaseException) -> bool:
     """Whether a database error says the sqlite file is damaged (not locked, not missing)."""
@@ -144,28 +157,21 @@ _SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG
 _SPACE_TEXT = ("database or disk is full", "disk i/o error", "no space left", "disk quota", "read-only file system")
 
 
-def out_of_space(e: BaseException) -> bool:
-    """Whether ``e`` (or an exception it was raised from) is a full disk or an I/O error."""
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in _SPACE_ERRNOS:
-            return True
-        if any(m in str(e).lower() for m in _SPACE_TEXT):
-            return True
-        e = e.__cause__ or e.__context__  # type: ignore[assignment]
-    return False
+def _os_space(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in _SPACE_ERRNOS
+
+
+def out_of_space(e: BaseException) -> BaseException | None:
+    """The full disk or I/O error in ``e``'s chain (an OSError, or a database's own words), or None."""
+    return cause(e, _os_space) or cause(e, lambda x: any(m in str(x).lower() for m in _SPACE_TEXT))
 
 
 def space_error(e: BaseException, where: list[str], kept: str) -> StorageError:
-    """One paragraph for a search stopped by a full disk or an I/O error."""
-    cause = e
-    while cause is not None and not (isinstance(cause, OSError) and cause.errno in _SPACE_ERRNOS):
-        cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
-    if isinstance(cause, OSError):
-        what = f"{cause.strerror or cause}" + (f" ({cause.filename})" if cause.filename else "")
+    """One paragraph for a search stopped by a full disk or an I/O error (``e`` from :func:`out_of_space`)."""
+    if isinstance(e, OSError):
+        what = f"{e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
     else:
         what = str(getattr(e, "orig", None) or e).splitlines()[0]
-    places = ", ".join(p for p in where if p)
-    return StorageError(f"the search stopped: {what}, writing to {places}. {kept} Free space (or fix the device) and "
-                        "re-run the same command to resume")
+    places = " and ".join(dict.fromkeys(p for p in where if p))
+    return StorageError(f"the search stopped: {what}, while writing to {places}. {kept} Free space (or fix the "
+                        "device) and re-run the same command to resume")

@@ -122,12 +122,18 @@ def open_storage(url: str, *, heartbeat: bool = True, must_exist: bool = False) 
                 kwargs["skip_table_creation"] = True
             storage = _retry("open", lambda: optuna.storages.RDBStorage(url, **kwargs))
             if scheme.startswith("sqlite") and path is not None:
-                _fast_sqlite(storage)
+                _fast_sqlite(storage, path)
             return storage
+    except SparseNASError:
+        raise
     except ImportError as e:
         hint = " (install the driver: pip install 'sparsenas[postgres]')" if scheme.startswith("postgres") else ""
         raise StorageError(f"cannot open storage {shown!r}: {_masked(e, url)}{hint}") from None
     except Exception as e:  # SQLAlchemy raises many types for unreachable/invalid databases
+        from .storage_faults import cause, damaged_sqlite, sqlite_damaged
+
+        if scheme.startswith("sqlite") and path is not None and (bad := cause(e, sqlite_damaged)) is not None:
+            raise damaged_sqlite(path, bad) from None
         first = _masked(e, url).splitlines()[0] if str(e) else ""
         if must_exist:
             raise StorageError(f"cannot read storage {shown!r}: it holds no Optuna studies, or cannot be opened "
@@ -187,7 +193,7 @@ def serve_storage_proxy(url: str, *, host: str = "127.0.0.1", port: int = 13000)
             raise StorageError(f"cannot serve on {host}:{port}: {e}; pass another --port or --host") from None
 
 
-def _fast_sqlite(storage: optuna.storages.RDBStorage) -> None:
+def _fast_sqlite(storage: optuna.storages.RDBStorage, path: str) -> None:
     """WAL journal, synchronous=NORMAL: a commit no longer waits for the disk. Optuna commits once per
     suggested parameter and attribute (~110 commits for a sparse_mbv2 trial); with sqlite's default
     (rollback journal, FULL) each took ~19 ms here, about 2 s per trial. WAL keeps the database
@@ -201,7 +207,14 @@ def _fast_sqlite(storage: optuna.storages.RDBStorage) -> None:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
+    def damaged(ctx: Any) -> None:  # a damaged page met by any later query: exit 2, not a traceback
+        from .storage_faults import damaged_sqlite, sqlite_damaged
+
+        if sqlite_damaged(ctx.original_exception):
+            raise damaged_sqlite(path, ctx.original_exception)
+
     event.listen(storage.engine, "connect", pragmas)
+    event.listen(storage.engine, "handle_error", damaged)
     storage.engine.dispose()  # connections opened before the listener reconnect with it
 
 
@@ -545,10 +558,33 @@ def checkpoint_dir_for(storage_url: str, study_name: str, checkpoint_dir: str | 
     return None if artifacts is None else os.path.join(artifacts[:-len("-artifacts")] + "-checkpoints", safe)
 
 
+class _AtomicFileStore(optuna.artifacts.FileSystemArtifactStore):
+    """Optuna's file artifact store, writing each artifact under a temporary name and renaming it: a
+    write cut short (a full disk) leaves no partial weights file under the artifact's name."""
+
+    def write(self, artifact_id: str, content_body: Any) -> None:
+        import shutil
+        import tempfile
+
+        final = self._get_filepath(artifact_id)  # Optuna's check that the id stays inside the folder
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                shutil.copyfileobj(content_body, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; weights are as readable as the study
+            os.replace(tmp, final)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
 def _file_store(path: str, *, create: bool = False) -> optuna.artifacts.FileSystemArtifactStore:
     if create:
         os.makedirs(path, exist_ok=True)
-    return optuna.artifacts.FileSystemArtifactStore(path)
+    return _AtomicFileStore(path)
 
 
 def artifact_dir_for(storage_url: str, artifact_dir: str | None = None,
@@ -665,6 +701,38 @@ def study_overview(storage: str) -> list[dict[str, Any]]:
                     "states": states, "best": best,
                     "front": len(pareto_front(study)) if done else 0})
     return out
+
+
+def search_fault(e: BaseException, storage: str, artifact_dir: str | None = None) -> SparseNASError | None:
+    """What to tell the user when a search stopped on ``e``: a damaged database met mid-search, or a
+    full disk or I/O error (naming where it wrote and what the storage kept); None for anything else
+    (a bug keeps its traceback). Optuna's trial loop can bury both under its own errors."""
+    from .storage_faults import cause, out_of_space, space_error
+
+    if (own := cause(e, lambda x: isinstance(x, StorageError))) is not None:
+        return own  # type: ignore[return-value]
+    full = out_of_space(e)
+    if full is None:
+        return None
+    path = _file_path(storage) if isinstance(storage, str) and "://" in storage else None
+    return space_error(full, [path or mask_url(storage), artifact_dir or default_artifact_dir(storage)],
+                       _kept(storage))
+
+
+def _kept(storage: str) -> str:
+    """What ``storage`` holds now, read back after a failed write (reading needs no space)."""
+    try:
+        st = open_storage(storage, heartbeat=False, must_exist=True)
+        counts = []
+        for s in optuna.get_all_study_summaries(st, include_best_trial=False):
+            study = optuna.load_study(study_name=s.study_name, storage=st)
+            counts.append(f"{len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))} finished "
+                          f"trials of study '{s.study_name}'")
+        held = "; ".join(counts) or "no study yet"
+    except Exception:  # a storage that cannot even be read now: say what is known
+        return ("Every trial that finished before this is in the storage; no partial weights file was left under "
+                "its name.")
+    return f"The storage keeps {held} (every trial that finished before this); no partial weights file was left."
 
 
 # ---------------------------------------------------------------- typed views of the attrs sparsenas writes

@@ -96,3 +96,77 @@ def test_a_profile_with_negative_or_nan_times_is_exit_2_before_any_training(tmp_
     assert rc == 2 and "Traceback" not in err
     assert f"entry '{key}' impl '{impl}' has cpu_p10_ms={bad!r}" in err and str(hw) in err
     assert not db.exists()  # refused before the study (and any training) existed
+
+
+# ------------------------------------------------------------------ damaged sqlite, full disks
+def test_a_damaged_sqlite_file_is_exit_2_naming_it_and_left_untouched(tmp_path):
+    import hashlib
+
+    db = tmp_path / "f.db"
+    url = f"sqlite:///{db}"
+    rc, _, err = _search(url, 2)
+    assert rc == 0, err
+    with open(db, "r+b") as f:  # the header intact, 20 kB of garbage inside
+        f.seek(4096)
+        f.write(os.urandom(20_000))
+    digest = hashlib.sha256(db.read_bytes()).hexdigest()
+    for argv in (["studies"], ["report", "--out", str(tmp_path / "r")], ["search", *TINY, "--trials", "3"]):
+        rc, out, err = run_cli([*argv, "--storage", url])
+        assert rc == 2 and "Traceback" not in err, (argv, err)
+        assert f"sqlite database {db} is damaged" in err and ".recover" in err, (argv, err)
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MB tmpfs (we are root in CI; elsewhere the test is skipped)."""
+    import subprocess
+
+    where = tmp_path / "disk"
+    where.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(where)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill (needs root): {r.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    st = os.statvfs(disk)
+    ballast = disk / "ballast"
+    ballast.write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+    return ballast
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("full", ["weights", "storage"])
+def test_a_full_disk_is_exit_2_and_the_search_resumes_after_space_is_freed(tmp_path, small_disk, full):
+    import torch
+
+    db = (small_disk if full == "storage" else tmp_path) / "f.db"
+    url = f"sqlite:///{db}"
+    weights = small_disk / "weights"
+    extra = ["--artifact-dir", str(weights)]
+    rc, _, err = _search(url, 2, *extra)
+    assert rc == 0, err
+    done = {t.number: t.params for t in _study(url).get_trials(states=(TrialState.COMPLETE,))}
+    ballast = _fill(small_disk, 40_000 if full == "storage" else 20_000)
+
+    rc, out, err = _search(url, 4, *extra)
+    assert rc == 2 and "Traceback" not in err, err
+    assert "the search stopped: " in err and str(small_disk) in err and "re-run the same command" in err
+    assert "keeps 2 finished trials of study 'f'" in err
+    study = _study(url)
+    saved = {t.user_attrs["weights_artifact"] for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    assert {p.name for p in weights.iterdir()} == saved  # no partial weights file, under any name
+    for name in saved:
+        torch.load(weights / name, weights_only=True)
+
+    ballast.unlink()
+    rc, _, err = _search(url, 4, *extra)
+    assert rc == 0, err
+    after = {t.number: t for t in _study(url).trials}
+    assert all(after[n].params == p and after[n].state == TrialState.COMPLETE for n, p in done.items())
+    assert sum(t.state == TrialState.COMPLETE for t in after.values()) == 4
