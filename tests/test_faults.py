@@ -170,3 +170,70 @@ def test_a_full_disk_is_exit_2_and_the_search_resumes_after_space_is_freed(tmp_p
     after = {t.number: t for t in _study(url).trials}
     assert all(after[n].params == p and after[n].state == TrialState.COMPLETE for n, p in done.items())
     assert sum(t.state == TrialState.COMPLETE for t in after.values()) == 4
+
+
+# ------------------------------------------------------------------ workers started together
+def _nas(argv: list[str], cwd: Path, **kw) -> "subprocess.Popen":
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "sparsenas.cli", *argv], cwd=cwd, env=env, **kw)
+
+
+def _digests(url: str) -> dict[int, str]:
+    return {t.number: t.user_attrs["arch_digest"] for t in _study(url).trials if "arch_digest" in t.user_attrs}
+
+
+def test_workers_started_together_on_one_seed_draw_different_architectures(tmp_path):
+    """Three machines' workers, each with the same seed and no worker index, start on one new study (a
+    real sqlite storage): their samplers are alike, the trial numbers the storage gives are not."""
+    from sparsenas.search_spaces import get_space
+    from sparsenas.strategies.samplers import make_sampler, reseed_for_trial
+    from sparsenas.task import Task
+
+    space, task = get_space("sparse_mbv2"), Task("digits", (1, 8, 8), 10)
+    storage = open_storage(f"sqlite:///{tmp_path / 'w.db'}", heartbeat=False)
+
+    def first_draws(reseed: bool, name: str) -> list[str]:
+        workers = [optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
+                                       sampler=make_sampler(kind, {}, 0, 10)) for kind in ("tpe",) * 3]
+        trials = [w.ask() for w in workers]  # all asked before any draws: started together
+        if reseed:
+            for w, t in zip(workers, trials):
+                reseed_for_trial(w.sampler, 0, t.number)
+        return [space.suggest(t, task).digest() for t in trials]
+
+    assert len(set(first_draws(False, "a"))) == 1  # what Optuna alone does: one architecture, three times
+    draws = first_draws(True, "b")
+    assert len(set(draws)) == 3
+    assert first_draws(True, "c") == draws  # reproducible: trial N of a study draws the same for a given seed
+
+
+@pytest.mark.slow
+def test_sigterm_to_search_workers_stops_every_worker_and_fails_their_trials(tmp_path):
+    """`nas search --workers 2`: the workers' first trials are two architectures; SIGTERM to the parent
+    ends the workers (their RUNNING trials FAIL) and no process is left."""
+    import signal
+    import subprocess
+    import time
+
+    url = f"journal:///{tmp_path / 'w.journal'}"  # no heartbeats: only the workers can fail their trials
+    proc = _nas(["search", *TINY, "--epochs", "200", "--trials", "30", "--workers", "2", "--storage", url], tmp_path,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, running = time.time() + 240, []
+    while time.time() < deadline and proc.poll() is None and len(running) < 2:
+        time.sleep(0.3)
+        if (tmp_path / "w.journal").exists():
+            running = [t for t in _study(url).get_trials(states=(TrialState.RUNNING,)) if "arch_digest" in t.user_attrs]
+    assert len(running) == 2, "the two workers did not start their trials"
+    assert len({t.user_attrs["arch_digest"] for t in running}) == 2
+    workers = [int(k) for k in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    assert len(workers) == 2
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()
+                and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"]  # nothing keeps running
+    after = {t.number: t.state for t in _study(url).trials}
+    assert all(after[t.number] == TrialState.FAIL for t in running)
