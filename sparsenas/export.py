@@ -385,7 +385,14 @@ def load(path: str | os.PathLike, *, plain: bool = False) -> nn.Module:
         raise SparseNASError(f"no model.pt in {folder}; export with --format including pt")
     model = get_space(arch.space).build(arch, task)
     try:
-        model.load_state_dict(torch.load(weights, weights_only=True))
+        state = torch.load(weights, weights_only=True)
+    except Exception as e:  # a damaged zip, a pickle weights_only refuses: the file's fault, not a bug
+        raise SparseNASError(f"cannot read {weights}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
+                             "export it again") from None
+    if not isinstance(state, dict):
+        raise SparseNASError(f"{weights} holds a {type(state).__name__}, not a state_dict; export it again")
+    try:
+        model.load_state_dict(state)
     except RuntimeError as e:
         raise SparseNASError(f"model.pt in {folder} does not fit the architecture in arch.json: {str(e).splitlines()[0]}") from None
     model.eval()

@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import socket
 import warnings
 from dataclasses import dataclass, field
@@ -39,17 +40,44 @@ DIRECTIONS = {"accuracy": "maximize", "latency_ms": "minimize", "model_bytes": "
 OBJECTIVE_NAMES = {"accuracy": "accuracy", "latency": "latency_ms", "size": "model_bytes"}  # flag name -> field
 
 
+# query parameters whose value is a secret (libpq's password, a token, an API key...), by name parts
+_SECRET_PARAMS = ("pass", "pwd", "secret", "token", "key", "auth", "credential")
+
+
+def _url_secrets(url: str) -> tuple[str | None, list[tuple[int, int]]]:
+    """(the user-info password, the spans of secret query values) of a storage URL."""
+    scheme, rest = url.split("://", 1)
+    netloc, _, tail = rest.partition("/")
+    password = None
+    if "@" in netloc:
+        userinfo = netloc.rsplit("@", 1)[0]
+        if ":" in userinfo:
+            password = userinfo.split(":", 1)[1]
+    spans = []
+    start = url.find("?", len(scheme) + 3 + netloc.rfind("@") + 1)  # the query begins after the user info
+    if start >= 0:
+        pos = start + 1
+        for pair in re.split(r"[&;]", url[start + 1:]):
+            name, eq, value = pair.partition("=")
+            if eq and value and any(p in name.lower() for p in _SECRET_PARAMS):
+                spans.append((pos + len(name) + 1, pos + len(pair)))
+            pos += len(pair) + 1
+    return password, spans
+
+
 def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for messages and stored settings."""
+    """``url`` with its secrets replaced by ``***`` (the password of its user info, and query values
+    such as ``password=``, ``token=``, ``secret=``, ``sslkey=``), for messages and stored settings."""
     if not isinstance(url, str) or "://" not in url:
         return str(url)
+    password, spans = _url_secrets(url)
+    for a, b in reversed(spans):
+        url = url[:a] + "***" + url[b:]
+    if password is None:
+        return url
     scheme, rest = url.split("://", 1)
     netloc, sep, tail = rest.partition("/")
-    if "@" not in netloc:
-        return url
     userinfo, host = netloc.rsplit("@", 1)
-    if ":" not in userinfo:
-        return url
     return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}{sep}{tail}"
 
 
@@ -239,11 +267,10 @@ def _masked(e: BaseException, url: str) -> str:
     """An exception's text with the URL's password masked (drivers echo the URL or DSN back)."""
     text = str(e)
     if "://" in url:
-        netloc = url.split("://", 1)[1].partition("/")[0]
-        if "@" in netloc and ":" in netloc.rsplit("@", 1)[0]:
-            password = netloc.rsplit("@", 1)[0].split(":", 1)[1]
-            if password:
-                text = text.replace(password, "***")
+        password, spans = _url_secrets(url)
+        for secret in [password or "", *(url[a:b] for a, b in spans)]:
+            if secret:
+                text = text.replace(secret, "***")
     return text
 
 
@@ -643,7 +670,16 @@ def load_weights(storage_url: str, study: optuna.Study, trial: FrozenTrial,
         except Exception as e:  # the store raises ArtifactNotFound, OSError...
             raise SparseNASError(f"cannot read the weights of trial {trial.number} (artifact {artifact_id}) from {path}: "
                                  f"{type(e).__name__}: {e}; pass --train to retrain the architecture") from None
-        return torch.load(dst, weights_only=True)
+        try:
+            state = torch.load(dst, weights_only=True)
+        except Exception as e:  # a damaged file in the artifact folder
+            state = e
+        if not isinstance(state, dict):
+            what = f"{type(state).__name__}: {str(state).splitlines()[0] if str(state) else ''}" \
+                if isinstance(state, Exception) else f"it holds a {type(state).__name__}, not a state_dict"
+            raise SparseNASError(f"the weights of trial {trial.number} ({os.path.join(path, artifact_id)}) cannot be "
+                                 f"read ({what}); pass --train to retrain the architecture") from None
+        return state
 
 
 def _jsonable(v: Any) -> Any:
@@ -679,7 +715,7 @@ def study_overview(storage: str) -> list[dict[str, Any]]:
     recorded), trials by state and the best value of each objective. A sqlite or journal file that
     does not exist is an error, not a new empty storage."""
     if not _storage_exists(storage):
-        raise StorageError(f"no storage at {storage!r}: the file does not exist (nothing was created); "
+        raise StorageError(f"no storage at {mask_url(storage)!r}: the file does not exist (nothing was created); "
                            "pass the --storage a search wrote to")
     st = open_storage(storage, heartbeat=False)
     out = []

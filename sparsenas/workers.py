@@ -5,9 +5,10 @@ the same search and the trial target is the study's total (tracking.Tracker.surp
 end with the same number of trials as one. This module only starts them, shows one progress bar by
 polling the study, and reports a worker that failed.
 
-Workers are fresh interpreters (``python -m sparsenas.workers CONFIG``), not multiprocessing
-children: those re-import the caller's main module, which re-runs a script or notebook cell that
-calls ``sparsenas.search(workers=K)`` without an ``if __name__ == "__main__"`` guard.
+Workers are fresh interpreters (``python -m sparsenas.workers``, settings in the environment), not
+multiprocessing children: those re-import the caller's main module, which re-runs a script or
+notebook cell that calls ``sparsenas.search(workers=K)`` without an ``if __name__ == "__main__"``
+guard.
 """
 from __future__ import annotations
 
@@ -45,9 +46,12 @@ def run_workers(config: "SearchConfig", tracker: "Tracker", *, progress: bool = 
     procs: list[subprocess.Popen] = []
     try:
         with _sigterm_as_interrupt():
-            procs += [subprocess.Popen([sys.executable, "-m", "sparsenas.workers",
-                                        json.dumps(asdict(replace(config, workers=1, worker=i, threads=threads)))],
-                                       env=env, stdout=subprocess.DEVNULL)
+            # the settings travel in the environment, not the command line: `ps` shows every user the command
+            # line, and the storage URL may hold a password
+            procs += [subprocess.Popen([sys.executable, "-m", "sparsenas.workers", f"worker-{i}"],
+                                       env={**env, CONFIG_ENV: json.dumps(asdict(replace(
+                                           config, workers=1, worker=i, threads=threads)))},
+                                       stdout=subprocess.DEVNULL)
                       for i in range(k)]
             with Progress(config.trials, enabled=progress, label=f"{label} ({k} workers)") as bar:
                 while any(p.poll() is None for p in procs):
@@ -64,6 +68,7 @@ def run_workers(config: "SearchConfig", tracker: "Tracker", *, progress: bool = 
                              "same command to resume")
 
 
+CONFIG_ENV = "SPARSENAS_WORKER_CONFIG"  # a worker's SearchConfig as JSON
 PARENT_ENV = "SPARSENAS_WORKERS_PARENT"  # the pid of the `nas search --workers K` a worker belongs to
 STOP_GRACE = 20.0  # seconds a worker has to fail its trial after SIGTERM before it is killed
 
@@ -117,7 +122,7 @@ def _die_with_parent() -> None:
 def _worker_main(argv: list[str]) -> int:
     from .api import SearchConfig, search
 
-    config = SearchConfig(**json.loads(argv[0]))
+    config = SearchConfig(**json.loads(os.environ[CONFIG_ENV]))
     try:
         with _sigterm_as_interrupt():
             _die_with_parent()

@@ -237,3 +237,48 @@ def test_sigterm_to_search_workers_stops_every_worker_and_fails_their_trials(tmp
                 and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"]  # nothing keeps running
     after = {t.number: t.state for t in _study(url).trials}
     assert all(after[t.number] == TrialState.FAIL for t in running)
+
+
+# ------------------------------------------------------------------ servers, secrets, checkpoints
+@pytest.mark.parametrize("command", ["dashboard", "storage-proxy"])
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.7", "nas-host"])
+def test_serving_beyond_loopback_needs_allow_remote(tmp_path, command, host):
+    url = f"sqlite:///{tmp_path / 'missing.db'}"
+    rc, out, err = run_cli([command, "--host", host, "--storage", url])
+    assert rc == 2 and "Traceback" not in err
+    assert "--allow-remote" in err and "no authentication" in err and f"--host {host}" in err
+    assert not (tmp_path / "missing.db").exists()  # refused before anything was opened
+    # allowed: a warning, then the command goes on (here to a storage URL it refuses, which stops it)
+    rc, out, err = run_cli([command, "--host", host, "--allow-remote", "--storage", "nope://x"])
+    assert "WARNING" in err and "no authentication" in err and rc == 2 and "unsupported scheme 'nope'" in err
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
+def test_loopback_hosts_need_no_allow_remote(tmp_path, host):
+    rc, _, err = run_cli(["dashboard", "--host", host, "--storage", f"sqlite:///{tmp_path / 'missing.db'}"])
+    assert rc == 2 and "does not exist" in err and "--allow-remote" not in err
+
+
+def test_secret_query_parameters_are_masked_in_errors_and_urls():
+    from sparsenas.tracking import mask_url
+
+    url = "postgresql://nas@127.0.0.1:1/nas?sslmode=disable&password=TopSecret42&application_name=x&token=T0k3n"
+    assert mask_url(url) == "postgresql://nas@127.0.0.1:1/nas?sslmode=disable&password=***&application_name=x&token=***"
+    assert mask_url("mysql://h/db?passwd=a;pwd=b&sslkey=c&user=me") == "mysql://h/db?passwd=***;pwd=***&sslkey=***&user=me"
+    pytest.importorskip("psycopg")
+    rc, out, err = run_cli(["studies", "--storage", url])  # port 1: refused at once; drivers echo the DSN
+    assert rc == 2 and "TopSecret42" not in out + err and "T0k3n" not in out + err and "Traceback" not in err
+
+
+def test_a_supernet_checkpoint_missing_keys_is_exit_2_naming_it(tmp_path):
+    import torch
+
+    ckpt = tmp_path / "ck" / "x" / "supernet.pt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"format": 1, "trainer": {}}, ckpt)  # a valid torch file, without settings, epoch, rng...
+    rc, _, err = run_cli(["search", "--space", "g2g_mlp", "--strategy", "entangled", "--dataset", "synthetic",
+                          "--limit", "32", "--trials", "1", "--search-epochs", "1", "--retrain-epochs", "0",
+                          "--storage", f"sqlite:///{tmp_path / 'c.db'}", "--study", "x", "--checkpoint-dir",
+                          str(tmp_path / "ck"), "--no-progress"])
+    assert rc == 2 and "Traceback" not in err
+    assert f"supernet checkpoint {ckpt} cannot be resumed: it lacks settings, epoch" in err
