@@ -13,9 +13,9 @@ import datetime as _dt
 import errno
 import json
 import os
-import tempfile
 from typing import Any
 
+from .atomic import write_atomic
 from .errors import StorageError
 from .log import logger
 
@@ -98,18 +98,7 @@ def _set_aside(path: str, start: int) -> str:
         torn = f.read()
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     side = f"{path}.torn-{stamp}"
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(torn)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, side)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(side, lambda f: f.write(torn))
     with open(path, "r+b") as f:
         f.truncate(start)
         f.flush()

@@ -591,21 +591,11 @@ class _AtomicFileStore(optuna.artifacts.FileSystemArtifactStore):
 
     def write(self, artifact_id: str, content_body: Any) -> None:
         import shutil
-        import tempfile
 
-        final = self._get_filepath(artifact_id)  # Optuna's check that the id stays inside the folder
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                shutil.copyfileobj(content_body, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; weights are as readable as the study
-            os.replace(tmp, final)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        from .atomic import write_atomic
+
+        # Optuna's check that the id stays inside the folder
+        write_atomic(self._get_filepath(artifact_id), lambda f: shutil.copyfileobj(content_body, f))
 
 
 def _file_store(path: str, *, create: bool = False) -> optuna.artifacts.FileSystemArtifactStore:

@@ -18,13 +18,13 @@ import json
 import os
 import random
 import sys
-import tempfile
 from typing import Any
 
 import numpy as np
 import torch
 
 from .. import distributed
+from ..atomic import write_atomic
 from ..errors import SparseNASError
 from ..supernets.base import SupernetTrainer, run_epoch, seed_everything
 from .base import SearchContext
@@ -62,20 +62,8 @@ def checkpoint_path(ctx: SearchContext, name: str = CHECKPOINT_FILE) -> str | No
 
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically: a reader sees the old file or the new, never half of one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".supernet-", suffix=".tmp", dir=folder)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is as readable as the study beside it
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
