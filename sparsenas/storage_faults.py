@@ -59,6 +59,34 @@ def torn_tail(path: str) -> int | None:
     return start
 
 
+def journal_backend(path: str, lock: Any) -> Any:
+    """Optuna's JournalFileBackend for ``path`` that, under the journal's lock, sets a torn last
+    record aside before each append: another worker may have been cut short mid-write (its disk
+    filled, it was killed) while this one runs, and Optuna would glue the next record onto it."""
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.storages.journal._file import get_lock_file
+
+    class Backend(JournalFileBackend):
+        def append_logs(self, logs: list[dict[str, Any]]) -> None:
+            text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)  # Optuna's format
+            with get_lock_file(self._lock):
+                start = torn_tail(self._file_path)
+                if start is not None:
+                    _warn_set_aside(self._file_path, _set_aside(self._file_path, start))
+                with open(self._file_path, "ab") as f:
+                    f.write(text.encode("utf-8"))
+                    f.flush()
+                    os.fsync(f.fileno())
+
+    return Backend(path, lock_obj=lock)
+
+
+def _warn_set_aside(path: str, side: str) -> None:
+    logger.warning(f"journal {path} ended in a torn record (a write that was cut short: a full disk, a killed "
+                   f"process or a power cut); moved its {os.path.getsize(side)} bytes to {side} and kept every "
+                   "complete record before it")
+
+
 def repair_journal(path: str, lock: Any, *, read_only: bool = False) -> str | None:
     """Set a torn last record of the journal at ``path`` aside before anything is appended to it: the
     torn bytes go to ``<path>.torn-<UTC time>`` and the journal is cut back to its last complete
@@ -84,9 +112,7 @@ def repair_journal(path: str, lock: Any, *, read_only: bool = False) -> str | No
             logger.warning(f"{what}; reading the journal as it is (the torn record is skipped)")
             return None
         raise StorageError(f"{what}. Nothing was changed; free space or fix the permissions and re-run") from None
-    logger.warning(f"journal {path} ended in a torn record (a write that was cut short: a full disk, a killed "
-                   f"process or a power cut); moved its {os.path.getsize(side)} bytes to {side} and kept every "
-                   "complete record before it")
+    _warn_set_aside(path, side)
     return side
 
 

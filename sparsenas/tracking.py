@@ -171,14 +171,14 @@ def open_storage(url: str, *, heartbeat: bool = True, must_exist: bool = False) 
 
 def _journal(path: str, *, read_only: bool) -> optuna.storages.BaseStorage:
     """A journal file's storage, with a torn last record set aside first (storage_faults)."""
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+    from optuna.storages.journal import JournalFileOpenLock
 
-    from .storage_faults import damaged_journal, repair_journal
+    from .storage_faults import damaged_journal, journal_backend, repair_journal
 
     lock = JournalFileOpenLock(path)
     repair_journal(path, lock, read_only=read_only)
     try:
-        return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=lock))
+        return optuna.storages.JournalStorage(journal_backend(path, lock))
     except (ValueError, KeyError, TypeError, RecursionError) as e:  # a damaged record before the last one
         raise damaged_journal(path, e) from None
 

@@ -64,6 +64,19 @@ def test_a_journal_ending_in_a_complete_record_is_not_touched(tmp_path):
     assert torn_tail(str(path)) == len(before)
 
 
+def test_a_record_torn_by_another_worker_mid_search_is_set_aside_before_the_next_append(tmp_path):
+    path = tmp_path / "j.log"
+    study = optuna.create_study(storage=open_storage(f"journal:///{path}"), study_name="s")  # open, repaired
+    study.optimize(lambda t: t.suggest_int("x", 0, 9), n_trials=1)
+    with open(path, "ab") as f:  # another worker's write, cut short while this one runs
+        f.write(b'{"op_code":4,"worker_id":"other","study_id":0,"datetime_st')
+    study.optimize(lambda t: t.suggest_int("x", 0, 9), n_trials=1)  # the same storage object appends
+    assert [p.read_bytes() for p in tmp_path.glob("j.log.torn-*")] == [b'{"op_code":4,"worker_id":"other","study_id":0,'
+                                                                        b'"datetime_st']
+    again = optuna.load_study(study_name="s", storage=open_storage(f"journal:///{path}", must_exist=True))
+    assert [t.state for t in again.trials] == [TrialState.COMPLETE] * 2
+
+
 def test_a_journal_damaged_in_the_middle_is_exit_2_and_left_as_it_is(tmp_path):
     path = tmp_path / "f.journal"
     rc, _, err = _search(f"journal:///{path}", 1)
