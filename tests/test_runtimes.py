@@ -38,7 +38,7 @@ def _raises(fn) -> bool:
 INSTALLED = [n for n, cls in RUNTIMES.items() if not _raises(cls.version)]
 
 
-@pytest.mark.parametrize("runtime", ["torch", "onnxruntime", "openvino"])
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime", "openvino", "mnn"])
 def test_a_profile_per_runtime_from_a_tiny_network(tmp_path, runtime):
     if runtime not in INSTALLED:
         pytest.skip(f"runtime {runtime} is not installed (pip install 'sparsenas[{RUNTIMES.get(runtime).extra}]')")
@@ -56,6 +56,8 @@ def test_a_profile_per_runtime_from_a_tiny_network(tmp_path, runtime):
     impls = [set(table.entries[s.key()]["impls"]) for s in w16]
     if runtime == "torch":  # CSR kernels are timed for the sparse layers
         assert impls == [{"native"}, {"dense", "torch_csr", "scipy_csr"}, {"dense", "torch_csr", "scipy_csr"}]
+    elif runtime == "mnn":  # MNN's sparse kernel from its own threshold (30% zeros) up
+        assert impls == [{"native"}, {"native", "sparse1"}, {"native", "sparse1"}]
     else:  # one dense Conv whatever the sparsity: timed once, the same figure at every level
         assert impls == [{"native"}] * 3
         assert len({json.dumps(table.entries[s.key()]["impls"]) for s in w16}) == 1

@@ -46,7 +46,8 @@ SAVE_EVERY_S = 10.0
 # (leave-one-out 94% -> 100% at 8x8 and 92% -> 99% at 16x16 in ONNX Runtime).
 CALIBRATION_FEATURES = ("sum_pw_ms", "sum_grouped_ms", "sum_dw_ms", "sum_other_ms", "layers_native", "layers_dense",
                         "layers_torch_csr", "layers_scipy_csr", "layers_grouped", "act_melems", "dw_layers",
-                        "dw_act_melems", "pw_mmacs", "dw_mmacs", "gather_melems", "one")
+                        "dw_act_melems", "pw_mmacs", "dw_mmacs", "gather_melems", "sum_sparse_ms", "layers_sparse1",
+                        "layers_sparse4", "one")
 
 
 def partial_path(out: str | Path) -> Path:

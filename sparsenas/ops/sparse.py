@@ -3,6 +3,8 @@ mask can change; ``to_inference`` freezes the mask into a real kernel (see :mod:
 
 Mask kinds:
 - ``"magnitude"``: unstructured, the smallest ``|w|`` are zero; recomputed by ``update_mask``.
+- ``"magnitude_oc4"``: magnitude over blocks of 4 output channels at one input position (the zeros
+  come four channels at a time: the form MNN's fastest sparse kernel runs, see ``masks.OC_BLOCK``).
 - ``"nm"``: N:M along the input dimension (2:4 by default); its sparsity is fixed at ``1 - n/m``.
 - ``"score"``: HYDRA/DASS learned scores; the mask is the top-k of ``|score|`` recomputed at every
   forward, with a straight-through gradient to the scores.
@@ -17,14 +19,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .kernels import make_kernel
-from .masks import InvalidSparsity, check_nm, check_sparsity, magnitude_mask, nm_mask, score_mask
+from .masks import (OC_BLOCK, InvalidSparsity, block_magnitude_mask, check_nm, check_sparsity, magnitude_mask, nm_mask,
+                    score_mask)
 
 __all__ = [
     "MASK_KINDS", "SparseMixin", "SparseLinear", "SparseConv2d",
     "sparse_modules", "apply_sparsity", "update_masks", "GradualPruner",
 ]
 
-MASK_KINDS = ("magnitude", "nm", "score")
+MASK_KINDS = ("magnitude", "nm", "score", "magnitude_oc4")
+MAGNITUDE_KINDS = {"magnitude": magnitude_mask, "magnitude_oc4": block_magnitude_mask}  # pruned by |w|
 
 
 class SparseMixin:
@@ -76,13 +80,13 @@ class SparseMixin:
     def update_mask(self) -> None:
         """Recompute ``mask`` from the current weights (magnitude, nm) or scores (score)."""
         with torch.no_grad():
-            if self.mask_kind == "magnitude":
+            if self.mask_kind in MAGNITUDE_KINDS:
                 # Pruned weights keep their last values (they get no gradient). Ranking the masked
                 # weights keeps them pruned while the sparsity grows (as Zhu & Gupta's TF code);
                 # to lower the sparsity, the raw weights decide which come back.
                 zeros = self.mask.numel() - int(torch.count_nonzero(self.mask))
                 growing = round(self.sparsity * self.mask.numel()) >= zeros
-                new = magnitude_mask(self.weight * self.mask if growing else self.weight, self.sparsity)
+                new = MAGNITUDE_KINDS[self.mask_kind](self.weight * self.mask if growing else self.weight, self.sparsity)
             elif self.mask_kind == "nm":
                 new = nm_mask(self.weight, self.n, self.m)
             else:
@@ -108,6 +112,11 @@ class SparseMixin:
                 self.mask.copy_(mask)
             return mask
         return self.mask
+
+    @property
+    def oc_block(self) -> int:
+        """Output channels per block of zeros (0: the zeros follow no block pattern)."""
+        return OC_BLOCK if self.mask_kind == "magnitude_oc4" else 0
 
     def masked_weight(self) -> Tensor:
         """``weight * mask``; gradients reach the weight (where the mask is 1) and the scores."""

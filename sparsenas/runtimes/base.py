@@ -66,7 +66,7 @@ class Runtime(ABC):
         return RuntimeNotInstalled(
             f"runtime '{cls.name}' needs the Python package '{package}', which is not installed here. Install it "
             f"with: pip install 'sparsenas[{cls.extra}]' (or pick another runtime with --runtime; available: "
-            "torch, onnxruntime, openvino)")
+            "torch, onnxruntime, openvino, mnn)")
 
     def info(self) -> dict[str, str]:
         return {"name": self.name, "version": self.version()}

@@ -1,0 +1,105 @@
+"""MNN as a runtime: per-layer kernels written into model.mnn, block masks, and no package installed
+or log sent at run time (MNN's Python converter script would do both)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from importlib.metadata import version
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sparsenas.ops import SparseConv2d
+from sparsenas.ops.masks import block_magnitude_mask
+from sparsenas.ops.spec import trace_named_layers
+
+MNN = pytest.importorskip("MNN")
+pytest.importorskip("onnx")
+
+from sparsenas.runtimes import get_runtime  # noqa: E402
+from sparsenas.runtimes.mnn import model_kernels, run_mnn  # noqa: E402
+
+
+def three_kinds() -> nn.Module:
+    """Three 1x1 convs at 90%: unstructured (table: dense), unstructured (sparse, 1-channel blocks)
+    and 4-output-channel blocks (sparse, 4-channel blocks); BatchNorm statistics away from identity
+    so the outputs depend on the input."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                        SparseConv2d(32, 64, 1, sparsity=0.9), nn.BatchNorm2d(64), nn.ReLU(),
+                        SparseConv2d(64, 64, 1, sparsity=0.9), nn.ReLU(),
+                        SparseConv2d(64, 32, 1, sparsity=0.9, mask_kind="magnitude_oc4"), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 5))
+    for bn in (net[1], net[4]):
+        bn.running_mean.uniform_(-0.2, 0.2)
+        bn.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+PICKS = {"3": "native", "6": "sparse1", "8": "sparse4"}
+
+
+def choose_by_layer(net: nn.Module):
+    """The profile's choice, as a table makes it: a function of the layer's spec."""
+    by_key = {spec: name for name, spec in trace_named_layers(net, (3, 8, 8))}
+    return lambda spec: PICKS.get(by_key.get(spec, ""), "native")
+
+
+def test_the_table_s_kernel_per_layer_is_the_kernel_in_model_mnn(tmp_path):
+    net = three_kinds()
+    rt = get_runtime("mnn")
+    specs = dict(trace_named_layers(net, (3, 8, 8)))
+    assert specs["8"].oc_block == 4 and specs["6"].oc_block == 0
+    assert rt.impls(specs["6"]) == ("native", "sparse1")
+    assert rt.impls(specs["8"]) == ("native", "sparse1", "sparse4")
+    choose = choose_by_layer(net)
+    path = rt.save(net, (3, 8, 8), choose, tmp_path / "model.mnn")
+    blob = path.read_bytes()
+    # stem, three 1x1 convs, classifier (MNN turns the Linear into a 1x1 conv)
+    assert model_kernels(blob) == ["native", "native", "sparse1", "sparse4", "native"]
+    assert rt.kernels_in(net, (3, 8, 8), choose) == {"0": "native", "3": "native", "6": "sparse1", "8": "sparse4",
+                                                     "12": "native"}
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    for xi in x:
+        with torch.no_grad():
+            ref = net(xi[None]).numpy()
+        assert np.abs(run_mnn(path, xi[None].numpy()) - ref).max() < 1e-4
+    assert ref.std() > 1e-3  # the check compares outputs that depend on the input
+    dense = rt.mnn(net, (3, 8, 8), lambda spec: "native")
+    assert model_kernels(dense) == ["native"] * 5 and len(dense) > len(blob)
+    sizes = rt.weight_bytes(net, (3, 8, 8), choose)
+    assert sizes["bytes"] < sizes["dense_bytes"]
+
+
+def test_block_mask_zeros_whole_blocks_of_four_output_channels():
+    w = torch.randn(10, 6, 1, 1)
+    m = block_magnitude_mask(w, 0.5)[:, :, 0, 0]
+    for a, b in ((0, 4), (4, 8), (8, 10)):  # the last, smaller group is a block too
+        assert ((m[a:b] == 0).all(0) | (m[a:b] == 1).all(0)).all()
+    assert abs(1 - float(m.mean()) - 0.5) <= 4 / 60
+    layer = SparseConv2d(16, 32, 1, sparsity=0.9, mask_kind="magnitude_oc4")
+    assert layer.oc_block == 4 and abs(1 - layer.density - 0.9) < 0.01
+
+
+def test_converting_installs_nothing_and_leaves_onnx_importable(monkeypatch, tmp_path):
+    """MNN's mnnconvert script would pip-install a logging SDK (it downgraded protobuf and broke
+    `import onnx` here) and post logs: converting must start no process at all."""
+    before = version("protobuf")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a process was started at run time: {args!r}")
+
+    for mod, name in ((subprocess, "Popen"), (subprocess, "run"), (subprocess, "call"), (subprocess, "check_call"),
+                      (subprocess, "check_output"), (os, "system"), (os, "popen")):
+        monkeypatch.setattr(mod, name, refuse)
+    net = three_kinds()
+    blob = get_runtime("mnn").mnn(net, (3, 8, 8), lambda spec: "sparse1")
+    assert model_kernels(blob)[2] == "sparse1"
+    assert not [m for m in sys.modules if m.startswith("MNN.tools")]
+    monkeypatch.undo()
+    out = subprocess.run([sys.executable, "-c", "import onnx, google.protobuf as p; print(p.__version__)"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == before == version("protobuf")
