@@ -103,3 +103,23 @@ def test_converting_installs_nothing_and_leaves_onnx_importable(monkeypatch, tmp
     out = subprocess.run([sys.executable, "-c", "import onnx, google.protobuf as p; print(p.__version__)"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == before == version("protobuf")
+
+
+def test_export_writes_model_mnn_checked_against_torch(tmp_path):
+    import random
+
+    from sparsenas.export import write_export
+    from sparsenas.search_spaces import SPACES
+    from sparsenas.task import Task
+
+    space, task = SPACES.get("sparse_mbv2")(), Task("digits", (1, 8, 8), 10)
+    arch = space.sample(random.Random(3), task)
+    torch.manual_seed(0)
+    model = space.build(arch, task).eval()
+    choose = lambda spec: "sparse1" if spec.sparsity >= 0.8 else "native"  # noqa: E731
+    res = write_export(model, arch, task, tmp_path / "found", formats="json", runtime="mnn", choose=choose)
+    assert "model.mnn" in res.files and res.mnn_max_abs_diff is not None and res.mnn_max_abs_diff < 1e-4
+    kernels = get_runtime("mnn").kernels_in(model, task.input_shape, choose)
+    assert "sparse1" in kernels.values()
+    assert model_kernels((tmp_path / "found" / "model.mnn").read_bytes()) == list(kernels.values())
+    assert "MNN vs PyTorch" in (tmp_path / "found" / "card.md").read_text()

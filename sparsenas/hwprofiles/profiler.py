@@ -164,7 +164,7 @@ def profile_space(data: dict[str, Any], space: Any, task: Task, *, timer: Kernel
                   cuda: bool = False, progress: Any = None) -> dict[str, Any]:
     """Add ``space``'s kernels for ``task`` and its calibration to ``data`` (a profile dict)."""
     t0 = time.monotonic()
-    specs = sorted(space.kernel_specs(task), key=lambda s: s.key())
+    specs = sorted({timer.runtime.table_spec(s) for s in space.kernel_specs(task)}, key=lambda s: s.key())
     # a block-diagonal layer's sparsity (1 - 1/G) is exact, never a level other layers snap to
     levels = set(data["sparsity_levels"]) | {s.sparsity for s in specs if not s.blocks}
     data["sparsity_levels"] = sorted(levels)

@@ -153,7 +153,9 @@ class LatencyTable:
 
     # ------------------------------------------------------------------ look-up
     def snap(self, spec: LayerSpec) -> LayerSpec:
-        """``spec`` with its measured zero fraction (e.g. 0.7995) replaced by the nearest profiled level."""
+        """``spec`` with its measured zero fraction (e.g. 0.7995) replaced by the nearest profiled level
+        (and filed as the runtime files it, see :meth:`~sparsenas.runtimes.Runtime.table_spec`)."""
+        spec = self.runtime.table_spec(spec)
         if not self.levels or spec.sparsity in self.levels or spec.blocks:  # a block layer's sparsity is exact
             return spec
         level = min(self.levels, key=lambda v: abs(v - spec.sparsity))

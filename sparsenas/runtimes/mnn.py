@@ -314,6 +314,9 @@ class MnnRuntime(Runtime):
             return (NATIVE,)
         return (NATIVE, SPARSE1, SPARSE4) if spec.oc_block == OC_BLOCK else (NATIVE, SPARSE1)
 
+    def table_spec(self, spec: LayerSpec) -> LayerSpec:
+        return spec  # blocks of 4 output channels have a kernel of their own
+
     def timing_spec(self, spec: LayerSpec) -> LayerSpec:
         # a layer whose only kernel is the dense one costs the same at every sparsity
         return dataclasses.replace(spec, sparsity=0.0, oc_block=0) if self.impls(spec) == (NATIVE,) else spec
