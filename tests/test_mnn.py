@@ -123,3 +123,28 @@ def test_export_writes_model_mnn_checked_against_torch(tmp_path):
     assert "sparse1" in kernels.values()
     assert model_kernels((tmp_path / "found" / "model.mnn").read_bytes()) == list(kernels.values())
     assert "MNN vs PyTorch" in (tmp_path / "found" / "card.md").read_text()
+
+
+def test_dass_supernet_mixes_block_masks_like_magnitude():
+    from sparsenas.search_spaces import get_space
+    from sparsenas.supernets.mixed import build_mixed_supernet
+    from sparsenas.task import Task
+
+    space, task = get_space("sparse_mbv2"), Task("synthetic", (1, 8, 8), 3)
+    net = build_mixed_supernet(space, task, target_sparsity=0.9, conns=["magnitude", "magnitude_oc4"])
+    assert "k3_sparse_oc4_0.9" in net.candidate_names["blocks"]
+    blocked = [m for m in net.modules() if getattr(m, "mask_kind", None) == "score_oc4"]
+    assert blocked and all(m.oc_block == 4 and m.score is not None for m in blocked)
+    net.set_masked(True)
+    net(torch.randn(2, 1, 8, 8)).sum().backward()
+    assert blocked[0].score.grad is not None  # scores learn through the straight-through block top-k
+    w = blocked[0].current_mask().detach().reshape(blocked[0].out_channels, -1)
+    full = w.shape[0] // 4 * 4
+    groups = w[:full].reshape(-1, 4, w.shape[1])
+    assert ((groups == 0).all(1) | (groups == 1).all(1)).all() and abs(1 - float(w.mean()) - 0.9) < 0.02
+    with torch.no_grad():
+        net.alpha["head"][0, list(net.head.names).index("sparse_oc4_0.9")] = 5.0
+    arch = net.derive()
+    assert arch.choices["head_conn"] == "magnitude_oc4" and arch.choices["head_sparsity"] == 0.9
+    built = space.build(arch, task)
+    assert any(getattr(m, "mask_kind", None) == "magnitude_oc4" for m in built.modules())

@@ -109,17 +109,18 @@ class TopKStraightThrough(torch.autograd.Function):
     Backward: the mask's gradient passes unchanged to the scores (HYDRA's GetSubnet, DASS)."""
 
     @staticmethod
-    def forward(ctx, scores: Tensor, sparsity: float) -> Tensor:  # type: ignore[override]
-        return magnitude_mask(scores, sparsity)
+    def forward(ctx, scores: Tensor, sparsity: float, block: int = 0) -> Tensor:  # type: ignore[override]
+        return block_magnitude_mask(scores, sparsity, block) if block else magnitude_mask(scores, sparsity)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        return grad, None
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        return grad, None, None
 
 
-def score_mask(scores: Tensor, sparsity: float) -> Tensor:
-    """Hard top-k mask of ``|scores|`` that is differentiable (straight-through) in ``scores``."""
-    return TopKStraightThrough.apply(scores, sparsity)
+def score_mask(scores: Tensor, sparsity: float, block: int = 0) -> Tensor:
+    """Hard top-k mask of ``|scores|`` (in blocks of ``block`` output channels when given) that is
+    differentiable (straight-through) in ``scores``."""
+    return TopKStraightThrough.apply(scores, sparsity, block)
 
 
 @dataclass(frozen=True)

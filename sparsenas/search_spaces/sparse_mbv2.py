@@ -46,7 +46,8 @@ KERNELS = [3, 5, 7]
 SPARSITIES = [0.0, 0.5, 0.7, 0.8, 0.9, 0.95]
 WIDTHS = [0.5, 0.75, 1.0]
 CONNS = ["magnitude", "g2g", "block", "magnitude_oc4"]  # connectivity of the sparse 1x1 convs
-SUPERNET_CONNS = ("magnitude", "g2g")  # what the sparse_mbv2 supernets mix (block: standalone searches)
+SUPERNET_CONNS = ("magnitude", "g2g")  # what the weight-entangled supernet mixes (block: standalone searches)
+MIXED_CONNS = ("magnitude", "g2g", "magnitude_oc4")  # what the mixed-op (DASS) supernet can mix
 
 
 def block_plan(cin: int, cout: int, density: float) -> int:
