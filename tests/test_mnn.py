@@ -2,6 +2,7 @@
 or log sent at run time (MNN's Python converter script would do both)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -39,38 +40,52 @@ def three_kinds() -> nn.Module:
     return net.eval()
 
 
-PICKS = {"3": "native", "6": "sparse1", "8": "sparse4"}
+def table_for(net: nn.Module, tmp_path):
+    """A hand-written MNN profile whose timings make the table pick, per 1x1 layer: dense (layer 3),
+    sparse with 1-channel blocks (layer 6), sparse with 4-channel blocks (layer 8)."""
+    from sparsenas.hwprofiles import LatencyTable
+    from sparsenas.hwprofiles.profile import write_json_atomic
+    from test_hwprofiles import hand_profile
 
-
-def choose_by_layer(net: nn.Module):
-    """The profile's choice, as a table makes it: a function of the layer's spec."""
-    by_key = {spec: name for name, spec in trace_named_layers(net, (3, 8, 8))}
-    return lambda spec: PICKS.get(by_key.get(spec, ""), "native")
+    fastest = {"3": "native", "6": "sparse1", "8": "sparse4"}
+    times = {}
+    for name, spec in trace_named_layers(net, (3, 8, 8)):
+        impls = get_runtime("mnn").impls(spec)
+        spec = dataclasses.replace(spec, sparsity=round(spec.sparsity, 1))  # a profile's level
+        times[spec] = {i: (0.01 if i == fastest.get(name, "native") else 0.05) for i in impls}
+    data = hand_profile(times)
+    data["runtime"] = {"name": "mnn", "version": get_runtime("mnn").version()}
+    write_json_atomic(tmp_path / "mnn.json", data)
+    return LatencyTable.load(tmp_path / "mnn.json", runtime="mnn")
 
 
 def test_the_table_s_kernel_per_layer_is_the_kernel_in_model_mnn(tmp_path):
+    from sparsenas.arch import Arch
+    from sparsenas.export import write_export
+    from sparsenas.task import Task
+
     net = three_kinds()
     rt = get_runtime("mnn")
     specs = dict(trace_named_layers(net, (3, 8, 8)))
     assert specs["8"].oc_block == 4 and specs["6"].oc_block == 0
     assert rt.impls(specs["6"]) == ("native", "sparse1")
     assert rt.impls(specs["8"]) == ("native", "sparse1", "sparse4")
-    choose = choose_by_layer(net)
-    path = rt.save(net, (3, 8, 8), choose, tmp_path / "model.mnn")
-    blob = path.read_bytes()
-    # stem, three 1x1 convs, classifier (MNN turns the Linear into a 1x1 conv)
-    assert model_kernels(blob) == ["native", "native", "sparse1", "sparse4", "native"]
-    assert rt.kernels_in(net, (3, 8, 8), choose) == {"0": "native", "3": "native", "6": "sparse1", "8": "sparse4",
-                                                     "12": "native"}
-    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    for xi in x:
-        with torch.no_grad():
-            ref = net(xi[None]).numpy()
-        assert np.abs(run_mnn(path, xi[None].numpy()) - ref).max() < 1e-4
-    assert ref.std() > 1e-3  # the check compares outputs that depend on the input
-    dense = rt.mnn(net, (3, 8, 8), lambda spec: "native")
+    table = table_for(net, tmp_path)
+    predicted = table.predict(list(specs.values())).kernels
+    assert predicted == ["native", "native", "sparse1", "sparse4", "native"]
+    res = write_export(net, Arch("toy", 1, {}), Task("synthetic", (3, 8, 8), 5), tmp_path / "out", formats="json",
+                       runtime="mnn", choose=table.choose)
+    assert "model.mnn" in res.files and res.mnn_max_abs_diff <= 1e-4
+    blob = (tmp_path / "out" / "model.mnn").read_bytes()
+    # stem, the three 1x1 convs, classifier (MNN runs the Linear as a 1x1 conv), read off model.mnn
+    assert model_kernels(blob) == predicted
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = net(x).numpy()
+    assert np.abs(run_mnn(blob, x.numpy()) - ref).max() < 1e-4 and ref.std() > 1e-3  # outputs depend on the input
+    dense = rt.mnn(net, (3, 8, 8), lambda spec: "dense")
     assert model_kernels(dense) == ["native"] * 5 and len(dense) > len(blob)
-    sizes = rt.weight_bytes(net, (3, 8, 8), choose)
+    sizes = rt.weight_bytes(net, (3, 8, 8), table.choose)
     assert sizes["bytes"] < sizes["dense_bytes"]
 
 
@@ -96,7 +111,7 @@ def test_converting_installs_nothing_and_leaves_onnx_importable(monkeypatch, tmp
                       (subprocess, "check_output"), (os, "system"), (os, "popen")):
         monkeypatch.setattr(mod, name, refuse)
     net = three_kinds()
-    blob = get_runtime("mnn").mnn(net, (3, 8, 8), lambda spec: "sparse1")
+    blob = get_runtime("mnn").mnn(net, (3, 8, 8), table_for(net, tmp_path).choose)
     assert model_kernels(blob)[2] == "sparse1"
     assert not [m for m in sys.modules if m.startswith("MNN.tools")]
     monkeypatch.undo()
