@@ -58,7 +58,8 @@ OC_BLOCK = 4
 def block_magnitude_mask(weight: Tensor, sparsity: float, block: int = OC_BLOCK) -> Tensor:
     """Mask whose zeros come in blocks of ``block`` consecutive output channels at one input
     position (one weight column of a ``block``-channel group): the blocks with the smallest mean
-    ``|w|`` are zeroed until ``round(sparsity * numel)`` weights are. Channels past the last whole
+    ``|w|`` are zeroed, as many as bring the zeros nearest to ``round(sparsity * numel)`` (within half a
+    block: a 64-weight layer at 0.7 gets 0.6875, within a profile's snapping of its level). Channels past the last whole
     group form one smaller group. Ties prune the lower index first (stable sort)."""
     w = weight.detach()
     cout = w.shape[0]
@@ -71,7 +72,11 @@ def block_magnitude_mask(weight: Tensor, sparsity: float, block: int = OC_BLOCK)
     if k:
         order = torch.argsort(scores, stable=True)
         zeroed = torch.cumsum(sizes[order], 0)
-        keep[order[:int(torch.searchsorted(zeroed, torch.tensor(k), right=True))]] = False
+        n = int(torch.searchsorted(zeroed, torch.tensor(k), right=True))  # blocks zeroing at most k weights
+        below = int(zeroed[n - 1]) if n else 0
+        if n < len(zeroed) and int(zeroed[n]) - k < k - below:  # one block more lands nearer k
+            n += 1
+        keep[order[:n]] = False
     cols = keep.reshape(len(groups), rows.shape[1])
     mask = torch.cat([cols[i].expand(b - a, -1) for i, (a, b) in enumerate(groups)])
     return mask.to(w.dtype if w.is_floating_point() else torch.float32).view_as(w)

@@ -16,7 +16,9 @@ that script wraps, and ``import MNN`` (the inference API) does not pull in ``MNN
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -125,6 +127,12 @@ def convert(onnx: bytes, kernels: Sequence[tuple[LayerSpec, str]] | None = None)
     conv/linear layer of the graph in execution order with its pick (see :func:`conv_kernels`;
     None: all dense). Raises :class:`ConversionError` when the converted graph's convs are not those
     layers (then the picks could not be placed)."""
+    net, blob = _converted(onnx)
+    return _with_kernels(net, blob, kernels)
+
+
+def _converted(onnx: bytes) -> tuple[dict[str, Any], np.ndarray]:
+    """MNN's graph of ``onnx`` as its JSON (a dict) and the weights its convs keep aside (bytes)."""
     with tempfile.TemporaryDirectory(prefix="sparsenas-mnn-") as d:
         tmp = Path(d)
         (tmp / "in.onnx").write_bytes(onnx)
@@ -132,16 +140,23 @@ def convert(onnx: bytes, kernels: Sequence[tuple[LayerSpec, str]] | None = None)
                     "--saveExternalData", expect=tmp / "ext.mnn")
         _mnnconvert("-f", "MNN", "--modelFile", str(tmp / "ext.mnn"), "--JsonFile", str(tmp / "net.json"),
                     expect=tmp / "net.json")
-        net = json.loads((tmp / "net.json").read_text())
         weights = tmp / "ext.mnn.weight"
         blob = np.fromfile(weights, dtype=np.uint8) if weights.exists() else np.zeros(0, np.uint8)
-        convs = [op for op in net["oplists"] if op.get("type") in _CONV_TYPES and op.get("main_type") == "Convolution2D"]
-        picks = _place(convs, kernels)
-        for op, pick in zip(convs, picks):
-            _inline(op, blob, pick)
-        if any(isinstance(op.get("main"), dict) and "external" in op["main"] for op in net["oplists"]):
-            raise ConversionError("MNN's converter kept weights of an operator other than a convolution aside; "
-                                  "this graph cannot be given per-layer kernels")
+        return json.loads((tmp / "net.json").read_text()), blob
+
+
+def _with_kernels(net: dict[str, Any], blob: np.ndarray, kernels: Sequence[tuple[LayerSpec, str]] | None) -> bytes:
+    """``model.mnn`` from :func:`_converted`'s graph (left as it is) with each conv's weights inlined
+    on its kernel."""
+    net = copy.deepcopy(net)
+    convs = [op for op in net["oplists"] if op.get("type") in _CONV_TYPES and op.get("main_type") == "Convolution2D"]
+    for op, pick in zip(convs, _place(convs, kernels)):
+        _inline(op, blob, pick)
+    if any(isinstance(op.get("main"), dict) and "external" in op["main"] for op in net["oplists"]):
+        raise ConversionError("MNN's converter kept weights of an operator other than a convolution aside; "
+                              "this graph cannot be given per-layer kernels")
+    with tempfile.TemporaryDirectory(prefix="sparsenas-mnn-") as d:
+        tmp = Path(d)
         (tmp / "net.json").write_text(json.dumps(net))
         _mnnconvert("-f", "JSON", "--modelFile", str(tmp / "net.json"), "--MNNModel", str(tmp / "out.mnn"),
                     expect=tmp / "out.mnn")
@@ -275,17 +290,17 @@ def _layer_onnx(spec: LayerSpec, seed: int = 0) -> bytes:
     return _model([node], [x], [y], inits)
 
 
-def _empty_onnx(spec: LayerSpec) -> bytes:
+@functools.lru_cache(maxsize=64)
+def _empty_model(in_shape: tuple[int, ...]) -> bytes:
     """What one call costs with (nearly) no kernel in it: a ReLU on the layer's input (MNN's
-    converter removes an Identity graph's only node)."""
+    converter removes an Identity graph's only node); the same model for every layer of a shape."""
     from onnx import TensorProto, helper
 
-    from .onnx_graph import _io, _model
+    from .onnx_graph import _model
 
-    in_shape, _ = _io(spec)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, in_shape)
-    return _model([helper.make_node("Relu", ["x"], ["y"])], [x], [y], [])
+    return convert(_model([helper.make_node("Relu", ["x"], ["y"])], [x], [y], []), [])
 
 
 @RUNTIMES.register("mnn")
@@ -327,9 +342,9 @@ class MnnRuntime(Runtime):
         fastest of :data:`SESSION_COPIES` loaded copies of each is kept."""
         shape = [spec.batch, spec.cin, *spec.in_hw] if spec.op == "conv2d" else [spec.batch, spec.cin]
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        graph = _layer_onnx(spec)
-        models = {i: convert(graph, [(spec, i)]) for i in impls}
-        models["_empty"] = convert(_empty_onnx(spec), [])
+        net, blob = _converted(_layer_onnx(spec))  # converted once, written once per kernel
+        models = {i: _with_kernels(net, blob, [(spec, i)]) for i in impls}
+        models["_empty"] = _empty_model(tuple(shape))
         fns = {f"{name}#{c}": _runner(m, x) for name, m in models.items() for c in range(SESSION_COPIES)}
         t = time_interleaved(fns, warmup=settings.warmup, repeats=settings.repeats, rounds=settings.rounds,
                              threads=settings.threads)
