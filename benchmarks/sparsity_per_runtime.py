@@ -10,7 +10,7 @@ with every sparse 1x1 conv on MNN's sparse kernel, 4-channel blocks where the ze
 per-call thread CPU time over ``--repeats`` calls; bytes are the weights in the smallest encoding
 the runtime loads. Speed-up = dense time / variant time.
 
-    python benchmarks/sparsity_per_runtime.py [--input-size 32] [--sparsity 0.9] [--repeats 300] [--runtime mnn] [--json]
+    python benchmarks/sparsity_per_runtime.py [--input-size 32] [--channels 1] [--sparsity 0.9] [--repeats 300] [--runtime mnn] [--json]
 
 With ``--json`` the last line of stdout is one JSON object with every figure.
 """
@@ -66,13 +66,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--input-size", type=int, default=32)
     ap.add_argument("--sparsity", type=float, default=0.9)
+    ap.add_argument("--channels", type=int, default=1, help="input channels (1: digits; 3: an RGB image)")
     ap.add_argument("--repeats", type=int, default=300)
     ap.add_argument("--runtime", action="append", help="only these runtimes (repeatable; default: all installed)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.manual_seed(0)
     space = get_space("sparse_mbv2")
-    task = Task("digits", (1, args.input_size, args.input_size), 10)
+    task = Task("digits", (args.channels, args.input_size, args.input_size), 10)
     arch = space.default_arch(task)
     variants = {"dense": space.build(arch, task).eval()}
     torch.manual_seed(0)
@@ -112,7 +113,8 @@ def main() -> None:
                       *[f"{r[v][k]:.2f}x" for v in list(variants)[1:] for k in ("speedup", "bytes_ratio")])
     Console().print(table)
     if args.json:
-        print(json.dumps({"input_size": args.input_size, "sparsity": args.sparsity, "arch": arch.to_dict(),
+        print(json.dumps({"input_size": args.input_size, "channels": args.channels, "sparsity": args.sparsity,
+                          "arch": arch.to_dict(),
                           "runtimes": results, "load_avg": [round(v, 2) for v in os.getloadavg()]}))
 
 
