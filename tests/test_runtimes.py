@@ -155,19 +155,26 @@ def test_weight_bytes_take_the_smallest_encoding_each_runtime_loads():
     assert csr["bytes"] < as_dense["bytes"] and as_dense["bytes"] == as_dense["dense_bytes"]
 
 
-def test_inspect_prints_per_layer_time_in_a_runtime(tmp_path, capsys):
+@pytest.mark.parametrize("runtime", ["torch", "mnn"])
+def test_inspect_prints_per_layer_time_in_a_runtime(tmp_path, capsys, runtime):
     from sparsenas.arch import Arch
     from sparsenas.search_spaces import get_space
 
+    if runtime not in INSTALLED:
+        pytest.skip(f"runtime {runtime} is not installed")
     space, task = get_space("sparse_mbv2"), Task("digits", (1, 16, 16), 10)
     arch = space.sample(random.Random(5), task)
+    if runtime == "mnn":  # the shipped profile picks MNN's sparse kernels for 95%-sparse 1x1 convs
+        arch = arch.replace(head_sparsity=0.95, head_conn="magnitude_oc4")
     path = tmp_path / "arch.json"
     path.write_text(arch.to_json())
-    rc, out, err = run_cli(["inspect", str(path), "--runtime", "torch", "--json"])
+    rc, out, err = run_cli(["inspect", str(path), "--runtime", runtime, "--json"])
     assert rc == 0, err
     doc = json.loads(out.strip().splitlines()[-1])
-    assert doc["runtime"] == "torch" and doc["predicted_latency_ms"] > 0
+    assert doc["runtime"] == runtime and doc["predicted_latency_ms"] > 0
     assert all(layer["predicted_ms"] > 0 and layer["kernel"] for layer in doc["layers"])
+    if runtime == "mnn":
+        assert {"sparse1", "sparse4"} & {layer["kernel"] for layer in doc["layers"]}
     assert isinstance(Arch.from_json(path.read_text()), Arch)
     rc, out, err = run_cli(["inspect", str(path), "--hw", str(path)])
     assert rc == 2 and "--runtime" in err
