@@ -120,7 +120,8 @@ def _validate(args: argparse.Namespace) -> int:
         verdict = "meets" if r["passed"] else "misses"
         console.print(f"{verdict} the bar (>= {r['bar']['within_10']:.0%} within ±10% and Spearman >= "
                       f"{r['bar']['spearman']}); the machine runs x{r['speed']:.2f} the time it took when profiled "
-                      f"(speed anchor: {r['anchor']['networks']} calibration networks); plot: {r['plot']}")
+                      f"(speed anchor: {r['anchor']['networks']} calibration networks); "
+                      f"{r['with_sparse_kernels']:.0%} of the networks run layers on sparse kernels; plot: {r['plot']}")
     if args.json:
         print_json({"profile": args.validate, "reports": [{k: v for k, v in r.items() if k not in ("networks", "rows")}
                                                           for r in reports]})
