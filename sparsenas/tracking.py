@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from .arch import Arch
 from .errors import SparseNASError, StorageError
 from .evaluators.result import EvalResult
+from .pruners.mo_asha import MOASHAPruner, report, should_prune
 
 
 @contextlib.contextmanager
@@ -228,6 +229,77 @@ def _check_parent(path: str, shown: str) -> None:
         raise StorageError(f"cannot open storage {shown!r}: folder {parent} does not exist")
 
 
+def _write_rdb(backend: optuna.storages.RDBStorage, trial_id: int, buffered: "_BufferedStorage") -> None:
+    """One session, one commit, one look-up of the trial: Optuna's own ``*_without_commit`` helpers
+    look the trial up again for every row, which cost more than the commits they save."""
+    from optuna.distributions import distribution_to_json
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(backend.scoped_session) as session:
+        trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+        backend.check_trial_is_updatable(trial_id, trial.state)
+        session.add_all([models.TrialParamModel(trial_id=trial_id, param_name=name, param_value=value,
+                                                distribution_json=distribution_to_json(dist))
+                         for name, value, dist in buffered.params])
+        for model, attrs in ((models.TrialUserAttributeModel, buffered.user_attrs),
+                             (models.TrialSystemAttributeModel, buffered.system_attrs)):
+            if not attrs:
+                continue
+            existing = {a.key: a for a in session.query(model).filter(model.trial_id == trial_id,
+                                                                      model.key.in_(list(attrs)))}
+            for key, value in attrs.items():
+                if key in existing:
+                    existing[key].value_json = json.dumps(value)
+                else:
+                    session.add(model(trial_id=trial_id, key=key, value_json=json.dumps(value)))
+
+
+class _BufferedStorage:
+    """Stands in for a RUNNING trial's storage (``Trial.storage``) while the trial is filled in: its
+    parameters and attributes are kept here and written by :func:`_write_buffered` in one transaction.
+    Everything else goes to the real storage."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage) -> None:
+        self.storage = storage
+        self.params: list[tuple[str, float, Any]] = []
+        self.user_attrs: dict[str, Any] = {}
+        self.system_attrs: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.storage, name)
+
+    def set_trial_param(self, trial_id: int, name: str, value: float, distribution: Any) -> None:
+        self.params.append((name, value, distribution))
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.user_attrs[key] = value
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.system_attrs[key] = value
+
+
+def _write_buffered(buffered: _BufferedStorage, trial_id: int) -> None:
+    """Write what ``buffered`` kept for a RUNNING trial: in one transaction on an RDB storage (Optuna
+    commits each parameter and attribute on its own: the 69 choices of a sparse_mbv2 trial were 69
+    commits. Optuna also checks each parameter's distribution against the study's earlier trials;
+    the study's space and version are checked when it is opened, which covers that), one call each
+    elsewhere (a journal appends them to one file; in-memory and gRPC storages have no batch call)."""
+    storage = buffered.storage
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps RDB storages in a read cache
+    if not (buffered.params or buffered.user_attrs or buffered.system_attrs):
+        return
+    if isinstance(backend, optuna.storages.RDBStorage):
+        _write_rdb(backend, trial_id, buffered)
+        return
+    for name, value, dist in buffered.params:
+        storage.set_trial_param(trial_id, name, value, dist)
+    for key, value in buffered.user_attrs.items():
+        storage.set_trial_user_attr(trial_id, key, value)
+    for key, value in buffered.system_attrs.items():
+        storage.set_trial_system_attr(trial_id, key, value)
+
+
 @dataclass
 class StudySpec:
     """What a study is about; a resumed study must match it."""
@@ -257,6 +329,12 @@ class Tracker:
         self.artifact_dir = artifact_dir or (default_artifact_dir(storage) if isinstance(storage, str) else None)
         self.spec = spec
         self.objectives = tuple(spec.objectives)
+        self.pruner = pruner
+        self._artifact_dir_recorded = False
+        self._store: optuna.artifacts.FileSystemArtifactStore | None = None
+        # with a successive-halving pruner of sparsenas's own, the trial target counts architectures
+        # trained to full fidelity (COMPLETE); otherwise PRUNED trials count too
+        self.full_fidelity = isinstance(pruner, MOASHAPruner)
         # load_if_exists: workers started together all join the one study; the retry covers sqlite's
         # "database is locked" while another worker is creating it
         self.study = _retry("create", lambda: optuna.create_study(
@@ -307,16 +385,42 @@ class Tracker:
     def set_study_attr(self, key: str, value: Any) -> None:
         self.study.set_user_attr(key, value)
 
+    @contextlib.contextmanager
+    def batch(self, trial: optuna.Trial) -> Iterator[None]:
+        """Inside, the parameters a RUNNING ``trial`` is suggested and the attributes (and artifacts)
+        recorded on it are kept, then written at the end in one storage transaction; the trial object
+        sees them at once. Nothing inside may rely on reading them back from the storage."""
+        if isinstance(trial.storage, _BufferedStorage):  # already inside a batch: one write at its end
+            yield
+            return
+        buffered = _BufferedStorage(trial.storage)
+        trial.storage = buffered  # type: ignore[assignment]  # Trial writes through this attribute
+        try:
+            yield
+        finally:
+            trial.storage = buffered.storage
+            _write_buffered(buffered, trial._trial_id)
+
     # -- trials run through optimize()/ask()
     def record_epoch(self, trial: optuna.Trial, epoch: int, value: float) -> bool:
-        """Log validation accuracy after ``epoch``; True when the pruner says to stop the trial."""
-        if not self.multi_objective:
-            trial.report(value, epoch)
-            return trial.should_prune()
-        # Optuna refuses report() in multi-objective studies, but intermediate values are still
-        # stored and shown by the dashboard when written through the storage.
-        self.storage.set_trial_intermediate_value(trial._trial_id, epoch, value)
-        return False
+        """Log validation accuracy after ``epoch``; True when the pruner says to stop the trial.
+
+        Optuna refuses ``report()``/``should_prune()`` in multi-objective studies; there the value goes
+        through the storage as an intermediate value (the dashboard plots it) and the pruner, when the
+        study has one (mo-asha), is asked directly."""
+        report(trial, value, epoch)
+        if self.multi_objective and self.pruner is None:
+            return False
+        return should_prune(trial)
+
+    def record_stopped(self, trial: optuna.Trial, epoch: int, value: float, reason: str) -> None:
+        """A trial stopped after ``epoch`` (about to be PRUNED): its reason and its last validation
+        accuracy (Optuna stores no values for a PRUNED multi-objective trial; read back as
+        TrialRecord.accuracy, beside the latency recorded before training)."""
+        with self.batch(trial):
+            trial.set_user_attr("accuracy", _jsonable(float(value)))
+            trial.set_user_attr("epochs", int(epoch))
+            self.record_reason(trial, "pruned", reason)
 
     def record_arch(self, trial: optuna.Trial, arch: Arch, **attrs: Any) -> None:
         trial.set_user_attr("arch", arch.to_json())
@@ -328,9 +432,12 @@ class Tracker:
         for k, v in result.to_attrs().items():
             trial.set_user_attr(k, _jsonable(v))
 
-    def record_latency(self, trial: optuna.Trial, ms: float) -> None:
-        """The latency of a trial's network, known before it trains (read back as TrialRecord.latency_ms)."""
+    def record_latency(self, trial: optuna.Trial, ms: float, model_bytes: int | None = None) -> None:
+        """The latency (and exported size) of a trial's network, known before it trains, so a pruner can
+        rank trials on them (read back as TrialRecord.latency_ms, TrialRecord.model_bytes)."""
         trial.set_user_attr("latency_ms", _jsonable(float(ms)))
+        if model_bytes is not None:
+            trial.set_user_attr("model_bytes", int(model_bytes))
 
     def record_reason(self, trial: optuna.Trial, state: str, reason: str) -> None:
         """Why a trial is about to be ``"pruned"`` or has ``"failed"`` (read back as TrialRecord.reason)."""
@@ -348,7 +455,7 @@ class Tracker:
     def record_duplicate(self, trial: optuna.Trial, twin: FrozenTrial) -> list[float]:
         """Give ``trial`` the results (and saved weights) of ``twin``, the same network under another
         encoding, instead of training it again; returns the twin's values."""
-        own = {"arch", "arch_digest", "canonical_digest", "strategy"}
+        own = {"arch", "arch_digest", "canonical_digest", "strategy", WORKER_ATTR, CLAIM_ATTR}  # this trial's own
         for k, v in twin.user_attrs.items():
             if k not in own:
                 trial.set_user_attr(k, v)
@@ -368,15 +475,19 @@ class Tracker:
 
         import torch
 
-        store = _file_store(self.artifact_dir, create=True)
+        if self._store is None:
+            self._store = _file_store(self.artifact_dir, create=True)
+        store = self._store
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, f"trial-{trial.number}-weights.pt")
             torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, path)
             artifact_id = optuna.artifacts.upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial,
                                                            mimetype="application/x-pytorch")
         trial.set_user_attr(WEIGHTS_ATTR, artifact_id)
-        if self.study.user_attrs.get("artifact_dir") != os.path.abspath(self.artifact_dir):
-            self.set_study_attr("artifact_dir", os.path.abspath(self.artifact_dir))
+        if not self._artifact_dir_recorded:  # a study attr read is a query: once per process
+            if self.study.user_attrs.get("artifact_dir") != os.path.abspath(self.artifact_dir):
+                self.set_study_attr("artifact_dir", os.path.abspath(self.artifact_dir))
+            self._artifact_dir_recorded = True
         return artifact_id
 
     # -- architectures evaluated outside optimize() (supernet strategies)
@@ -421,16 +532,51 @@ class Tracker:
 
     def counts(self) -> tuple[int, list[int]]:
         """(trials that count towards the target, numbers of the RUNNING trials)."""
-        trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        counted = (TrialState.COMPLETE,) if self.full_fidelity else (TrialState.COMPLETE, TrialState.PRUNED)
+        trials = self.study.get_trials(deepcopy=False, states=(*counted, TrialState.RUNNING))
         running = [t.number for t in trials if t.state == TrialState.RUNNING]
         return len(trials) - len(running), running
+
+    def _committed(self, before: int | None = None) -> int:
+        """Trials that count towards the target, plus RUNNING ones that claimed a place
+        (:meth:`claim_completion`), of those numbered below ``before`` when given."""
+        counted = (TrialState.COMPLETE,) if self.full_fidelity else (TrialState.COMPLETE, TrialState.PRUNED)
+        n = 0
+        for t in self.study.get_trials(deepcopy=False, states=(*counted, TrialState.RUNNING)):
+            if t.state != TrialState.RUNNING:
+                n += 1
+            elif t.user_attrs.get(CLAIM_ATTR) and (before is None or t.number < before):
+                n += 1
+        return n
 
     def surplus(self, trial: optuna.Trial, target: int) -> bool:
         """True when ``trial`` is beyond ``target``: the finished trials and the RUNNING ones started
         before it (lower numbers; the storage numbers trials atomically) already make the target. Two
-        workers that start the last trial at the same moment agree on which one is surplus."""
+        workers that start the last trial at the same moment agree on which one is surplus. With a
+        pruner counting full fidelity, RUNNING trials may still be pruned: only those that claimed a
+        place count."""
+        if self.full_fidelity:
+            return self._committed() >= target
         done, running = self.counts()
         return done + sum(1 for n in running if n < trial.number) >= target
+
+    def target_reached(self, target: int) -> bool:
+        """Full-fidelity counting: the study holds ``target`` COMPLETE trials or claims, so a RUNNING
+        trial that has not claimed a place can stop."""
+        return self.full_fidelity and self._committed() >= target
+
+    def claim_completion(self, trial: optuna.Trial, target: int) -> bool:
+        """Full-fidelity counting: ``trial`` finished training; claim a place among the ``target``
+        architectures. The claim is written before the others are read, so of two trials claiming the
+        last place at once both see both claims and the lower number keeps it. False: no place left
+        (the trial is surplus)."""
+        if not self.full_fidelity:
+            return True
+        trial.set_user_attr(CLAIM_ATTR, True)
+        if self._committed(before=trial.number) >= target:
+            trial.set_user_attr(CLAIM_ATTR, False)
+            return False
+        return True
 
     def mark_surplus(self, trial: optuna.Trial, target: int) -> None:
         trial.set_user_attr("fail_reason", f"surplus: the study reached its target of {target} trials while "
@@ -442,16 +588,29 @@ class Tracker:
         False when the target is reached (or ``deadline``, a time.time(), passed)."""
         import time
 
+        stale_checked = False
         while True:
-            self.fail_stale()
             done, running = self.counts()
             if done >= target:
+                self.fail_stale()  # leave no dead worker's trial RUNNING in a finished study
                 return False
-            if done + len(running) < target:
+            if self.full_fidelity:
+                # asynchronous: a RUNNING trial may yet be pruned, so only claimed places (trials
+                # already trained, being told) are waited for
+                if self._committed() < target:
+                    return True
+            elif done + len(running) < target:
                 return True
+            # a dead worker's RUNNING trial may be what fills the target (looked for only then: with
+            # heartbeats, Optuna's optimize() fails stale trials itself before each trial)
+            if not stale_checked:
+                self.fail_stale()
+                stale_checked = True
+                continue
             if deadline is not None and time.time() >= deadline:
                 return False
             time.sleep(poll)
+            stale_checked = False
 
     # -- reading
     def finished(self) -> list[FrozenTrial]:
@@ -462,6 +621,7 @@ class Tracker:
 
 
 WORKER_ATTR = "worker"
+CLAIM_ATTR = "full_fidelity_claim"  # a RUNNING trial trained to the end holds a place in the target
 
 
 def _alive(pid: int) -> bool:
