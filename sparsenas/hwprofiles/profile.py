@@ -47,14 +47,15 @@ TIMING_FIELDS = ("wall_ms", "cpu_ms", "wall_iqr_ms", "cpu_iqr_ms", "repeats")  #
 METRICS = {"cpu_p10_ms": "p10", "wall_p10_ms": "p10", "cpu_ms": "median", "wall_ms": "median"}
 DEFAULT_METRIC = "cpu_p10_ms"
 DEFAULT_PROFILE = "cpu-x86-2core.json"  # shipped inside this package (torch; named before runtimes existed)
-SHIPPED = {"torch": DEFAULT_PROFILE, "onnxruntime": "cpu-x86-2core-onnxruntime.json"}  # runtime -> shipped file
+SHIPPED = {"torch": DEFAULT_PROFILE, "onnxruntime": "cpu-x86-2core-onnxruntime.json", "mnn": "cpu-x86-2core-mnn.json"}  # runtime -> shipped file
 # Calibration inputs (see table.py): kernel sum, layer counts (all, and per implementation: native,
 # then the names of sparsenas.ops.KERNELS), output activations in millions, depthwise (grouped) layers
 # and their output activations (each carries BN + activation + often a residual add that no
 # profiled kernel covers), constant.
 FEATURES = ("sum_ms", "layers", "layers_native", "layers_dense", "layers_torch_csr", "layers_scipy_csr",
             "act_melems", "dw_layers", "dw_act_melems", "one", "layers_grouped", "sum_pw_ms", "sum_dw_ms",
-            "sum_other_ms", "pw_mmacs", "dw_mmacs", "sum_grouped_ms", "gather_melems")
+            "sum_other_ms", "pw_mmacs", "dw_mmacs", "sum_grouped_ms", "gather_melems", "sum_sparse_ms",
+            "layers_sparse1", "layers_sparse4")
 
 
 class ProfileError(SparseNASError):
