@@ -50,11 +50,13 @@ def cmd_export(args: argparse.Namespace) -> int:
             checks.append(f"ONNX max|diff| {r.onnx_max_abs_diff:.2g}")
         if r.torchscript_max_abs_diff is not None:
             checks.append(f"TorchScript max|diff| {r.torchscript_max_abs_diff:.2g}")
+        if r.mnn_max_abs_diff is not None:
+            checks.append(f"MNN max|diff| {r.mnn_max_abs_diff:.2g}")
         print(f"exported trial {r.info.get('trial')} to {r.out}/: {r.params:,} params, {r.nnz:,} non-zeros"
               + (f"; {', '.join(checks)}" if checks else ""))
         contract = r.info.get("contract")
-        if contract is not None and r.info.get("graph_input") == "raw" and {"model.onnx", "model.ts"} & set(r.files):
-            print(f"  model.onnx/model.ts take {contract.dataset} as it comes: {tuple(contract.raw_shape)} per sample, "
+        if contract is not None and r.info.get("graph_input") == "raw" and {"model.onnx", "model.ts", "model.mnn"} & set(r.files):
+            print(f"  {'/'.join(f for f in r.files if f in ('model.onnx', 'model.ts', 'model.mnn'))} take {contract.dataset} as it comes: {tuple(contract.raw_shape)} per sample, "
                   f"{contract.raw_form}; they resize and normalise inside (card.md, Input)")
     if args.json:
         print_json({"exports": [r.to_dict() for r in results]})

@@ -60,11 +60,11 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_studies(args: argparse.Namespace) -> int:
-    from ..api import studies
+    from ..api import mask_url, studies
 
     rows = studies(args.storage)
     if not rows:
-        print(f"no studies in {args.storage}")
+        print(f"no studies in {mask_url(args.storage)}")
     for r in rows:
         # the sampler that ran: --sampler replaces the strategy's own
         how = f"{r['sampler']} sampler" if r.get("sampler") else (r["strategy"] or "-")
