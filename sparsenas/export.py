@@ -35,7 +35,7 @@ from .arch import Arch
 from .data.contract import GRAPH_INPUTS, InputContract, WithRawInput
 from .errors import SparseNASError
 from .ops.kernels import frozen_weight
-from .ops.plain import to_plain
+from .ops.plain import to_plain, ungrouped
 from .ops.sparse import SparseMixin
 from .task import Task
 
@@ -174,7 +174,8 @@ def check_onnx(path: Path, plain: nn.Module, shape: Sequence[int], *, atol: floa
 def write_mnn(model: nn.Module, input_shape: Sequence[int], graph: nn.Module, shape: Sequence[int], tmp: Path,
               choose: Callable[[Any], str] | None, exporter: str, *, atol: float = ATOL, seed: int = 3) -> float:
     """``model.mnn`` converted from the exported ONNX graph (``tmp/model.onnx`` when written, else
-    ``graph``, taking ``shape``, exported the same way) with ``choose``'s kernel for each layer of
+    ``graph``, taking ``shape``, exported the same way; a grouped G2G layer as the plain conv it
+    computes, see :func:`~sparsenas.ops.plain.ungrouped`) with ``choose``'s kernel for each layer of
     ``model`` (taking ``input_shape``); checked against ``graph`` on random inputs like the ONNX file.
     Returns the max |MNN - torch|."""
     from .runtimes import get_runtime
@@ -182,7 +183,8 @@ def write_mnn(model: nn.Module, input_shape: Sequence[int], graph: nn.Module, sh
     from .runtimes.onnx_graph import export_onnx
 
     onnx = tmp / "model.onnx"
-    exported = onnx.read_bytes() if onnx.exists() else export_onnx(graph, tuple(shape), exporter)
+    flat = ungrouped(graph)  # MNN would split a grouped G2G conv into ops no layer maps to; same function
+    exported = onnx.read_bytes() if onnx.exists() and flat is graph else export_onnx(flat, tuple(shape), exporter)
     blob = get_runtime("mnn").mnn(model, tuple(input_shape), choose or (lambda spec: "dense"), onnx=exported)
     worst = 0.0
     for i in range(2):

@@ -169,3 +169,49 @@ def test_dass_supernet_mixes_block_masks_like_magnitude():
     assert arch.choices["head_conn"] == "magnitude_oc4" and arch.choices["head_sparsity"] == 0.9
     built = space.build(arch, task)
     assert any(getattr(m, "mask_kind", None) == "magnitude_oc4" for m in built.modules())
+
+
+def test_g2g_blocks_exported_grouped_for_another_runtime_map_onto_mnn_s_convs(tmp_path):
+    """A choice made for another runtime (onnxruntime's "grouped") lowers a block-diagonal G2G layer
+    to a grouped conv in model.onnx; MNN's converter would split that into ops no layer maps to, so
+    model.mnn holds it as the plain masked conv and every other layer's kernel stays on its own conv."""
+    from sparsenas.arch import Arch
+    from sparsenas.export import write_export
+    from sparsenas.ops import G2GConv2d
+    from sparsenas.task import Task
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                        G2GConv2d(16, 32, ensembles=4, graph="block", grouping="interleaved"), nn.ReLU(),
+                        SparseConv2d(32, 32, 1, sparsity=0.9), nn.ReLU(),
+                        G2GConv2d(32, 32, ensembles=4, graph="block", seed=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 5))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.mul_(4.0)
+    net.eval()
+    specs = dict(trace_named_layers(net, (3, 8, 8)))
+    assert specs["2"].blocks == 4 and specs["6"].blocks == 4 and specs["4"].blocks == 0
+    picks = {specs["2"]: "grouped", specs["4"]: "sparse1", specs["6"]: "sparse1"}
+    choose = lambda spec: picks.get(spec, "dense")  # noqa: E731
+    res = write_export(net, Arch("toy", 1, {}), Task("synthetic", (3, 8, 8), 5), tmp_path / "out",
+                       formats="json,onnx,mnn", runtime="onnxruntime", choose=choose)
+    onnx = __import__("onnx").load(str(tmp_path / "out" / "model.onnx"))
+    groups = [a.i for n in onnx.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"]
+    assert 4 in groups  # model.onnx keeps the grouped lowering
+    assert res.mnn_max_abs_diff is not None and res.mnn_max_abs_diff <= 1e-4
+    blob = (tmp_path / "out" / "model.mnn").read_bytes()
+    # stem, G2G (grouped elsewhere: dense here), magnitude, G2G on the sparse kernel, classifier
+    assert model_kernels(blob) == ["native", "native", "sparse1", "sparse1", "native"]
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = net(x).numpy()
+    assert np.abs(ref[0] - ref[1]).max() > 0.1
+    for xi, r in zip(x, ref):
+        assert np.abs(run_mnn(blob, xi[None].numpy())[0] - r).max() < 1e-4 * max(1.0, np.abs(r).max())
+    # the grouped graph itself cannot take per-layer kernels: refused, naming the layer, not mis-placed
+    from sparsenas.runtimes.mnn import ConversionError, conv_kernels, convert
+
+    with pytest.raises(ConversionError, match=r"layer 1 of 5 \(out 32, in 16, kernel 1, groups 1\)"):
+        convert(onnx.SerializeToString(), conv_kernels(net, (3, 8, 8), choose))

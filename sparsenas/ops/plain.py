@@ -18,7 +18,7 @@ from .kernels import frozen_weight
 from .sparse import SparseMixin
 from .spec import LayerSpec, block_groups, trace_named_layers
 
-__all__ = ["GroupedPointwise", "block_groups", "grouped_pointwise", "to_plain"]
+__all__ = ["GroupedPointwise", "block_groups", "grouped_pointwise", "to_plain", "ungrouped"]
 
 
 class GroupedPointwise(nn.Module):
@@ -61,6 +61,23 @@ class GroupedPointwise(nn.Module):
         if self.unperm_out is not None:
             y = y.index_select(1, self.unperm_out)
         return y
+
+    def dense(self) -> nn.Conv2d:
+        """The plain 1x1 conv this computes: the block-diagonal weight, in the channels' own order."""
+        cout, gi = self.conv.out_channels, self.conv.in_channels // self.groups
+        go = cout // self.groups
+        w = torch.zeros(cout, self.conv.in_channels)
+        for g in range(self.groups):
+            w[g * go:(g + 1) * go, g * gi:(g + 1) * gi] = self.conv.weight[g * go:(g + 1) * go, :, 0, 0]
+        perm_in = self.perm_in if self.perm_in is not None else torch.arange(w.shape[1])
+        perm_out = torch.argsort(self.unperm_out) if self.unperm_out is not None else torch.arange(cout)
+        conv = nn.Conv2d(w.shape[1], cout, 1, stride=self.conv.stride, bias=self.conv.bias is not None)
+        with torch.no_grad():
+            conv.weight.zero_()
+            conv.weight[perm_out[:, None], perm_in[None, :], 0, 0] = w
+            if self.conv.bias is not None:
+                conv.bias[perm_out] = self.conv.bias
+        return conv.eval().requires_grad_(False)
 
     def extra_repr(self) -> str:
         return (f"groups={self.groups}, permute_in={self.perm_in is not None}, "
@@ -108,3 +125,17 @@ def to_plain(model: nn.Module, input_shape: tuple[int, ...] | None = None,
             return plain
         out.set_submodule(name, plain)
     return out.eval()
+
+
+def ungrouped(graph: nn.Module) -> nn.Module:
+    """``graph`` (a copy) with each :class:`GroupedPointwise` back as the plain 1x1 conv it computes:
+    for a converter that would rewrite a grouped conv into ops no layer of the network maps to (MNN)."""
+    if not any(isinstance(m, GroupedPointwise) for m in graph.modules()):
+        return graph
+    out = copy.deepcopy(graph)
+    for name, m in list(out.named_modules()):
+        if isinstance(m, GroupedPointwise):
+            if name == "":
+                return m.dense()
+            out.set_submodule(name, m.dense())
+    return out

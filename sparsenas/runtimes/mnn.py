@@ -164,14 +164,23 @@ def _with_kernels(net: dict[str, Any], blob: np.ndarray, kernels: Sequence[tuple
 
 
 def _place(convs: list[dict[str, Any]], kernels: Sequence[tuple[LayerSpec, str]] | None) -> list[str]:
+    """Each of MNN's convs' kernel: the network's layers matched one to one, in order, to MNN's
+    convs (a grouped conv other than a depthwise one would be rewritten by MNN's converter into
+    several ops, which is why graphs for MNN keep no G2G layer grouped: see :func:`~sparsenas.ops.plain.ungrouped`)."""
     if kernels is None:
         return [NATIVE] * len(convs)
     found = [(c["main"]["common"]["outputCount"], c["main"]["common"]["inputCount"], c["main"]["common"]["kernelX"],
-              c["main"]["common"]["group"]) for c in convs]
-    wanted = [(s.cout, s.cin, s.kernel, s.groups) for s, _ in kernels]
-    if found != wanted:
-        raise ConversionError(f"MNN's graph has {len(found)} convolutions {found[:6]}..., the network "
-                              f"{len(wanted)} layers {wanted[:6]}...: per-layer kernels cannot be placed")
+              c["main"]["common"].get("group", 1)) for c in convs]
+    for n, (spec, _) in enumerate(kernels):
+        if found[n:n + 1] != [(spec.cout, spec.cin, spec.kernel, spec.groups)]:
+            raise ConversionError(
+                f"MNN's graph does not match the network: layer {n} of {len(kernels)} (out {spec.cout}, in "
+                f"{spec.cin}, kernel {spec.kernel}, groups {spec.groups}) is not MNN's convolution {n} of "
+                f"{len(found)} {found[n:n + 1]}; per-layer kernels cannot be placed, no model.mnn was written")
+    if len(found) != len(kernels):
+        raise ConversionError(f"MNN's graph has {len(found)} convolutions, the network {len(kernels)} layers (extra: "
+                              f"{found[len(kernels):len(kernels) + 3]}); per-layer kernels cannot be placed, no "
+                              "model.mnn was written")
     return [pick for _, pick in kernels]
 
 
@@ -354,7 +363,8 @@ class MnnRuntime(Runtime):
 
     # ------------------------------------------------------------------ networks
     def onnx(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser) -> bytes:
-        return export_onnx(to_plain(model, input_shape, choose), input_shape, "legacy", dynamic_batch=False)
+        # no grouped G2G lowering (another runtime's kernel): MNN runs a masked conv, one op per layer
+        return export_onnx(to_plain(model, input_shape), input_shape, "legacy", dynamic_batch=False)
 
     def mnn(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser, onnx: bytes | None = None) -> bytes:
         """``model.mnn`` with ``choose``'s kernel per layer, converted from ``onnx`` (the exported
