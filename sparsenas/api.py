@@ -102,15 +102,25 @@ def _device(name: str) -> str:
 
 
 def _latency_kind(config: SearchConfig, space: str, task: Any) -> str:
-    """``auto``: the profile's table when it is calibrated for this space, input shape and class count
-    (the shipped profile covers sparse_mbv2 on digits at 8x8, 16x16 and 32x32), else measuring each network."""
+    """``auto``: the hardware profile's table whenever there is a profile of the runtime (``--hw``, or
+    the one shipped for it); what it lacks for this space and input is timed once on this machine
+    and cached (:mod:`sparsenas.hwprofiles.cache`). Without a profile of the runtime, each network
+    is measured, and the log says so."""
     if config.latency != "auto":
         return config.latency
-    from .hwprofiles import LatencyTable, calibration_key
+    from .hwprofiles import LatencyTable, ProfileError, default_profile_path
+    from .log import logger
 
-    table = LatencyTable.load(config.hw, config.runtime)  # a bad --hw file is an error, not a silent fallback
-    cal = table.data["calibrations"].get(calibration_key(space, task.input_shape))
-    return "table" if cal is not None and cal.get("num_classes") == task.num_classes else "measured"
+    if config.hw is None:
+        try:
+            default_profile_path(config.runtime)
+        except ProfileError as e:
+            logger.warning(f"latency: MEASURING every network end to end in {config.runtime}, not predicting it: {e}. "
+                           "Measured latency moves with this machine's load; pass --latency measured to choose it "
+                           "and silence this warning")
+            return "measured"
+    LatencyTable.load(config.hw, config.runtime)  # a bad --hw file is an error, not a silent fallback
+    return "table"
 
 
 def search(config: SearchConfig | None = None, *, progress: bool = True, **overrides: Any) -> optuna.Study:
@@ -162,6 +172,8 @@ def _search(config: SearchConfig | None = None, *, progress: bool = True, **over
     latency = LATENCY.get(_latency_kind(config, space.name, data.task))(hw=config.hw, anchor=config.hw_anchor,
                                                                          runtime=config.runtime)
     strategy.check(space, data.task, options)
+    if hasattr(latency, "prepare"):  # before workers start: what the profile lacks is timed once, here
+        latency.prepare(space, data.task)
     spec = StudySpec(space.name, space.version, data.task.dataset, data.task.to_dict(), objectives, config.runtime)
     if config.workers > 1 and not isinstance(strategy, SamplerStrategy):
         raise SparseNASError(f"--workers applies to the sampler strategies (random, tpe, nsga2); '{config.strategy}' "
