@@ -406,6 +406,24 @@ def profile(out: str, *, spaces: list[str] | None = None, dataset: str | None = 
     return data
 
 
+def profile_coverage(*, spaces: list[str] | None = None, dataset: str | None = None, data_dir: str | None = None,
+                     input_sizes: list[int] | None = None, hw: str | None = None,
+                     runtime: str | None = None) -> list[dict[str, Any]]:
+    """Whether a hardware profile (``hw``, or the one shipped for ``runtime``; default runtime: the
+    search's) and this machine's profile cache cover each space at each input, and what a search
+    would time and add to the cache first (kernel keys, a calibration). Times nothing."""
+    from .hwprofiles import LatencyTable
+    from .hwprofiles.cache import ProfileCache
+
+    table = LatencyTable.load(hw, runtime=runtime or (None if hw else DEFAULT_RUNTIME))
+    cache = ProfileCache(table, fill=False)
+    out = []
+    for space, task in _profile_jobs(spaces, dataset, data_dir, input_sizes):
+        out.append({"profile": table.name, "profile_path": table.path, "runtime": table.runtime_name,
+                    "dataset": task.dataset, "cache": str(cache.path), **cache.coverage(space, task).to_dict()})
+    return out
+
+
 def validate_profile(path: str, *, spaces: list[str] | None = None, dataset: str | None = None,
                      data_dir: str | None = None, input_sizes: list[int] | None = None, n: int = 50, seed: int = 0,
                      network_repeats: int = 200, plot: str | None = None, runtime: str | None = None,

@@ -11,6 +11,9 @@ from sparsenas.hwprofiles import default_profile_path
 from sparsenas.hwprofiles.cache import CACHE_ENV, ProfileCache, cache_dir, cache_path
 from sparsenas.hwprofiles.table import LatencyTable
 
+from _small_study import run_cli
+from test_data import write_cifar
+
 # every sparse_mbv2 network on 8x8 grey images with 4 classes runs these two
 STEM, HEAD = "conv2d:c1-16:k3:s1:g1:in8x8:sp0:b1", "linear:c320-4:sp0:b1"
 
@@ -62,3 +65,51 @@ def test_missing_kernels_are_timed_once_cached_and_predicted(monkeypatch, tmp_pa
     assert all(t.user_attrs["latency_source"] == f"table:{name}" for t in again.trials)
     assert not [r for r in caplog.records if "hardware-profile cache" in r.getMessage()]
     assert cache.path.read_text() == before  # nothing added, nothing rewritten
+
+
+def _cut_profile(tmp_path, *keys: str):
+    data = json.loads(default_profile_path("onnxruntime").read_text())
+    for k in keys:
+        del data["entries"][k]
+    path = tmp_path / "cut.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+CIFAR_STEM = "conv2d:c3-16:k3:s1:g1:in32x32:sp0:b1"
+
+
+def test_check_says_whether_a_profile_covers_a_search_and_what_it_would_add(monkeypatch, tmp_path):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    write_cifar(tmp_path / "data", n=4)
+    cifar = ["profile", "--check", "--space", "sparse_mbv2", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"),
+             "--json"]
+    rc, out, err = run_cli(cifar)  # the shipped ONNX Runtime profile covers CIFAR-shaped input
+    report = json.loads(out.strip().splitlines()[-1])
+    assert rc == 0 and report["covered"], err
+    (r,) = report["reports"]
+    assert r["input_shape"] == [3, 32, 32] and r["runtime"] == "onnxruntime" and r["calibration"] == "profile"
+    assert r["missing"] == 0 and r["kernels"] > 2000
+
+    rc, out, err = run_cli(cifar + ["--profile", str(_cut_profile(tmp_path, CIFAR_STEM))])
+    (r,) = json.loads(out.strip().splitlines()[-1])["reports"]
+    assert rc == 1 and not r["covered"] and r["missing_keys"] == [CIFAR_STEM] and r["missing"] == 1
+    assert "does not cover sparse_mbv2 on cifar10 3x32x32" in out and CIFAR_STEM in out and r["cache"] in out
+    assert not (tmp_path / "cache").exists()  # a check times nothing and writes nothing
+
+    rc, _, err = run_cli(["profile", "--check", "--out", str(tmp_path / "p.json")])
+    assert rc == 2 and "--check" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_cifar_shaped_search_is_predicted_from_the_shipped_profile(monkeypatch, tmp_path):
+    """3-channel 32x32 input, the default runtime and profile: every trial predicted, nothing to add."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    write_cifar(tmp_path / "data", n=8)
+    study = sparsenas.search(space="sparse_mbv2", strategy="random", dataset="cifar10", data_dir=str(tmp_path / "data"),
+                             trials=3, epochs=1, batch_size=16, storage=f"sqlite:///{tmp_path / 'c.db'}",
+                             hw_anchor=False, progress=False)
+    trials = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(trials) == 3 and study.user_attrs["task"]["input_shape"] == [3, 32, 32]
+    assert all(t.user_attrs["latency_source"] == "table:cpu-x86-2core-onnxruntime" for t in trials)
+    assert not any("hw_cache" in t.user_attrs for t in trials) and not (tmp_path / "cache").exists()
