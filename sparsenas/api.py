@@ -40,7 +40,7 @@ class SearchConfig:
     objectives: str | None = None       # "accuracy,latency,size" (any subset, accuracy first); overrides objective
     runtime: str = DEFAULT_RUNTIME      # inference runtime whose latency (and weight bytes) the search judges
     max_latency_ms: float | None = None
-    latency: str = "auto"               # "table" (hardware profile), "measured", or "auto": table where the profile covers the space
+    latency: str = "auto"               # "table" (hardware profile + cache), "measured", or "auto": table where there is a profile
     hw: str | None = None               # hardware profile file for the table latency evaluator
     hw_anchor: bool = True              # scale table predictions by this machine's speed now (hwprofiles/anchor.py)
     timeout: float | None = None        # seconds for this run of the search
