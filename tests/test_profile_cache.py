@@ -8,7 +8,10 @@ import pytest
 
 import sparsenas
 from sparsenas.hwprofiles import default_profile_path
+from sparsenas.hwprofiles import cache as profile_cache
 from sparsenas.hwprofiles.cache import CACHE_ENV, ProfileCache, cache_dir, cache_path
+from sparsenas.search_spaces import get_space
+from sparsenas.task import Task
 from sparsenas.hwprofiles.table import LatencyTable
 
 from _small_study import run_cli
@@ -29,9 +32,9 @@ def test_cache_dir_follows_the_override_then_xdg(monkeypatch, tmp_path):
     assert path.parent.name == "onnxruntime-1.32.0" and path.suffix == ".json"
 
 
-def _search(hw, url, study):
-    return sparsenas.search(space="sparse_mbv2", strategy="random", dataset="synthetic", trials=2, epochs=1,
-                            limit=32, batch_size=16, storage=url, study=study, hw=str(hw), runtime="onnxruntime",
+def _search(hw, url, study, trials=2):
+    return sparsenas.search(space="sparse_mbv2", strategy="random", dataset="synthetic", trials=trials, epochs=1,
+                            limit=16, batch_size=16, storage=url, study=study, hw=str(hw), runtime="onnxruntime",
                             hw_anchor=False, progress=False)
 
 
@@ -61,7 +64,7 @@ def test_missing_kernels_are_timed_once_cached_and_predicted(monkeypatch, tmp_pa
     caplog.clear()
     before = cache.path.read_text()
     with caplog.at_level(logging.INFO, logger="sparsenas"):
-        again = _search(hw, url, "second")
+        again = _search(hw, url, "second", trials=1)
     assert all(t.user_attrs["latency_source"] == f"table:{name}" for t in again.trials)
     assert not [r for r in caplog.records if "hardware-profile cache" in r.getMessage()]
     assert cache.path.read_text() == before  # nothing added, nothing rewritten
@@ -113,3 +116,35 @@ def test_cifar_shaped_search_is_predicted_from_the_shipped_profile(monkeypatch, 
     assert len(trials) == 3 and study.user_attrs["task"]["input_shape"] == [3, 32, 32]
     assert all(t.user_attrs["latency_source"] == "table:cpu-x86-2core-onnxruntime" for t in trials)
     assert not any("hw_cache" in t.user_attrs for t in trials) and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.slow
+def test_an_input_without_calibration_is_calibrated_once_and_kept_per_profile(monkeypatch, tmp_path):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(profile_cache, "CALIBRATION_NETWORKS", 12)  # few and short: this test is about the flow
+    monkeypatch.setattr(profile_cache, "CALIBRATION_REPEATS", 20)
+    data = json.loads(default_profile_path("onnxruntime").read_text())
+    del data["calibrations"]["sparse_mbv2@1x8x8"]
+    del data["entries"][STEM]
+    hw = tmp_path / "nocal.json"
+    hw.write_text(json.dumps(data))
+    space, task = get_space("sparse_mbv2"), Task("synthetic", (1, 8, 8), 4)
+
+    cache = ProfileCache(LatencyTable.load(hw))
+    assert cache.coverage(space, task).calibration is None
+    ext = cache.cover(space, task)
+    assert ext.calibrated and ext.kernels == [STEM]
+    stored = json.loads(cache.path.read_text())
+    assert list(stored["calibrations"]) == [f"{data['name']}@{data['created']}::sparse_mbv2@1x8x8"]
+    assert len(stored["calibrations"][list(stored["calibrations"])[0]]["networks"]) == 12
+
+    again = ProfileCache(LatencyTable.load(hw))  # a new search on this machine: found, nothing timed
+    cov = again.coverage(space, task)
+    assert cov.covered and cov.calibration == "cache" and cov.from_cache == 1
+    assert again.cover(space, task).empty
+    layers = space.layers(space.sample(__import__("random").Random(0), task), task)
+    assert again.table.predict(layers, space.name, task.input_shape).calibration == "sparse_mbv2@1x8x8"
+
+    data["created"] = "another profile"  # a calibration fits its profile's kernel timings: not shared
+    hw.write_text(json.dumps(data))
+    assert ProfileCache(LatencyTable.load(hw)).coverage(space, task).calibration is None

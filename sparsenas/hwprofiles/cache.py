@@ -15,7 +15,7 @@ keyed by machine (CPU model, cores), runtime and runtime version, since a timing
 another machine or another version of the runtime. The file has the shape of a profile
 (:mod:`.profile`): ``entries`` are plain kernel timings, valid for any base profile of that
 runtime; a calibration is fitted on the base profile's kernel timings plus the cached ones, so
-``calibrations`` are kept per base profile (``by_profile[<name>@<created>]``).
+``calibrations`` are kept per base profile (key ``<name>@<created>::<space>@<input>``).
 
 Kernels a profile already has are never re-timed or overridden by the cache.
 """
@@ -219,11 +219,9 @@ class ProfileCache:
 
     def _fresh(self) -> dict[str, Any]:
         t = self.table.data["timing"]
-        data = new_profile(f"cache-{machine_key()}", int(t.get("threads", 1)),
+        return new_profile(f"cache-{machine_key()}", int(t.get("threads", 1)),
                            {k: v for k, v in t.items() if k in ("warmup", "repeats", "rounds")},
                            {"name": self.runtime.name, "version": self.version}, self.table.metric)
-        data["by_profile"] = {}
-        return data
 
     def merge(self) -> None:
         """Put the cache's kernels (those the profile lacks) and its calibrations fitted with this
@@ -236,8 +234,9 @@ class ProfileCache:
             if key not in t.entries:
                 t.entries[key] = entry
                 self.supplied.add(key)
-        for key, cal in cached.get("by_profile", {}).get(self.base, {}).get("calibrations", {}).items():
-            if key not in t.data["calibrations"]:
+        for mine, cal in cached["calibrations"].items():
+            base, _, key = mine.rpartition("::")
+            if base == self.base and key not in t.data["calibrations"]:
                 t.data["calibrations"][key] = cal
                 self.supplied.add(key)
         self._levels(cached["sparsity_levels"])
@@ -256,8 +255,7 @@ class ProfileCache:
             data["entries"][key] = t.entries[key]
         key = calibration_key(ext.space, ext.input_shape)
         if ext.calibrated:
-            mine = data.setdefault("by_profile", {}).setdefault(self.base, {"calibrations": {}})
-            mine["calibrations"][key] = t.data["calibrations"][key]
+            data["calibrations"][f"{self.base}::{key}"] = t.data["calibrations"][key]
         levels = {t.entries[k]["spec"]["sparsity"] for k in ext.kernels if not t.entries[k]["spec"].get("blocks")}
         data["sparsity_levels"] = sorted(set(data["sparsity_levels"]) | levels)
         data["profiled"].append({"key": key, "profile": self.base, "kernels": ext.kernels,
@@ -303,7 +301,8 @@ class ProfileCache:
         if calibration_key(space.name, task.input_shape) in self.table.data["calibrations"]:
             return Extension(space.name, tuple(task.input_shape))
         return self._time(space, task, f"a calibration (and its kernels, {CALIBRATION_NETWORKS} networks measured "
-                                       "end to end: a minute or more)")
+                                       "end to end: a minute or more)", calibration_networks=CALIBRATION_NETWORKS,
+                          calibration_repeats=CALIBRATION_REPEATS)
 
     def add_layers(self, space: Any, task: Task, layers: list[LayerSpec]) -> Extension:
         """Time the layers of one network that the table lacks (at their nominal sparsity)."""
