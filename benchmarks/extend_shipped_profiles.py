@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--recalibrate", action="store_true",
                     help="measure the calibration networks of the --only jobs again (e.g. after a run under heavy "
                          "load); their kernels are kept")
+    ap.add_argument("--calibration-networks", type=int, default=80,
+                    help="random networks measured end to end per calibration (default 80, as `nas profile`)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     done = []
@@ -67,7 +69,7 @@ def main() -> None:
             else:
                 if args.recalibrate and args.only:
                     data["calibrations"].pop(key, None)
-                ext = extend_profile(data, space, task)
+                ext = extend_profile(data, space, task, calibration_networks=args.calibration_networks)
                 if not ext.empty:
                     write_json_atomic(path, data)
                 rec = {"runtime": runtime, "key": key, "classes": classes, "kernels": len(ext.kernels),

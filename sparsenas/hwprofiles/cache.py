@@ -86,16 +86,6 @@ class _Quiet:
         pass
 
 
-class _Only:
-    """A space whose kernels are the given ones: lets profile_space time just a network's missing layers."""
-
-    def __init__(self, name: str, specs: list[LayerSpec]) -> None:
-        self.name, self.specs = name, specs
-
-    def kernel_specs(self, task: Task) -> set[LayerSpec]:
-        return set(self.specs)
-
-
 def extend_profile(data: dict[str, Any], space: Any, task: Task, *, specs: list[LayerSpec] | None = None,
                    calibrate: bool = True, calibration_networks: int = CALIBRATION_NETWORKS,
                    calibration_repeats: int = CALIBRATION_REPEATS, saver: Any = None, seed: int = 0) -> Extension:
@@ -103,11 +93,15 @@ def extend_profile(data: dict[str, Any], space: Any, task: Task, *, specs: list[
     runtime and its way, and fit the space's calibration at that input when it has none and
     ``calibrate``; ``data`` is changed in place. Entries already there are not re-timed. With
     ``specs``: time those layers only (at their nominal sparsity), no calibration."""
-    from .profiler import profile_space
+    from .profiler import profile_space, time_specs
 
-    if specs is not None:
-        space, calibrate = _Only(space.name, specs), False
     t0 = time.monotonic()
+    if specs is not None:
+        todo = sorted({s.key(): s for s in specs if s.key() not in data["entries"]}.values(), key=lambda s: s.key())
+        time_specs(data, todo, timer_for(data))
+        data["sparsity_levels"] = sorted(set(data["sparsity_levels"]) | {s.sparsity for s in todo if not s.blocks})
+        return Extension(space.name, tuple(task.input_shape), [s.key() for s in todo],
+                         seconds=round(time.monotonic() - t0, 2))
     before = set(data["entries"])
     records = list(data["profiled"])
     key = calibration_key(space.name, task.input_shape)
