@@ -41,7 +41,8 @@ __all__ = ["CACHE_ENV", "Coverage", "Extension", "ProfileCache", "cache_dir", "c
 CACHE_ENV = "SPARSENAS_CACHE_DIR"
 
 # a calibration fits 16 non-negative coefficients; the shipped profiles use 80 networks x 200 calls
-# (~30 s a space and input here). A search pays it once per machine, so it keeps that quality.
+# (36-83 s for sparse_mbv2 at one input on a quiet 2-core VM, minutes under load). A search pays it
+# once per machine, so it keeps the shipped profiles' quality.
 CALIBRATION_NETWORKS = 80
 CALIBRATION_REPEATS = 200
 
