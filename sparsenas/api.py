@@ -52,7 +52,7 @@ class SearchConfig:
     options: dict[str, Any] = field(default_factory=dict)  # strategy flags: target_sparsity, search_epochs, ...
     sampler: str | None = None          # random/tpe/nsga2 loop: another Optuna sampler (strategies/samplers.py SAMPLERS)
     sampler_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the sampler
-    pruner: str | None = None           # single-objective studies: median (default), hyperband, ... (PRUNERS)
+    pruner: str | None = None           # median (single-objective default), hyperband, ..., mo-asha (any study)
     pruner_args: dict[str, Any] = field(default_factory=dict)
 
     def study_name(self, dataset: str, space: str | None = None) -> str:
@@ -132,8 +132,17 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     """
     from .log import optuna_verbosity
 
+    config = SearchConfig(**{**(asdict(config) if config else {}), **overrides})
     with optuna_verbosity():
-        return _search(config, progress=progress, **overrides)
+        try:
+            return _search(config, progress=progress)
+        except Exception as e:  # a full disk or a damaged database is the user's to fix: one paragraph
+            from .tracking import search_fault
+
+            fault = None if isinstance(e, SparseNASError) else search_fault(e, config.storage, config.artifact_dir)
+            if fault is None:
+                raise
+            raise fault from None
 
 
 def _search(config: SearchConfig | None = None, *, progress: bool = True, **overrides: Any) -> optuna.Study:
@@ -154,7 +163,8 @@ def _search(config: SearchConfig | None = None, *, progress: bool = True, **over
     options = strategy.resolve_options(config.options)  # unknown or mistyped options: exit 2, nothing written
     objectives = objectives_of(config)
     sampler_check(strategy, config.sampler, config.sampler_args, objectives, config.seed, config.trials)
-    pruner = make_pruner(config.pruner, config.pruner_args, objectives, epochs=config.epochs or DEFAULT_EPOCHS)
+    pruner = make_pruner(config.pruner, config.pruner_args, objectives, epochs=config.epochs or DEFAULT_EPOCHS,
+                         strategy=strategy)
     device = _device(config.device)
     if distributed.env_world_size() > 1:  # under torchrun: only rank 0 opens the study (below)
         if not strategy.runs_distributed:
@@ -194,7 +204,7 @@ def _search(config: SearchConfig | None = None, *, progress: bool = True, **over
     evaluator = Evaluator(space, data, budget, latency, seed=config.seed, device=device)
     with Progress(config.trials, enabled=progress, label=f"{config.strategy} on {space.name}",
                   objectives=objectives) as bar:
-        bar.advance_to(len(tracker.finished()))
+        bar.advance_to(tracker.counts()[0])
         ctx = SearchContext(space=space, task=data.task, data=data, evaluator=evaluator, tracker=tracker,
                             trials=config.trials, seed=config.seed, device=device, timeout=config.timeout,
                             max_latency_ms=config.max_latency_ms, progress=bar, options=options,
@@ -449,13 +459,35 @@ def validate_profile(path: str, *, spaces: list[str] | None = None, dataset: str
     return reports
 
 
+def _check_bind(server: str, host: str, port: int, allow_remote: bool, does: str) -> None:
+    """A server without authentication binds beyond this machine only when asked to, with a warning."""
+    import ipaddress
+
+    from .log import logger
+
+    try:
+        local = host.lower() == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name may stand for any interface
+        local = False
+    if local:
+        return
+    risk = (f"{server} has no authentication: anyone who can reach {host}:{port} can {does}")
+    if not allow_remote:
+        raise SparseNASError(f"--host {host} serves beyond this machine, and {risk}. Pass --allow-remote to do it "
+                             f"anyway (on a network you trust, or behind a proxy that authenticates), or keep "
+                             f"--host 127.0.0.1 and reach it through ssh -L {port}:127.0.0.1:{port} THIS-HOST")
+    logger.warning(f"serving on {host}:{port} (--allow-remote): {risk}")
+
+
 def dashboard(storage: str = DEFAULT_STORAGE, *, host: str = "127.0.0.1", port: int = 8080,
-              artifact_dir: str | None = None, announce: Any = None) -> None:
-    """Serve optuna-dashboard on ``storage`` (with its artifact store when there is one) until Ctrl-C."""
+              artifact_dir: str | None = None, announce: Any = None, allow_remote: bool = False) -> None:
+    """Serve optuna-dashboard on ``storage`` (with its artifact store when there is one) until Ctrl-C.
+    A ``host`` other than loopback needs ``allow_remote``: optuna-dashboard has no authentication."""
     from optuna_dashboard import run_server
 
     from .tracking import artifact_store_for, open_storage, storage_artifact_dir
 
+    _check_bind("optuna-dashboard", host, port, allow_remote, "read, change and delete every study in the storage")
     st = open_storage(storage, heartbeat=False, must_exist=True)  # never create a storage to look at it
     folder = storage_artifact_dir(storage, artifact_dir)
     store = artifact_store_for(storage, folder)
@@ -467,8 +499,14 @@ def dashboard(storage: str = DEFAULT_STORAGE, *, host: str = "127.0.0.1", port: 
         raise SparseNASError(f"cannot serve on {host}:{port}: {e.strerror or e}; pass another --port or --host") from None
 
 
-def storage_proxy(storage: str, *, host: str = "127.0.0.1", port: int = 13000) -> None:
-    """Serve ``storage`` to many workers through Optuna's gRPC storage proxy until Ctrl-C."""
+def storage_proxy(storage: str, *, host: str = "127.0.0.1", port: int = 13000, allow_remote: bool = False,
+                  announce: Any = None) -> None:
+    """Serve ``storage`` to many workers through Optuna's gRPC storage proxy until Ctrl-C. A ``host``
+    other than loopback needs ``allow_remote``: the proxy has no authentication."""
     from .tracking import serve_storage_proxy
 
+    _check_bind("Optuna's gRPC storage proxy", host, port, allow_remote,
+                "read, change and delete every study in the storage")
+    if announce is not None:
+        announce()
     serve_storage_proxy(storage, host=host, port=port)

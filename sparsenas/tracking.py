@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import socket
 import warnings
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from .arch import Arch
 from .errors import SparseNASError, StorageError
 from .evaluators.result import EvalResult
+from .pruners.mo_asha import MOASHAPruner, report, should_prune
 
 
 @contextlib.contextmanager
@@ -39,17 +41,44 @@ DIRECTIONS = {"accuracy": "maximize", "latency_ms": "minimize", "model_bytes": "
 OBJECTIVE_NAMES = {"accuracy": "accuracy", "latency": "latency_ms", "size": "model_bytes"}  # flag name -> field
 
 
+# query parameters whose value is a secret (libpq's password, a token, an API key...), by name parts
+_SECRET_PARAMS = ("pass", "pwd", "secret", "token", "key", "auth", "credential")
+
+
+def _url_secrets(url: str) -> tuple[str | None, list[tuple[int, int]]]:
+    """(the user-info password, the spans of secret query values) of a storage URL."""
+    scheme, rest = url.split("://", 1)
+    netloc, _, tail = rest.partition("/")
+    password = None
+    if "@" in netloc:
+        userinfo = netloc.rsplit("@", 1)[0]
+        if ":" in userinfo:
+            password = userinfo.split(":", 1)[1]
+    spans = []
+    start = url.find("?", len(scheme) + 3 + netloc.rfind("@") + 1)  # the query begins after the user info
+    if start >= 0:
+        pos = start + 1
+        for pair in re.split(r"[&;]", url[start + 1:]):
+            name, eq, value = pair.partition("=")
+            if eq and value and any(p in name.lower() for p in _SECRET_PARAMS):
+                spans.append((pos + len(name) + 1, pos + len(pair)))
+            pos += len(pair) + 1
+    return password, spans
+
+
 def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for messages and stored settings."""
+    """``url`` with its secrets replaced by ``***`` (the password of its user info, and query values
+    such as ``password=``, ``token=``, ``secret=``, ``sslkey=``), for messages and stored settings."""
     if not isinstance(url, str) or "://" not in url:
         return str(url)
+    password, spans = _url_secrets(url)
+    for a, b in reversed(spans):
+        url = url[:a] + "***" + url[b:]
+    if password is None:
+        return url
     scheme, rest = url.split("://", 1)
     netloc, sep, tail = rest.partition("/")
-    if "@" not in netloc:
-        return url
     userinfo, host = netloc.rsplit("@", 1)
-    if ":" not in userinfo:
-        return url
     return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}{sep}{tail}"
 
 
@@ -110,9 +139,7 @@ def open_storage(url: str, *, heartbeat: bool = True, must_exist: bool = False) 
             raise StorageError(f"storage {shown!r} does not exist (no file {os.path.abspath(path)}); pass the "
                                "--storage a search wrote to")
     if scheme == "journal":
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-
-        return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+        return _journal(path, read_only=must_exist)
     url = _with_driver(url)
     try:
         with _quiet_experimental():
@@ -124,17 +151,37 @@ def open_storage(url: str, *, heartbeat: bool = True, must_exist: bool = False) 
                 kwargs["skip_table_creation"] = True
             storage = _retry("open", lambda: optuna.storages.RDBStorage(url, **kwargs))
             if scheme.startswith("sqlite") and path is not None:
-                _fast_sqlite(storage)
+                _fast_sqlite(storage, path)
             return storage
+    except SparseNASError:
+        raise
     except ImportError as e:
         hint = " (install the driver: pip install 'sparsenas[postgres]')" if scheme.startswith("postgres") else ""
         raise StorageError(f"cannot open storage {shown!r}: {_masked(e, url)}{hint}") from None
     except Exception as e:  # SQLAlchemy raises many types for unreachable/invalid databases
+        from .storage_faults import cause, damaged_sqlite, sqlite_damaged
+
+        if scheme.startswith("sqlite") and path is not None and (bad := cause(e, sqlite_damaged)) is not None:
+            raise damaged_sqlite(path, bad) from None
         first = _masked(e, url).splitlines()[0] if str(e) else ""
         if must_exist:
             raise StorageError(f"cannot read storage {shown!r}: it holds no Optuna studies, or cannot be opened "
                                f"({type(e).__name__}: {first})") from None
         raise StorageError(f"cannot open storage {shown!r}: {type(e).__name__}: {first}") from None
+
+
+def _journal(path: str, *, read_only: bool) -> optuna.storages.BaseStorage:
+    """A journal file's storage, with a torn last record set aside first (storage_faults)."""
+    from optuna.storages.journal import JournalFileOpenLock
+
+    from .storage_faults import damaged_journal, journal_backend, repair_journal
+
+    lock = JournalFileOpenLock(path)
+    repair_journal(path, lock, read_only=read_only)
+    try:
+        return optuna.storages.JournalStorage(journal_backend(path, lock))
+    except (ValueError, KeyError, TypeError, RecursionError) as e:  # a damaged record before the last one
+        raise damaged_journal(path, e) from None
 
 
 def _grpc_client(url: str, shown: str) -> optuna.storages.BaseStorage:
@@ -175,7 +222,7 @@ def serve_storage_proxy(url: str, *, host: str = "127.0.0.1", port: int = 13000)
             raise StorageError(f"cannot serve on {host}:{port}: {e}; pass another --port or --host") from None
 
 
-def _fast_sqlite(storage: optuna.storages.RDBStorage) -> None:
+def _fast_sqlite(storage: optuna.storages.RDBStorage, path: str) -> None:
     """WAL journal, synchronous=NORMAL: a commit no longer waits for the disk. Optuna commits once per
     suggested parameter and attribute (~110 commits for a sparse_mbv2 trial); with sqlite's default
     (rollback journal, FULL) each took ~19 ms here, about 2 s per trial. WAL keeps the database
@@ -189,7 +236,14 @@ def _fast_sqlite(storage: optuna.storages.RDBStorage) -> None:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
+    def damaged(ctx: Any) -> None:  # a damaged page met by any later query: exit 2, not a traceback
+        from .storage_faults import damaged_sqlite, sqlite_damaged
+
+        if sqlite_damaged(ctx.original_exception):
+            raise damaged_sqlite(path, ctx.original_exception)
+
     event.listen(storage.engine, "connect", pragmas)
+    event.listen(storage.engine, "handle_error", damaged)
     storage.engine.dispose()  # connections opened before the listener reconnect with it
 
 
@@ -214,11 +268,10 @@ def _masked(e: BaseException, url: str) -> str:
     """An exception's text with the URL's password masked (drivers echo the URL or DSN back)."""
     text = str(e)
     if "://" in url:
-        netloc = url.split("://", 1)[1].partition("/")[0]
-        if "@" in netloc and ":" in netloc.rsplit("@", 1)[0]:
-            password = netloc.rsplit("@", 1)[0].split(":", 1)[1]
-            if password:
-                text = text.replace(password, "***")
+        password, spans = _url_secrets(url)
+        for secret in [password or "", *(url[a:b] for a, b in spans)]:
+            if secret:
+                text = text.replace(secret, "***")
     return text
 
 
@@ -226,6 +279,77 @@ def _check_parent(path: str, shown: str) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise StorageError(f"cannot open storage {shown!r}: folder {parent} does not exist")
+
+
+def _write_rdb(backend: optuna.storages.RDBStorage, trial_id: int, buffered: "_BufferedStorage") -> None:
+    """One session, one commit, one look-up of the trial: Optuna's own ``*_without_commit`` helpers
+    look the trial up again for every row, which cost more than the commits they save."""
+    from optuna.distributions import distribution_to_json
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(backend.scoped_session) as session:
+        trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+        backend.check_trial_is_updatable(trial_id, trial.state)
+        session.add_all([models.TrialParamModel(trial_id=trial_id, param_name=name, param_value=value,
+                                                distribution_json=distribution_to_json(dist))
+                         for name, value, dist in buffered.params])
+        for model, attrs in ((models.TrialUserAttributeModel, buffered.user_attrs),
+                             (models.TrialSystemAttributeModel, buffered.system_attrs)):
+            if not attrs:
+                continue
+            existing = {a.key: a for a in session.query(model).filter(model.trial_id == trial_id,
+                                                                      model.key.in_(list(attrs)))}
+            for key, value in attrs.items():
+                if key in existing:
+                    existing[key].value_json = json.dumps(value)
+                else:
+                    session.add(model(trial_id=trial_id, key=key, value_json=json.dumps(value)))
+
+
+class _BufferedStorage:
+    """Stands in for a RUNNING trial's storage (``Trial.storage``) while the trial is filled in: its
+    parameters and attributes are kept here and written by :func:`_write_buffered` in one transaction.
+    Everything else goes to the real storage."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage) -> None:
+        self.storage = storage
+        self.params: list[tuple[str, float, Any]] = []
+        self.user_attrs: dict[str, Any] = {}
+        self.system_attrs: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.storage, name)
+
+    def set_trial_param(self, trial_id: int, name: str, value: float, distribution: Any) -> None:
+        self.params.append((name, value, distribution))
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.user_attrs[key] = value
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.system_attrs[key] = value
+
+
+def _write_buffered(buffered: _BufferedStorage, trial_id: int) -> None:
+    """Write what ``buffered`` kept for a RUNNING trial: in one transaction on an RDB storage (Optuna
+    commits each parameter and attribute on its own: the 69 choices of a sparse_mbv2 trial were 69
+    commits. Optuna also checks each parameter's distribution against the study's earlier trials;
+    the study's space and version are checked when it is opened, which covers that), one call each
+    elsewhere (a journal appends them to one file; in-memory and gRPC storages have no batch call)."""
+    storage = buffered.storage
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps RDB storages in a read cache
+    if not (buffered.params or buffered.user_attrs or buffered.system_attrs):
+        return
+    if isinstance(backend, optuna.storages.RDBStorage):
+        _write_rdb(backend, trial_id, buffered)
+        return
+    for name, value, dist in buffered.params:
+        storage.set_trial_param(trial_id, name, value, dist)
+    for key, value in buffered.user_attrs.items():
+        storage.set_trial_user_attr(trial_id, key, value)
+    for key, value in buffered.system_attrs.items():
+        storage.set_trial_system_attr(trial_id, key, value)
 
 
 @dataclass
@@ -257,6 +381,13 @@ class Tracker:
         self.artifact_dir = artifact_dir or (default_artifact_dir(storage) if isinstance(storage, str) else None)
         self.spec = spec
         self.objectives = tuple(spec.objectives)
+        self._mine: set[int] = set()  # ids of the trials this tracker started (record_worker)
+        self.pruner = pruner
+        self._artifact_dir_recorded = False
+        self._store: optuna.artifacts.FileSystemArtifactStore | None = None
+        # with a successive-halving pruner of sparsenas's own, the trial target counts architectures
+        # trained to full fidelity (COMPLETE); otherwise PRUNED trials count too
+        self.full_fidelity = isinstance(pruner, MOASHAPruner)
         # load_if_exists: workers started together all join the one study; the retry covers sqlite's
         # "database is locked" while another worker is creating it
         self.study = _retry("create", lambda: optuna.create_study(
@@ -307,16 +438,42 @@ class Tracker:
     def set_study_attr(self, key: str, value: Any) -> None:
         self.study.set_user_attr(key, value)
 
+    @contextlib.contextmanager
+    def batch(self, trial: optuna.Trial) -> Iterator[None]:
+        """Inside, the parameters a RUNNING ``trial`` is suggested and the attributes (and artifacts)
+        recorded on it are kept, then written at the end in one storage transaction; the trial object
+        sees them at once. Nothing inside may rely on reading them back from the storage."""
+        if isinstance(trial.storage, _BufferedStorage):  # already inside a batch: one write at its end
+            yield
+            return
+        buffered = _BufferedStorage(trial.storage)
+        trial.storage = buffered  # type: ignore[assignment]  # Trial writes through this attribute
+        try:
+            yield
+        finally:
+            trial.storage = buffered.storage
+            _write_buffered(buffered, trial._trial_id)
+
     # -- trials run through optimize()/ask()
     def record_epoch(self, trial: optuna.Trial, epoch: int, value: float) -> bool:
-        """Log validation accuracy after ``epoch``; True when the pruner says to stop the trial."""
-        if not self.multi_objective:
-            trial.report(value, epoch)
-            return trial.should_prune()
-        # Optuna refuses report() in multi-objective studies, but intermediate values are still
-        # stored and shown by the dashboard when written through the storage.
-        self.storage.set_trial_intermediate_value(trial._trial_id, epoch, value)
-        return False
+        """Log validation accuracy after ``epoch``; True when the pruner says to stop the trial.
+
+        Optuna refuses ``report()``/``should_prune()`` in multi-objective studies; there the value goes
+        through the storage as an intermediate value (the dashboard plots it) and the pruner, when the
+        study has one (mo-asha), is asked directly."""
+        report(trial, value, epoch)
+        if self.multi_objective and self.pruner is None:
+            return False
+        return should_prune(trial)
+
+    def record_stopped(self, trial: optuna.Trial, epoch: int, value: float, reason: str) -> None:
+        """A trial stopped after ``epoch`` (about to be PRUNED): its reason and its last validation
+        accuracy (Optuna stores no values for a PRUNED multi-objective trial; read back as
+        TrialRecord.accuracy, beside the latency recorded before training)."""
+        with self.batch(trial):
+            trial.set_user_attr("accuracy", _jsonable(float(value)))
+            trial.set_user_attr("epochs", int(epoch))
+            self.record_reason(trial, "pruned", reason)
 
     def record_arch(self, trial: optuna.Trial, arch: Arch, **attrs: Any) -> None:
         trial.set_user_attr("arch", arch.to_json())
@@ -328,9 +485,12 @@ class Tracker:
         for k, v in result.to_attrs().items():
             trial.set_user_attr(k, _jsonable(v))
 
-    def record_latency(self, trial: optuna.Trial, ms: float) -> None:
-        """The latency of a trial's network, known before it trains (read back as TrialRecord.latency_ms)."""
+    def record_latency(self, trial: optuna.Trial, ms: float, model_bytes: int | None = None) -> None:
+        """The latency (and exported size) of a trial's network, known before it trains, so a pruner can
+        rank trials on them (read back as TrialRecord.latency_ms, TrialRecord.model_bytes)."""
         trial.set_user_attr("latency_ms", _jsonable(float(ms)))
+        if model_bytes is not None:
+            trial.set_user_attr("model_bytes", int(model_bytes))
 
     def record_reason(self, trial: optuna.Trial, state: str, reason: str) -> None:
         """Why a trial is about to be ``"pruned"`` or has ``"failed"`` (read back as TrialRecord.reason)."""
@@ -348,7 +508,7 @@ class Tracker:
     def record_duplicate(self, trial: optuna.Trial, twin: FrozenTrial) -> list[float]:
         """Give ``trial`` the results (and saved weights) of ``twin``, the same network under another
         encoding, instead of training it again; returns the twin's values."""
-        own = {"arch", "arch_digest", "canonical_digest", "strategy"}
+        own = {"arch", "arch_digest", "canonical_digest", "strategy", WORKER_ATTR, CLAIM_ATTR}  # this trial's own
         for k, v in twin.user_attrs.items():
             if k not in own:
                 trial.set_user_attr(k, v)
@@ -368,15 +528,19 @@ class Tracker:
 
         import torch
 
-        store = _file_store(self.artifact_dir, create=True)
+        if self._store is None:
+            self._store = _file_store(self.artifact_dir, create=True)
+        store = self._store
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, f"trial-{trial.number}-weights.pt")
             torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, path)
             artifact_id = optuna.artifacts.upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial,
                                                            mimetype="application/x-pytorch")
         trial.set_user_attr(WEIGHTS_ATTR, artifact_id)
-        if self.study.user_attrs.get("artifact_dir") != os.path.abspath(self.artifact_dir):
-            self.set_study_attr("artifact_dir", os.path.abspath(self.artifact_dir))
+        if not self._artifact_dir_recorded:  # a study attr read is a query: once per process
+            if self.study.user_attrs.get("artifact_dir") != os.path.abspath(self.artifact_dir):
+                self.set_study_attr("artifact_dir", os.path.abspath(self.artifact_dir))
+            self._artifact_dir_recorded = True
         return artifact_id
 
     # -- architectures evaluated outside optimize() (supernet strategies)
@@ -400,6 +564,7 @@ class Tracker:
     def record_worker(self, trial: optuna.Trial) -> None:
         """Which process runs ``trial`` (host:pid), so a dead local worker's trial can be failed later."""
         trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+        self._mine.add(trial._trial_id)
 
     def fail_stale(self) -> None:
         """Fail RUNNING trials whose worker is gone: by heartbeat on RDB storages (Optuna re-queues them,
@@ -413,24 +578,64 @@ class Tracker:
             return
         host = socket.gethostname()
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            who = str(t.user_attrs.get(WORKER_ATTR, ""))
-            if who.rsplit(":", 1)[0] == host and who.rsplit(":", 1)[-1].isdigit() and not _alive(int(who.rsplit(":", 1)[1])):
+            who, _, pid = str(t.user_attrs.get(WORKER_ATTR, "")).rpartition(":")
+            if who != host or not pid.isdigit():
+                continue
+            # this very process, but not this tracker: an earlier search here that stopped on an error
+            # (a full disk) before it could fail its trial
+            gone = t._trial_id not in self._mine if int(pid) == os.getpid() else not _alive(int(pid))
+            if gone:
                 with contextlib.suppress(Exception):  # another worker failed it first
                     self.storage.set_trial_user_attr(t._trial_id, "fail_reason", "its worker process died")
                     self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
 
     def counts(self) -> tuple[int, list[int]]:
         """(trials that count towards the target, numbers of the RUNNING trials)."""
-        trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        counted = (TrialState.COMPLETE,) if self.full_fidelity else (TrialState.COMPLETE, TrialState.PRUNED)
+        trials = self.study.get_trials(deepcopy=False, states=(*counted, TrialState.RUNNING))
         running = [t.number for t in trials if t.state == TrialState.RUNNING]
         return len(trials) - len(running), running
+
+    def _committed(self, before: int | None = None) -> int:
+        """Trials that count towards the target, plus RUNNING ones that claimed a place
+        (:meth:`claim_completion`), of those numbered below ``before`` when given."""
+        counted = (TrialState.COMPLETE,) if self.full_fidelity else (TrialState.COMPLETE, TrialState.PRUNED)
+        n = 0
+        for t in self.study.get_trials(deepcopy=False, states=(*counted, TrialState.RUNNING)):
+            if t.state != TrialState.RUNNING:
+                n += 1
+            elif t.user_attrs.get(CLAIM_ATTR) and (before is None or t.number < before):
+                n += 1
+        return n
 
     def surplus(self, trial: optuna.Trial, target: int) -> bool:
         """True when ``trial`` is beyond ``target``: the finished trials and the RUNNING ones started
         before it (lower numbers; the storage numbers trials atomically) already make the target. Two
-        workers that start the last trial at the same moment agree on which one is surplus."""
+        workers that start the last trial at the same moment agree on which one is surplus. With a
+        pruner counting full fidelity, RUNNING trials may still be pruned: only those that claimed a
+        place count."""
+        if self.full_fidelity:
+            return self._committed() >= target
         done, running = self.counts()
         return done + sum(1 for n in running if n < trial.number) >= target
+
+    def target_reached(self, target: int) -> bool:
+        """Full-fidelity counting: the study holds ``target`` COMPLETE trials or claims, so a RUNNING
+        trial that has not claimed a place can stop."""
+        return self.full_fidelity and self._committed() >= target
+
+    def claim_completion(self, trial: optuna.Trial, target: int) -> bool:
+        """Full-fidelity counting: ``trial`` finished training; claim a place among the ``target``
+        architectures. The claim is written before the others are read, so of two trials claiming the
+        last place at once both see both claims and the lower number keeps it. False: no place left
+        (the trial is surplus)."""
+        if not self.full_fidelity:
+            return True
+        trial.set_user_attr(CLAIM_ATTR, True)
+        if self._committed(before=trial.number) >= target:
+            trial.set_user_attr(CLAIM_ATTR, False)
+            return False
+        return True
 
     def mark_surplus(self, trial: optuna.Trial, target: int) -> None:
         trial.set_user_attr("fail_reason", f"surplus: the study reached its target of {target} trials while "
@@ -442,16 +647,29 @@ class Tracker:
         False when the target is reached (or ``deadline``, a time.time(), passed)."""
         import time
 
+        stale_checked = False
         while True:
-            self.fail_stale()
             done, running = self.counts()
             if done >= target:
+                self.fail_stale()  # leave no dead worker's trial RUNNING in a finished study
                 return False
-            if done + len(running) < target:
+            if self.full_fidelity:
+                # asynchronous: a RUNNING trial may yet be pruned, so only claimed places (trials
+                # already trained, being told) are waited for
+                if self._committed() < target:
+                    return True
+            elif done + len(running) < target:
                 return True
+            # a dead worker's RUNNING trial may be what fills the target (looked for only then: with
+            # heartbeats, Optuna's optimize() fails stale trials itself before each trial)
+            if not stale_checked:
+                self.fail_stale()
+                stale_checked = True
+                continue
             if deadline is not None and time.time() >= deadline:
                 return False
             time.sleep(poll)
+            stale_checked = False
 
     # -- reading
     def finished(self) -> list[FrozenTrial]:
@@ -462,6 +680,7 @@ class Tracker:
 
 
 WORKER_ATTR = "worker"
+CLAIM_ATTR = "full_fidelity_claim"  # a RUNNING trial trained to the end holds a place in the target
 
 
 def _alive(pid: int) -> bool:
@@ -526,10 +745,23 @@ def checkpoint_dir_for(storage_url: str, study_name: str, checkpoint_dir: str | 
     return None if artifacts is None else os.path.join(artifacts[:-len("-artifacts")] + "-checkpoints", safe)
 
 
+class _AtomicFileStore(optuna.artifacts.FileSystemArtifactStore):
+    """Optuna's file artifact store, writing each artifact under a temporary name and renaming it: a
+    write cut short (a full disk) leaves no partial weights file under the artifact's name."""
+
+    def write(self, artifact_id: str, content_body: Any) -> None:
+        import shutil
+
+        from .atomic import write_atomic
+
+        # Optuna's check that the id stays inside the folder
+        write_atomic(self._get_filepath(artifact_id), lambda f: shutil.copyfileobj(content_body, f))
+
+
 def _file_store(path: str, *, create: bool = False) -> optuna.artifacts.FileSystemArtifactStore:
     if create:
         os.makedirs(path, exist_ok=True)
-    return optuna.artifacts.FileSystemArtifactStore(path)
+    return _AtomicFileStore(path)
 
 
 def artifact_dir_for(storage_url: str, artifact_dir: str | None = None,
@@ -588,7 +820,16 @@ def load_weights(storage_url: str, study: optuna.Study, trial: FrozenTrial,
         except Exception as e:  # the store raises ArtifactNotFound, OSError...
             raise SparseNASError(f"cannot read the weights of trial {trial.number} (artifact {artifact_id}) from {path}: "
                                  f"{type(e).__name__}: {e}; pass --train to retrain the architecture") from None
-        return torch.load(dst, weights_only=True)
+        try:
+            state = torch.load(dst, weights_only=True)
+        except Exception as e:  # a damaged file in the artifact folder
+            state = e
+        if not isinstance(state, dict):
+            what = f"{type(state).__name__}: {str(state).splitlines()[0] if str(state) else ''}" \
+                if isinstance(state, Exception) else f"it holds a {type(state).__name__}, not a state_dict"
+            raise SparseNASError(f"the weights of trial {trial.number} ({os.path.join(path, artifact_id)}) cannot be "
+                                 f"read ({what}); pass --train to retrain the architecture") from None
+        return state
 
 
 def _jsonable(v: Any) -> Any:
@@ -624,7 +865,7 @@ def study_overview(storage: str) -> list[dict[str, Any]]:
     recorded), trials by state and the best value of each objective. A sqlite or journal file that
     does not exist is an error, not a new empty storage."""
     if not _storage_exists(storage):
-        raise StorageError(f"no storage at {storage!r}: the file does not exist (nothing was created); "
+        raise StorageError(f"no storage at {mask_url(storage)!r}: the file does not exist (nothing was created); "
                            "pass the --storage a search wrote to")
     st = open_storage(storage, heartbeat=False)
     out = []
@@ -646,6 +887,38 @@ def study_overview(storage: str) -> list[dict[str, Any]]:
                     "states": states, "best": best,
                     "front": len(pareto_front(study)) if done else 0})
     return out
+
+
+def search_fault(e: BaseException, storage: str, artifact_dir: str | None = None) -> SparseNASError | None:
+    """What to tell the user when a search stopped on ``e``: a damaged database met mid-search, or a
+    full disk or I/O error (naming where it wrote and what the storage kept); None for anything else
+    (a bug keeps its traceback). Optuna's trial loop can bury both under its own errors."""
+    from .storage_faults import cause, out_of_space, space_error
+
+    if (own := cause(e, lambda x: isinstance(x, StorageError))) is not None:
+        return own  # type: ignore[return-value]
+    full = out_of_space(e)
+    if full is None:
+        return None
+    path = _file_path(storage) if isinstance(storage, str) and "://" in storage else None
+    return space_error(full, [path or mask_url(storage), artifact_dir or default_artifact_dir(storage)],
+                       _kept(storage))
+
+
+def _kept(storage: str) -> str:
+    """What ``storage`` holds now, read back after a failed write (reading needs no space)."""
+    try:
+        st = open_storage(storage, heartbeat=False, must_exist=True)
+        counts = []
+        for s in optuna.get_all_study_summaries(st, include_best_trial=False):
+            study = optuna.load_study(study_name=s.study_name, storage=st)
+            counts.append(f"{len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))} finished "
+                          f"trials of study '{s.study_name}'")
+        held = "; ".join(counts) or "no study yet"
+    except Exception:  # a storage that cannot even be read now: say what is known
+        return ("Every trial that finished before this is in the storage; no partial weights file was left under "
+                "its name.")
+    return f"The storage keeps {held} (every trial that finished before this); no partial weights file was left."
 
 
 # ---------------------------------------------------------------- typed views of the attrs sparsenas writes
