@@ -148,3 +148,14 @@ def test_an_input_without_calibration_is_calibrated_once_and_kept_per_profile(mo
     data["created"] = "another profile"  # a calibration fits its profile's kernel timings: not shared
     hw.write_text(json.dumps(data))
     assert ProfileCache(LatencyTable.load(hw)).coverage(space, task).calibration is None
+
+
+def test_a_layer_snaps_to_the_nearest_level_it_was_profiled_at():
+    """g2g_mlp's free densities put levels (0.675) next to sparse_mbv2's (0.7) in one profile."""
+    from sparsenas.ops.spec import LayerSpec
+    from test_hwprofiles import hand_profile
+
+    at = lambda sp: LayerSpec("conv2d", 16, 32, 1, 1, 1, (4, 4), sp)  # noqa: E731
+    table = LatencyTable(hand_profile({at(0.7): {"native": 1.0}}, levels=(0.0, 0.675, 0.7)))
+    assert table.snap(at(0.68)).sparsity == 0.7 and table.snap(at(0.675)).sparsity == 0.7
+    assert table.missing([at(0.6875)]) == [] and table.snap(at(0.6)).sparsity == 0.6  # beyond tolerance: as traced
