@@ -156,6 +156,6 @@ def test_a_layer_snaps_to_the_nearest_level_it_was_profiled_at():
     from test_hwprofiles import hand_profile
 
     at = lambda sp: LayerSpec("conv2d", 16, 32, 1, 1, 1, (4, 4), sp)  # noqa: E731
-    table = LatencyTable(hand_profile({at(0.7): {"native": 1.0}}, levels=(0.0, 0.675, 0.7)))
+    table = LatencyTable(hand_profile({at(0.7): {"dense": 1.0}}, levels=(0.0, 0.675, 0.7)))
     assert table.snap(at(0.68)).sparsity == 0.7 and table.snap(at(0.675)).sparsity == 0.7
     assert table.missing([at(0.6875)]) == [] and table.snap(at(0.6)).sparsity == 0.6  # beyond tolerance: as traced
