@@ -44,7 +44,7 @@ class SearchConfig:
     objectives: str | None = None       # "accuracy,latency,size" (any subset, accuracy first); overrides objective
     runtime: str = DEFAULT_RUNTIME      # inference runtime whose latency (and weight bytes) the search judges
     max_latency_ms: float | None = None
-    latency: str = "auto"               # "table" (hardware profile), "measured", or "auto": table where the profile covers the space
+    latency: str = "auto"               # "table" (hardware profile + cache), "measured", or "auto": table where there is a profile
     hw: str | None = None               # hardware profile file for the table latency evaluator
     hw_anchor: bool = True              # scale table predictions by this machine's speed now (hwprofiles/anchor.py)
     timeout: float | None = None        # seconds for this run of the search
@@ -133,15 +133,25 @@ def _device(name: str) -> str:
 
 
 def _latency_kind(config: SearchConfig, space: str, task: Any) -> str:
-    """``auto``: the profile's table when it is calibrated for this space, input shape and class count
-    (the shipped profile covers sparse_mbv2 on digits at 8x8, 16x16 and 32x32), else measuring each network."""
+    """``auto``: the hardware profile's table whenever there is a profile of the runtime (``--hw``, or
+    the one shipped for it); what it lacks for this space and input is timed once on this machine
+    and cached (:mod:`sparsenas.hwprofiles.cache`). Without a profile of the runtime, each network
+    is measured, and the log says so."""
     if config.latency != "auto":
         return config.latency
-    from .hwprofiles import LatencyTable, calibration_key
+    from .hwprofiles import LatencyTable, ProfileError, default_profile_path
+    from .log import logger
 
-    table = LatencyTable.load(config.hw, config.runtime)  # a bad --hw file is an error, not a silent fallback
-    cal = table.data["calibrations"].get(calibration_key(space, task.input_shape))
-    return "table" if cal is not None and cal.get("num_classes") == task.num_classes else "measured"
+    if config.hw is None:
+        try:
+            default_profile_path(config.runtime)
+        except ProfileError as e:
+            logger.warning(f"latency: MEASURING every network end to end in {config.runtime}, not predicting it: {e}. "
+                           "Measured latency moves with this machine's load; pass --latency measured to choose it "
+                           "and silence this warning")
+            return "measured"
+    LatencyTable.load(config.hw, config.runtime)  # a bad --hw file is an error, not a silent fallback
+    return "table"
 
 
 def search(config: SearchConfig | None = None, *, progress: bool = True, **overrides: Any) -> optuna.Study:
@@ -217,6 +227,8 @@ def _search(config: SearchConfig | None = None, *, progress: bool = True, **over
                                                       "prediction)" if config.hw_anchor else "")
                      if table is not None else " (each network timed on this machine)"))
     strategy.check(space, data.task, options)
+    if hasattr(latency, "prepare"):  # before workers start: what the profile lacks is timed once, here
+        latency.prepare(space, data.task)
     spec = StudySpec(space.name, space.version, data.task.dataset, data.task.to_dict(), objectives, config.runtime)
     if config.workers > 1 and not isinstance(strategy, SamplerStrategy):
         raise SparseNASError(f"--workers applies to the sampler strategies (random, tpe, nsga2); '{config.strategy}' "
@@ -443,6 +455,24 @@ def profile(out: str, *, spaces: list[str] | None = None, dataset: str | None = 
                        seed=seed, cuda=device == "cuda", progress=progress, log=log or (lambda s: None))
     data["spaces"] = [space.name for space, _ in jobs]
     return data
+
+
+def profile_coverage(*, spaces: list[str] | None = None, dataset: str | None = None, data_dir: str | None = None,
+                     input_sizes: list[int] | None = None, hw: str | None = None,
+                     runtime: str | None = None) -> list[dict[str, Any]]:
+    """Whether a hardware profile (``hw``, or the one shipped for ``runtime``; default runtime: the
+    search's) and this machine's profile cache cover each space at each input, and what a search
+    would time and add to the cache first (kernel keys, a calibration). Times nothing."""
+    from .hwprofiles import LatencyTable
+    from .hwprofiles.cache import ProfileCache
+
+    table = LatencyTable.load(hw, runtime=runtime or (None if hw else DEFAULT_RUNTIME))
+    cache = ProfileCache(table, fill=False)
+    out = []
+    for space, task in _profile_jobs(spaces, dataset, data_dir, input_sizes):
+        out.append({"profile": table.name, "profile_path": table.path, "runtime": table.runtime_name,
+                    "dataset": task.dataset, "cache": str(cache.path), **cache.coverage(space, task).to_dict()})
+    return out
 
 
 def validate_profile(path: str, *, spaces: list[str] | None = None, dataset: str | None = None,

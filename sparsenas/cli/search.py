@@ -61,8 +61,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                         "model.onnx), torch (PyTorch eager with CSR kernels), openvino or mnn (MNN, sparse 1x1 kernels); "
                         "`nas runtimes` lists them")
     p.add_argument("--latency",
-                   help="table: predict from the hardware profile; measured: time each network here; auto (default): "
-                        "table when the profile covers the space and input size, else measured")
+                   help="table: predict from the hardware profile (what it lacks for this space and input is timed "
+                        "once here and cached; `nas profile --check` says what); measured: time each network here; "
+                        "auto (default): table whenever there is a profile of the runtime, else measured (with a warning)")
     p.add_argument("--hw", metavar="PROFILE.json",
                    help="hardware profile for the table (default: the one shipped for 2-core x86 CPUs; "
                         "make your own with `nas profile`)")
