@@ -258,6 +258,13 @@ def trial_record(trial: Any) -> Any:
     return record(trial)
 
 
+def study_record(study: Any) -> Any:
+    """What a study records about its search as typed fields (:class:`sparsenas.tracking.StudyRecord`)."""
+    from .tracking import study_record as record
+
+    return record(study)
+
+
 def report(storage: str = DEFAULT_STORAGE, study: str | None = None, out: str = "report", **kwargs: Any) -> Any:
     """Plots of a search and one HTML page (see :func:`sparsenas.report.make_report`)."""
     from .report import make_report

@@ -12,6 +12,7 @@ from sparsenas.search_spaces.g2g_mlp import WIDTHS, layer_groupings
 from sparsenas.supernets.entangled import ENTANGLED, entangled_supernet
 from sparsenas.supernets.entangled_mlp import CONN_DECISIONS, EntangledG2GMLP
 from sparsenas.task import Task
+from sparsenas.tracking import trial_record
 
 TASK = Task("mnist1d", (1, 40), 10)
 
@@ -171,8 +172,8 @@ def test_entangled_search_on_g2g_mlp(storage_url):
                    options={"search_epochs": 1, "sandwich_epochs": 1, "sandwich_random": 1, "retrain_epochs": 1,
                             "retrain_top": 2, "tau_archs": 3, "finetune_steps": 2})
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    inherited = [t for t in trials if t.user_attrs["phase"] == "inherited"]
-    retrained = [t for t in trials if t.user_attrs["phase"] == "retrained"]
+    inherited = [t for t in trials if trial_record(t).stage == "inherited"]
+    retrained = [t for t in trials if trial_record(t).stage == "retrained"]
     assert len(inherited) == 5 and len(retrained) == 3
     assert all(t.params["dst"] == "off" for t in trials)  # DST is not searched over inherited weights
     assert sum(t.user_attrs["derived"] for t in inherited) == 1

@@ -38,9 +38,10 @@ from torch import Tensor, nn
 
 from ..data import DataSplits
 from ..errors import SparseNASError
-from ..evaluators import TrainingDiverged, train
+from ..evaluators import TrainingDiverged
 from ..ops import LayerSpec, sparse_modules
 from ..timing import num_threads
+from ..tracking import trial_record
 from ..search_spaces.base import SearchSpace
 from ..supernets.mixed import MIXED, MixedSupernet, OpLatency, build_mixed_supernet, measured_op_latency
 from ..task import Task
@@ -50,13 +51,12 @@ from .base import SearchContext, Strategy
 from ..supernets.base import (SupernetTrainer, cycle_batches, epoch_batches, load_optimizer, optimizer_state, run_epochs,
                               shard_loss)
 from .budget import Deadline, budget_seconds, check_share, epochs_within, is_set, probe_epochs, stored_plan
-from .supernet import CHECKPOINT_FILE, say, train_supernet
+from .supernet import CHECKPOINT_FILE, retrain_and_log, say, train_supernet
 from .options import Option
 
 PHASES = ("warmup", "prune", "finetune")
 BUDGET_CANDIDATES = 64  # derived architectures a --timeout run without --retrain-top may retrain
 PLAN_ATTR = "dass_budget_plan"
-DONE_ATTR = "dass_finished"
 EARLY_CHECKPOINT = "supernet-early.pt"
 SUPERNET_OPTIONS = ("channels", "cells", "search_cells", "downscale", "depth", "width", "expand", "conns")
 
@@ -427,7 +427,7 @@ class DASSStrategy(Strategy):
 
     def _run(self, ctx: SearchContext, cfg: DassConfig) -> None:
         tracker = ctx.tracker
-        done = distributed.broadcast(distributed.is_main() and DONE_ATTR in tracker.study.user_attrs)
+        done = distributed.broadcast(distributed.is_main() and bool(tracker.read_study().dass_finished))
         if done:
             ctx.progress.log(f"study '{tracker.study.study_name}' already holds a DASS result; nothing to do "
                              "(pass another --study to search again)")
@@ -439,8 +439,8 @@ class DASSStrategy(Strategy):
         if early_epochs:
             rounds.insert(0, _Round("early", replace(cfg, search_epochs=early_epochs), EARLY_CHECKPOINT, cfg.early_top))
         # a resumed run (killed while retraining) skips what it already logged
-        done_archs = {t.user_attrs.get("arch_digest") for t in tracker.finished()
-                      if t.user_attrs.get("strategy") == self.name} if distributed.is_main() else set()
+        done_archs = {r.arch_digest for r in map(trial_record, tracker.finished())
+                      if r.strategy == self.name} if distributed.is_main() else set()
         run = _RunLog()
         net: MixedSupernet | None = None
         for rnd in rounds:
@@ -455,7 +455,7 @@ class DASSStrategy(Strategy):
                 self._retrain(ctx, cfg, rnd, trainer, run, deadline, op_latency, done_archs)
             distributed.barrier()  # the next round's first collective waits for rank 0's retraining
         if distributed.is_main():
-            tracker.set_study_attr(DONE_ATTR, True)
+            tracker.set_study_attr("dass_finished", True)
 
     def _retrain(self, ctx: SearchContext, cfg: DassConfig, rnd: "_Round", trainer: DassTrainer, run: "_RunLog",
                  deadline: Deadline, op_latency: OpLatency, done_archs: set[str]) -> None:
@@ -473,35 +473,21 @@ class DASSStrategy(Strategy):
                 run.table = net.candidate_latency(op_latency)  # latency-aware derivations spread the front
         candidates = [(label, arch) for label, arch in net.derive_candidates(rnd.candidates, run.table)
                       if arch.digest() not in done_archs]
-        choices = ctx.space.choices(ctx.task)
-        budget = replace(ctx.evaluator.budget, epochs=cfg.retrain_epochs, seconds=None)
+        evaluator = ctx.evaluator.with_budget(epochs=cfg.retrain_epochs, seconds=None)
         masked_acc = run.history[-1]["val_accuracy_masked"]
         for rank, (label, arch) in enumerate(candidates):
             if not deadline.fits():
                 ctx.progress.log(f"dass: another retraining would end after --timeout; {len(candidates) - rank} "
                                  f"architecture(s) derived in the {rnd.name} round not retrained")
                 break
-            number = len(tracker.study.trials)
-            ctx.progress.trial_started(number, f"retrain {arch.digest()} ({rnd.name} round, {label})")
-            with deadline.timed():
-                model = ctx.evaluator.build(arch)
-                lat = ctx.evaluator.latency(arch, model)
-                try:
-                    trained = train(model, ctx.data, budget, seed=ctx.seed, device=ctx.device,
-                                    on_step=ctx.progress.trial_progress)
-                except TrainingDiverged as e:
-                    ctx.progress.log(f"dass: derived architecture {arch.digest()} ({label}) diverged: {e}")
-                    continue
-                model.cpu().eval()
-                result = ctx.evaluator.result(arch, model, trained, lat)
-            done_archs.add(arch.digest())
-            ft = tracker.log_arch(
-                arch, choices, result, strategy=self.name, derivation=label, derivation_rank=rank,
-                supernet_round=rnd.name, target_sparsity=cfg.target_sparsity, latency_weight=cfg.latency_weight,
-                order=cfg.order, sparse_layer_sparsity=round(sparse_layer_sparsity(model), 4),
-                search_seconds=round(run.seconds, 1), supernet_val_accuracy_masked=masked_acc,
-                alpha=net.alpha_snapshot(), alpha_history=alpha_history)
-            ctx.progress.trial_finished(ft)
+            _, trained = retrain_and_log(
+                ctx, evaluator, arch, strategy=self.name, what=f"retrain {arch.digest()} ({rnd.name} round, {label})",
+                deadline=deadline, extra=lambda model, _: {"sparse_layer_sparsity": round(sparse_layer_sparsity(model), 4)},
+                derivation=label, derivation_rank=rank, stage=rnd.name, target_sparsity=cfg.target_sparsity,
+                latency_weight=cfg.latency_weight, order=cfg.order, search_seconds=round(run.seconds, 1),
+                supernet_val_accuracy_masked=masked_acc, alpha=net.alpha_snapshot(), alpha_history=alpha_history)
+            if trained is not None:
+                done_archs.add(arch.digest())
 
     @staticmethod
     def _candidates(ctx: SearchContext, cfg: DassConfig) -> int:

@@ -37,7 +37,6 @@ runs at ``threads`` (default 1) torch threads. Every option above is a ``nas sea
 from __future__ import annotations
 
 import contextlib
-import copy
 import itertools
 import math
 import random
@@ -52,7 +51,7 @@ import torch.nn.functional as F
 
 from ..arch import Arch
 from ..errors import SparseNASError
-from ..evaluators import TrainingDiverged, TrainResult, accuracy
+from ..evaluators import TrainResult, accuracy
 from ..ops import recalibrate_bn
 from ..search_spaces.base import SearchSpace
 from ..supernets.entangled import ENTANGLED, MIXINGS, entangled_supernet
@@ -63,7 +62,7 @@ from . import STRATEGIES
 from .base import SearchContext, Strategy
 from ..supernets.base import SupernetTrainer, cycle_batches, epoch_batches, epoch_seed, shard_loss
 from .budget import Deadline, budget_seconds, check_share, is_set, probe_epochs, stored_plan
-from .supernet import train_supernet
+from .supernet import retrain_and_log, train_supernet
 from .options import Option
 
 PLAN_ATTR = "entangled_budget_plan"
@@ -321,7 +320,7 @@ class EntangledStrategy(Strategy):
 
     def _run(self, ctx: SearchContext, opts: EntangledOptions) -> None:
         tracker = ctx.tracker
-        done = distributed.broadcast(distributed.is_main() and "kendall_tau_n" in tracker.study.user_attrs)
+        done = distributed.broadcast(distributed.is_main() and tracker.read_study().kendall_tau_n is not None)
         if done:  # a finished entangled search: nothing to redo
             self._say(ctx, f"study '{tracker.study.study_name}' already holds a finished entangled search; "
                            "pass another --study to search again")
@@ -421,8 +420,9 @@ class EntangledStrategy(Strategy):
             if ctx.max_latency_ms is not None and lat.ms > ctx.max_latency_ms:
                 records[key]["over_latency"] = True
                 return val, lat.ms
-            ft = tracker.log_arch(arch, choices, result, strategy=self.name, phase="inherited",
-                                  inherited_accuracy=val, inherited_accuracy_raw=raw, finetune_steps=opts.finetune_steps,
+            # the fine-tuned child's weights go with it: an export reproduces the figures logged here
+            ft = tracker.log_arch(arch, choices, result, weights=child.state_dict(), strategy=self.name,
+                                  stage="inherited", inherited_accuracy=val, inherited_accuracy_raw=raw, finetune_steps=opts.finetune_steps,
                                   derived=arch == derived, eval_seconds=round(secs, 3))
             records[key]["trial"] = ft.number
             ctx.progress.trial_finished(ft)
@@ -478,9 +478,7 @@ class EntangledStrategy(Strategy):
             # estimates, the least dominated first (each retrained network can join the standalone front)
             top += [k for k in sorted(front, key=lambda k: -ok[k]["accuracy"]) if k not in top]
             top += [k for k in _least_dominated_first(ok) if k not in top]
-        evaluator = copy.copy(ctx.evaluator)
-        evaluator.budget = replace(ctx.evaluator.budget, epochs=opts.retrain_epochs)
-        choices = ctx.space.choices(ctx.task)
+        evaluator = ctx.evaluator.with_budget(epochs=opts.retrain_epochs)
         pairs = []
         if opts.retrain_epochs == 0:
             return pairs
@@ -489,22 +487,12 @@ class EntangledStrategy(Strategy):
                 self._say(ctx, "entangled: another retraining would end after --timeout; no more retraining")
                 break
             rec = ok[key]
-            arch = rec["arch"]
-            ctx.progress.trial_started(len(ctx.tracker.study.trials), f"retrain {key}")
-            with deadline.timed():
-                model = evaluator.build(arch)
-                try:
-                    trained = evaluator.train(model, on_step=ctx.progress.trial_progress)
-                except (TrainingDiverged, torch.OutOfMemoryError, MemoryError) as e:
-                    self._say(ctx, f"entangled: retraining {key} failed ({type(e).__name__}: {e}); skipped")
-                    continue
-                lat = evaluator.latency(arch, model)
-                result = evaluator.result(arch, model, trained, lat)
-            ft = ctx.tracker.log_arch(arch, choices, result, strategy=self.name, phase="retrained",
-                                      standalone_accuracy=trained.val_accuracy, inherited_accuracy=rec["accuracy"],
-                                      inherited_trial=rec["trial"], pareto=key in front)
-            ctx.progress.trial_finished(ft)
-            if key in sample:
+            _, trained = retrain_and_log(
+                ctx, evaluator, rec["arch"], strategy=self.name, what=f"retrain {key}", deadline=deadline,
+                latency_after=True, stage="retrained",
+                extra=lambda _, trained: {"standalone_accuracy": trained.val_accuracy},
+                inherited_accuracy=rec["accuracy"], inherited_trial=rec["trial"], pareto=key in front)
+            if trained is not None and key in sample:
                 pairs.append((rec["accuracy"], trained.val_accuracy))
         return pairs
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import replace
 from typing import Any
 
 import optuna
@@ -46,8 +45,8 @@ def evaluate_in_trial(ctx: SearchContext, arch: Arch, strategy: str,
     tracker.record_worker(trial)
     state, values = TrialState.COMPLETE, None
     try:
-        values = evaluate_trial(ctx, trial, strategy,
-                                None if budget_epochs is None else _with_epochs(ctx.evaluator, budget_epochs))
+        values = evaluate_trial(ctx, trial, strategy, None if budget_epochs is None
+                                else ctx.evaluator.with_budget(epochs=budget_epochs, seconds=None))
     except optuna.TrialPruned:
         state = TrialState.PRUNED
     except TrialFailed:
@@ -56,15 +55,6 @@ def evaluate_in_trial(ctx: SearchContext, arch: Arch, strategy: str,
     ft = next(t for t in reversed(study.get_trials(deepcopy=False)) if t.number == trial.number)
     ctx.progress.trial_finished(ft)
     return ft if state == TrialState.COMPLETE else None
-
-
-def _with_epochs(evaluator: Any, epochs: int) -> Any:
-    """A shallow copy of ``evaluator`` training for ``epochs`` (the one-shot retrain budget)."""
-    import copy
-
-    ev = copy.copy(evaluator)
-    ev.budget = replace(evaluator.budget, epochs=epochs, seconds=None)
-    return ev
 
 
 class NNIMultiTrial(Strategy):

@@ -341,6 +341,7 @@ def schema_table() -> str:
             key = f"`{row['key']}`" if row["key"] else "(Optuna)"
             if row["old"]:
                 key += " (old studies: " + ", ".join(f"`{k}`" for k in row["old"]) + ")"
-            lines.append(f"| `{row['field']}` | {key} | `{row['type']}` | {row['by']} | {row['meaning']} |")
+            typ = row['type'].replace('|', '\\|')  # a bar in a cell would end it
+            lines.append(f"| `{row['field']}` | {key} | `{typ}` | {row['by']} | {row['meaning']} |")
         lines.append("")
     return "\n".join(lines)

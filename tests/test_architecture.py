@@ -1,0 +1,38 @@
+"""The house's rules, read from the source: who may touch trial attributes, and that the schema
+table in docs/architecture.md is the one the schema generates."""
+import ast
+from pathlib import Path
+
+import sparsenas
+from sparsenas.tracking import records
+
+PACKAGE = Path(sparsenas.__file__).parent
+RAW_ATTRS = {"user_attrs", "system_attrs", "set_user_attr", "set_system_attr", "set_trial_user_attr",
+             "set_trial_system_attr", "set_study_user_attr", "set_study_system_attr"}
+RECORD_MODULE = PACKAGE / "tracking" / "records.py"
+
+
+def _uses(path: Path, names: set[str]) -> list[str]:
+    """``file:line name`` for every attribute, keyword or argument of ``path`` named one of ``names``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        name = (node.attr if isinstance(node, ast.Attribute) else node.arg if isinstance(node, (ast.keyword, ast.arg))
+                else None)
+        if name in names:
+            found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {name}")
+    return found
+
+
+def test_only_the_record_module_touches_trial_attributes():
+    offenders = [use for path in sorted(PACKAGE.rglob("*.py")) if path != RECORD_MODULE
+                 for use in _uses(path, RAW_ATTRS)]
+    assert offenders == [], ("read and write trial/study attributes through sparsenas.tracking.records "
+                             "(trial_record, study_record, Tracker), not Optuna's attrs:\n" + "\n".join(offenders))
+    assert _uses(RECORD_MODULE, RAW_ATTRS), "the scan no longer sees the record module's own uses"
+
+
+def test_every_schema_key_is_declared_once():
+    for kind in (records.TrialRecord, records.StudyRecord):
+        keys = [k for row in records.schema(kind) for k in (row["key"], *row["old"]) if k]
+        assert len(keys) == len(set(keys)), kind.__name__
+        assert all(row["meaning"] for row in records.schema(kind))
