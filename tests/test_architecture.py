@@ -36,3 +36,10 @@ def test_every_schema_key_is_declared_once():
         keys = [k for row in records.schema(kind) for k in (row["key"], *row["old"]) if k]
         assert len(keys) == len(set(keys)), kind.__name__
         assert all(row["meaning"] for row in records.schema(kind))
+
+
+def test_the_schema_table_in_the_docs_is_the_generated_one():
+    doc = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    begin = doc.index("<!-- schema:begin")
+    block = doc[doc.index("\n", begin) + 1:doc.index("<!-- schema:end -->")]
+    assert block == records.schema_table(), "docs/architecture.md is out of date: run python docs/generate.py"
