@@ -43,3 +43,20 @@ def test_the_schema_table_in_the_docs_is_the_generated_one():
     begin = doc.index("<!-- schema:begin")
     block = doc[doc.index("\n", begin) + 1:doc.index("<!-- schema:end -->")]
     assert block == records.schema_table(), "docs/architecture.md is out of date: run python docs/generate.py"
+
+
+def test_supernets_are_looked_up_only_through_the_registry():
+    """One registry keyed by (space, kind): no per-kind registry, no duck-typed space method, no dict of
+    spaces beside it (the names the four old ways went by), and nobody reads its table directly."""
+    registry = PACKAGE / "supernets" / "registry.py"
+    old_ways = {"MIXED", "ENTANGLED", "LAYER_CHOICE_SPACES", "path_supernet", "_BUILDERS"}
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == registry:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+            if name in old_ways:
+                offenders.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {name}")
+    assert offenders == [], "look supernets up with sparsenas.supernets.registry (find_supernet, get_supernet):\n" + \
+        "\n".join(offenders)

@@ -13,7 +13,8 @@ from torch.utils.data import TensorDataset
 import sparsenas
 from sparsenas.errors import SparseNASError
 from sparsenas.strategies.budget import Deadline, EpochCost, epochs_within, probe_epochs
-from sparsenas.strategies.dass import PLAN_ATTR as DASS_PLAN, DassTrainer
+from sparsenas.strategies.dass import PLAN_ATTR as DASS_PLAN
+from sparsenas.supernets.dass_trainer import DassTrainer
 from sparsenas.strategies.entangled import PLAN_ATTR as ENTANGLED_PLAN
 from sparsenas.supernets.base import SupernetTrainer, epoch_batches, step_limit
 from sparsenas.tracking import trial_record

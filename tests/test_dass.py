@@ -13,7 +13,8 @@ from sparsenas.errors import SparseNASError
 from sparsenas.ops import sparse_modules
 from sparsenas.search_spaces import get_space
 from sparsenas.search_spaces._darts_modules import EDGES, PRIMITIVES, SparseSpec, make_op
-from sparsenas.strategies.dass import DassConfig, dass_search
+from sparsenas.strategies.dass import DassConfig
+from sparsenas.supernets.dass_trainer import dass_search
 from sparsenas.supernets.mixed import MixedOp, build_mixed_supernet
 from sparsenas.task import Task
 

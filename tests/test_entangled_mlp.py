@@ -9,8 +9,9 @@ from sparsenas.errors import SparseNASError
 from sparsenas.ops.g2g import G2GLinear
 from sparsenas.search_spaces import get_space
 from sparsenas.search_spaces.g2g_mlp import WIDTHS, layer_groupings
-from sparsenas.supernets.entangled import ENTANGLED, entangled_supernet
+from sparsenas.supernets.entangled import entangled_supernet
 from sparsenas.supernets.entangled_mlp import CONN_DECISIONS, EntangledG2GMLP
+from sparsenas.supernets.registry import spaces_with
 from sparsenas.task import Task
 from sparsenas.tracking import trial_record
 
@@ -151,7 +152,7 @@ def test_extract_round_trip(space, dst):
 
 
 def test_registry_and_bad_input(space):
-    assert {"sparse_mbv2", "g2g_mlp"} <= set(ENTANGLED.names())
+    assert {"sparse_mbv2", "g2g_mlp"} <= set(spaces_with("entangled"))
     assert isinstance(entangled_supernet(space, TASK), EntangledG2GMLP)
     with pytest.raises(SparseNASError, match="supernet of g2g_mlp"):
         EntangledG2GMLP(get_space("sparse_mbv2"), Task("digits", (1, 16, 16), 10))

@@ -15,10 +15,10 @@ from ..search_spaces.base import SearchSpace
 from .cost import count_flops, count_params
 from .latency import LATENCY, LatencyEvaluator, LatencyResult, MeasuredLatency, measure_latency
 from .result import EvalResult
-from .training import TrainBudget, TrainingDiverged, TrainResult, accuracy, train
+from .training import TrainBudget, TrainingDiverged, TrainResult, accuracy, cosine, sgd, train
 
 __all__ = ["Evaluator", "EvalResult", "TrainBudget", "TrainingDiverged", "TrainResult", "LATENCY",
-           "LatencyEvaluator", "LatencyResult", "MeasuredLatency", "measure_latency", "train", "accuracy",
+           "LatencyEvaluator", "LatencyResult", "MeasuredLatency", "measure_latency", "train", "accuracy", "cosine", "sgd",
            "count_params", "count_flops"]
 
 

@@ -23,6 +23,7 @@ from ..search_spaces.base import SearchSpace
 from ..task import Task
 from .. import distributed
 from ..supernets.balanced import BalancedMixture, BalancedTrainer
+from ..supernets.registry import find_supernet, spaces_with
 from . import STRATEGIES
 from .base import SearchContext, Strategy
 from .budget import Deadline
@@ -69,9 +70,10 @@ class BalancedStrategy(Strategy):
     )
 
     def check(self, space: SearchSpace, task: Task, options: dict[str, Any]) -> None:
-        if not callable(getattr(space, "path_supernet", None)):
+        if find_supernet(space.name, "path") is None:
             raise SparseNASError(f"strategy 'balanced' needs a space with a single-path weight-sharing supernet "
-                                 f"(pooling_resnet20); space '{space.name}' has none. Use random, tpe or nsga2 for it")
+                                 f"({', '.join(spaces_with('path'))}); space '{space.name}' has none. Use random, tpe "
+                                 "or nsga2 for it")
         if space.size(task) > MAX_PATHS:
             raise SparseNASError(f"strategy 'balanced' scores every architecture and takes spaces of at most "
                                  f"{MAX_PATHS}; space '{space.name}' has {space.size(task)}")
@@ -112,7 +114,8 @@ class BalancedStrategy(Strategy):
                 search_epochs: int) -> list[Arch]:
         space, evaluator, tracker, task = ctx.space, ctx.evaluator, ctx.tracker, ctx.task
         ctx.progress.trial_started(len(tracker.study.trials), f"{num_models} supernets x {len(paths)} paths")
-        trainer = BalancedTrainer(lambda: BalancedMixture(lambda: space.path_supernet(task), paths, num_models),
+        build = find_supernet(space.name, "path")
+        trainer = BalancedTrainer(lambda: BalancedMixture(lambda: build(space, task), paths, num_models),
                                   ctx.data, epochs=search_epochs, batch_size=evaluator.budget.batch_size,
                                   lr=max(evaluator.budget.lr, 0.1), seed=ctx.seed, device=ctx.device,
                                   on_step=ctx.progress.trial_progress,

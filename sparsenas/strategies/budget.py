@@ -98,6 +98,10 @@ class Deadline:
             return True
         return time.perf_counter() + self.last <= self.start + self.timeout
 
+    def spent(self) -> float:
+        """The share of the budget spent so far, at most 1 (0 without a budget)."""
+        return min(1.0, (time.perf_counter() - self.start) / self.timeout) if self.timeout else 0.0
+
     def passed(self) -> bool:
         """Whether the budget is spent."""
         return self.timeout is not None and time.perf_counter() > self.start + self.timeout
