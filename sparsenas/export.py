@@ -455,7 +455,7 @@ def trial_info(storage: str, study: Any, t: Any) -> dict[str, Any]:
 def search_budget(config: dict[str, Any], epochs: int | None = None) -> dict[str, Any]:
     """The training budget of a search (its ``config`` study attr) as :func:`retrain` keywords;
     ``epochs`` replaces it by a plain epoch count."""
-    from .api import DEFAULT_EPOCHS
+    from .config import DEFAULT_EPOCHS
 
     seconds = None if epochs else config.get("time_budget")
     n = epochs or config.get("epochs") or (10_000 if seconds else DEFAULT_EPOCHS)

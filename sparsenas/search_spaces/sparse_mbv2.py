@@ -32,6 +32,7 @@ import math
 from ..arch import Arch
 from ..task import Task
 from . import SPACES
+from ._mbv2_modules import CONNS, MobileNetV2, block_plan  # noqa: F401  (block_plan: part of this space's API)
 from .base import SearchSpace
 
 STAGE_CHANNELS = (16, 24, 32, 64, 96)
@@ -41,17 +42,7 @@ EXPANSIONS = [1, 3, 6]
 KERNELS = [3, 5, 7]
 SPARSITIES = [0.0, 0.5, 0.7, 0.8, 0.9, 0.95]
 WIDTHS = [0.5, 0.75, 1.0]
-CONNS = ["magnitude", "g2g", "block"]  # connectivity of the sparse 1x1 convs
 SUPERNET_CONNS = ("magnitude", "g2g")  # what the sparse_mbv2 supernets mix (block: standalone searches)
-
-
-def block_plan(cin: int, cout: int, density: float) -> int:
-    """Ensembles G of a block-diagonal 1x1 conv at ``density``: the largest power of two with
-    ``1/G >= density`` that divides both channel counts (at least 2: channels are multiples of 4)."""
-    g = 2
-    while 2 * g * density <= 1.0 + 1e-9 and cin % (2 * g) == 0 and cout % (2 * g) == 0:
-        g *= 2
-    return g
 
 
 def make_divisible(c: float, divisor: int = 4) -> int:
@@ -131,8 +122,6 @@ class SparseMBV2Space(SearchSpace):
         return Arch(self.name, self.version, picks)
 
     def build(self, arch: Arch, task: Task):
-        from ._mbv2_modules import MobileNetV2
-
         ch = self.validate(arch, task).choices
         down = set(ch["downsample"].split("+"))
         stages = []
