@@ -47,47 +47,50 @@ from ..tracking import trial_record
 from . import STRATEGIES
 from .base import SearchContext, Strategy
 from .budget import Deadline, budget_seconds, check_share, epochs_within, is_set, probe_epochs, stored_plan
-from .options import Option
+from .options import Option, options_of, resolve_options, setting
 from .supernet import CHECKPOINT_FILE, retrain_and_log, say, train_supernet
 
 BUDGET_CANDIDATES = 64  # derived architectures a --timeout run without --retrain-top may retrain
 PLAN_ATTR = "dass_budget_plan"
 EARLY_CHECKPOINT = "supernet-early.pt"
-SUPERNET_OPTIONS = ("channels", "cells", "search_cells", "downscale", "depth", "width", "expand", "conns")
 
 
 @dataclass
 class DassConfig:
     """DASS settings; defaults sized for a loaded 2-core CPU and the digits data set."""
 
-    target_sparsity: float = 0.9
-    latency_weight: float = 0.0
-    search_epochs: int = 4          # passes over the train split, split into the three phases
-    retrain_epochs: int = 12        # standalone training of each derived architecture
-    retrain_top: int = 2            # derived architectures to retrain and log
-    budget_share: float = 0.3       # under --timeout, the share the supernet is sized to (see DASSStrategy)
-    early_share: float = 0.1        # ... of which an early round takes this share of --timeout (0: none)
-    early_top: int = 4              # derived architectures the early round retrains
-    order: str = "first"            # alpha step: "first" or "second" (unrolled) order
-    phases: tuple[float, float, float] = (0.4, 0.3, 0.3)  # shares of the search steps
-    batch_size: int = 64
-    weight_lr: float = 0.05         # SGD, cosine over the search
-    score_lr: float = 0.1           # SGD for the scores in the pruning phase (HYDRA/DASS)
-    arch_lr: float = 3e-3           # Adam; DARTS' 3e-4 barely moves alpha in a few hundred steps
-    arch_weight_decay: float = 1e-3
-    grad_clip: float = 5.0
-    threads: int = 1                # torch threads for the whole run (see DASSStrategy.run)
+    target_sparsity: float = setting(0.9, "fraction of zero weights the sparse ops are pruned to")
+    latency_weight: float = setting(0.0, "weight of the expected-latency term in alpha's loss (0: none)")
+    search_epochs: int = setting(4, "passes over the train split for the supernet, split into the phases (default "
+                                 "{default}; with --timeout, sized to --budget-share of it)", decided_at_run_time=True)
+    retrain_epochs: int = setting(12, "standalone training epochs of each derived architecture")
+    retrain_top: int = setting(2, "derived architectures to retrain and log (default {default}; with --timeout, as "
+                               f"many as the budget fits, up to {BUDGET_CANDIDATES})", decided_at_run_time=True)
+    budget_share: float = setting(0.3, "with --timeout and no --search-epochs: the share of the budget the supernet "
+                                  "training is sized to (the rest retrains derived architectures)")
+    early_share: float = setting(0.1, "with --timeout and no --search-epochs: the share of the budget an early "
+                                 "supernet round takes out of --budget-share; its derivations are retrained first, so "
+                                 "the search has results early (0: one round)")
+    early_top: int = setting(4, "derived architectures the early round retrains")
+    order: str = setting("first", "alpha step: first order, or DARTS' second (unrolled) order",
+                         choices=("first", "second"))
+    phases: tuple[float, float, float] = setting((0.4, 0.3, 0.3), "shares of the search steps: warm-up, pruning, "
+                                                 "fine-tuning", item=float)
+    batch_size: int = setting(64, "supernet batch size (config file only; --batch-size is the trials')")
+    weight_lr: float = setting(0.05, "SGD learning rate of the supernet weights (cosine)")
+    score_lr: float = setting(0.1, "SGD learning rate of the mask scores in the pruning phase")
+    # Adam; DARTS' 3e-4 barely moves alpha in a few hundred steps
+    arch_lr: float = setting(3e-3, "Adam learning rate of the architecture weights alpha")
+    arch_weight_decay: float = setting(1e-3, "weight decay of alpha")
+    grad_clip: float = setting(5.0, "gradient-norm clip of the weight step")
+    threads: int = setting(1, "torch threads for the search (config file only)")  # see DASSStrategy.run
     supernet: dict[str, Any] = field(default_factory=dict)  # channels, cells, search_cells, downscale, depth...
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> "DassConfig":
         """Build from ``ctx.options``; unknown keys and bad values raise one clear SparseNASError."""
-        known = {f for f in cls.__dataclass_fields__ if f != "supernet"} | set(SUPERNET_OPTIONS)
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise SparseNASError(f"strategy 'dass' does not take option(s) {', '.join(unknown)}; it takes: "
-                                 f"{', '.join(sorted(known))}")
-        kw = {k: v for k, v in options.items() if k in cls.__dataclass_fields__ and v is not None}
+        options = resolve_options("dass", DASS_OPTIONS, options)
+        kw = {k: v for k, v in options.items() if k in cls.__dataclass_fields__}
         cfg = cls(**kw, supernet={k: options[k] for k in SUPERNET_OPTIONS if k in options})
         cfg.check()
         return cfg
@@ -137,6 +140,21 @@ def op_latency_for(ctx: SearchContext) -> OpLatency:
     return op_latency
 
 
+# the supernet's shape, per space (DassConfig.supernet), beside DassConfig's own options
+SUPERNET = (
+    Option("channels", int, None, "sparse_darts: initial channels C (8, 12, 16; default 8)"),
+    Option("cells", int, None, "sparse_darts: cells of the derived network (3, 5, 8; default 5)"),
+    Option("search_cells", int, None, "sparse_darts: cells of the supernet (2-20; default 3)"),
+    Option("downscale", bool, None, "sparse_darts: the supernet sees the input average-pooled (default: inputs of 16 px and more)"),
+    Option("depth", int, None, "sparse_mbv2: blocks per stage of the supernet (default 1)"),
+    Option("width", float, None, "sparse_mbv2: width multiplier of the supernet (default 0.5)"),
+    Option("expand", int, None, "sparse_mbv2: expansion ratio of the supernet (default 3)"),
+    Option("conns", list, None, "sparse_mbv2: sparse 1x1 connectivities (default magnitude,g2g)", item=str),
+)
+SUPERNET_OPTIONS = tuple(o.name for o in SUPERNET)
+DASS_OPTIONS = options_of(DassConfig, *SUPERNET)
+
+
 # ---------------------------------------------------------------- the strategy
 @STRATEGIES.register("dass")
 class DASSStrategy(Strategy):
@@ -144,39 +162,7 @@ class DASSStrategy(Strategy):
     runs_distributed = True
     description = ("DASS: DARTS-style bilevel search over mixed ops with alpha trained on the network masked at "
                    "the target sparsity (warm-up, score pruning, fine-tune); derived nets retrained and logged")
-    options = (
-        Option("target_sparsity", float, DassConfig.target_sparsity, "fraction of zero weights the sparse ops are pruned to"),
-        Option("latency_weight", float, DassConfig.latency_weight, "weight of the expected-latency term in alpha's loss (0: none)"),
-        Option("search_epochs", int, None, f"passes over the train split for the supernet, split into the phases "
-               f"(default {DassConfig.search_epochs}; with --timeout, sized to --budget-share of it)"),
-        Option("retrain_epochs", int, DassConfig.retrain_epochs, "standalone training epochs of each derived architecture"),
-        Option("retrain_top", int, None, f"derived architectures to retrain and log (default {DassConfig.retrain_top}; "
-               f"with --timeout, as many as the budget fits, up to {BUDGET_CANDIDATES})"),
-        Option("budget_share", float, DassConfig.budget_share, "with --timeout and no --search-epochs: the share of "
-               "the budget the supernet training is sized to (the rest retrains derived architectures)"),
-        Option("early_share", float, DassConfig.early_share, "with --timeout and no --search-epochs: the share of the "
-               "budget an early supernet round takes out of --budget-share; its derivations are retrained first, "
-               "so the search has results early (0: one round)"),
-        Option("early_top", int, DassConfig.early_top, "derived architectures the early round retrains"),
-        Option("order", str, DassConfig.order, "alpha step: first order, or DARTS' second (unrolled) order",
-               choices=("first", "second")),
-        Option("phases", list, DassConfig.phases, "shares of the search steps: warm-up, pruning, fine-tuning", item=float),
-        Option("batch_size", int, DassConfig.batch_size, "supernet batch size (config file only; --batch-size is the trials')"),
-        Option("weight_lr", float, DassConfig.weight_lr, "SGD learning rate of the supernet weights (cosine)"),
-        Option("score_lr", float, DassConfig.score_lr, "SGD learning rate of the mask scores in the pruning phase"),
-        Option("arch_lr", float, DassConfig.arch_lr, "Adam learning rate of the architecture weights alpha"),
-        Option("arch_weight_decay", float, DassConfig.arch_weight_decay, "weight decay of alpha"),
-        Option("grad_clip", float, DassConfig.grad_clip, "gradient-norm clip of the weight step"),
-        Option("threads", int, DassConfig.threads, "torch threads for the search (config file only)"),
-        Option("channels", int, None, "sparse_darts: initial channels C (8, 12, 16; default 8)"),
-        Option("cells", int, None, "sparse_darts: cells of the derived network (3, 5, 8; default 5)"),
-        Option("search_cells", int, None, "sparse_darts: cells of the supernet (2-20; default 3)"),
-        Option("downscale", bool, None, "sparse_darts: the supernet sees the input average-pooled (default: inputs of 16 px and more)"),
-        Option("depth", int, None, "sparse_mbv2: blocks per stage of the supernet (default 1)"),
-        Option("width", float, None, "sparse_mbv2: width multiplier of the supernet (default 0.5)"),
-        Option("expand", int, None, "sparse_mbv2: expansion ratio of the supernet (default 3)"),
-        Option("conns", list, None, "sparse_mbv2: sparse 1x1 connectivities (default magnitude,g2g)", item=str),
-    )
+    options = DASS_OPTIONS
 
     def check(self, space: SearchSpace, task: Task, options: dict[str, Any]) -> None:
         cfg = DassConfig.from_options(options)

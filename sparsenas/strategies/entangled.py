@@ -61,7 +61,7 @@ from ..timing import num_threads
 from . import STRATEGIES
 from .base import SearchContext, Strategy
 from .budget import Deadline, budget_seconds, check_share, is_set, probe_epochs, stored_plan
-from .options import Option
+from .options import options_of, resolve_options, setting
 from .supernet import retrain_and_log, train_supernet
 
 PLAN_ATTR = "entangled_budget_plan"
@@ -69,20 +69,27 @@ PLAN_ATTR = "entangled_budget_plan"
 
 @dataclass(frozen=True)
 class EntangledOptions:
-    search_epochs: int = 2
-    sandwich_epochs: int = 2
-    sandwich_random: int = 2
-    retrain_epochs: int = 3
-    retrain_top: int = 3
-    tau_archs: int = 10
-    calib_batches: int = 4
-    finetune_steps: int = 10      # SGD steps on an extracted child before its validation (0: raw inheritance)
-    mask_every: int = 20          # steps between magnitude-mask refreshes (the trainer refreshes every 50)
-    arch_lr: float = 6e-3
-    grad_clip: float = 50.0       # weight-gradient norm clip: cuts rare spikes, not the usual steps (see _clip)
-    mixing: str = "softmax"
-    budget_share: float = 0.4     # under --timeout: the share phases 1-2 are sized to
-    threads: int = 1              # torch threads for this search (see EntangledStrategy.run)
+    search_epochs: int = setting(2, "epochs of gradient search on the supernet (default {default}; g2g_mlp 10)",
+                                 decided_at_run_time=True)
+    sandwich_epochs: int = setting(2, "epochs of sandwich training (largest + smallest + random children; default "
+                                   "{default}; g2g_mlp 30)", decided_at_run_time=True)
+    sandwich_random: int = setting(2, "random children per sandwich step")
+    retrain_epochs: int = setting(3, "standalone training epochs of the retrained architectures (default {default}; "
+                                  "g2g_mlp 20)", decided_at_run_time=True)
+    retrain_top: int = setting(3, "best architectures of the inherited front to retrain")
+    tau_archs: int = setting(10, "architectures retrained in all, for Kendall's tau of the ranking")
+    calib_batches: int = setting(4, "training batches to recalibrate BatchNorm of an extracted child")
+    finetune_steps: int = setting(10, "SGD steps on an extracted child before validating it (0: raw)")
+    # the trainer refreshes masks every 50 steps by default; the supernet search more often
+    mask_every: int = setting(20, "steps between magnitude-mask refreshes")
+    arch_lr: float = setting(6e-3, "Adam learning rate of the architecture weights")
+    # cuts rare spikes, not the usual steps (see EntangledTrainer._clip)
+    grad_clip: float = setting(50.0, "norm the supernet's weight gradient is clipped to (per step)")
+    mixing: str = setting("softmax", "how candidate weights are mixed: softmax(alpha), or Dirichlet samples (DrNAS)",
+                          choices=MIXINGS)
+    budget_share: float = setting(0.4, "with --timeout and no epoch counts: the share of the budget phases 1-2 are "
+                                  "sized to (the rest: inherited search, then retraining)")
+    threads: int = setting(1, "torch threads for the search (config file only)")  # see EntangledStrategy.run
 
     @classmethod
     def from_ctx(cls, ctx: SearchContext) -> "EntangledOptions":
@@ -91,17 +98,10 @@ class EntangledOptions:
     @classmethod
     def from_options(cls, options: dict[str, Any], space: str) -> "EntangledOptions":
         """The options for a search of ``space``; unknown keys and bad values raise one clear SparseNASError."""
-        opts = {k: v for k, v in options.items() if v is not None}
-        known = set(cls.__dataclass_fields__)
-        # flags of other supernet strategies reach every strategy from the CLI; they do not apply here
-        ignored = {"target_sparsity", "latency_weight", "supernets"}
-        unknown = set(opts) - known - ignored
-        if unknown:
-            raise SparseNASError(f"strategy 'entangled' does not take option(s) {', '.join(sorted(unknown))}; "
-                                 f"it takes: {', '.join(sorted(known))}")
+        opts = resolve_options("entangled", options_of(cls), options)
         # the space's supernet may set its own defaults (an MLP epoch takes a second, an MBV2 one minutes)
         space_defaults = getattr(find_supernet(space, "entangled"), "default_options", {})
-        o = cls(**{**space_defaults, **{k: v for k, v in opts.items() if k in known}})
+        o = cls(**{**space_defaults, **opts})
         for name in ("search_epochs", "calib_batches", "mask_every", "threads"):
             if int(getattr(o, name)) < 1:
                 raise SparseNASError(f"entangled: {name.replace('_', '-')} must be at least 1, got {getattr(o, name)}")
@@ -124,29 +124,7 @@ class EntangledStrategy(Strategy):
     runs_distributed = True
     description = ("weight-entangled supernet (TangleNAS): gradient search mixing candidate weights in one op, "
                    "then NSGA-II over inherited weights (about a second per arch), top archs retrained")
-    _o = EntangledOptions
-    options = (
-        Option("search_epochs", int, None, f"epochs of gradient search on the supernet (default {_o.search_epochs}; "
-               "g2g_mlp 10)"),
-        Option("sandwich_epochs", int, None, f"epochs of sandwich training (largest + smallest + random children; "
-               f"default {_o.sandwich_epochs}; g2g_mlp 30)"),
-        Option("sandwich_random", int, _o.sandwich_random, "random children per sandwich step"),
-        Option("retrain_epochs", int, None, f"standalone training epochs of the retrained architectures "
-               f"(default {_o.retrain_epochs}; g2g_mlp 20)"),
-        Option("retrain_top", int, _o.retrain_top, "best architectures of the inherited front to retrain"),
-        Option("tau_archs", int, _o.tau_archs, "architectures retrained in all, for Kendall's tau of the ranking"),
-        Option("calib_batches", int, _o.calib_batches, "training batches to recalibrate BatchNorm of an extracted child"),
-        Option("finetune_steps", int, _o.finetune_steps, "SGD steps on an extracted child before validating it (0: raw)"),
-        Option("mask_every", int, _o.mask_every, "steps between magnitude-mask refreshes"),
-        Option("arch_lr", float, _o.arch_lr, "Adam learning rate of the architecture weights"),
-        Option("grad_clip", float, _o.grad_clip, "norm the supernet's weight gradient is clipped to (per step)"),
-        Option("mixing", str, _o.mixing, "how candidate weights are mixed: softmax(alpha), or Dirichlet samples "
-               "(DrNAS)", choices=MIXINGS),
-        Option("budget_share", float, _o.budget_share, "with --timeout and no epoch counts: the share of the budget "
-               "phases 1-2 are sized to (the rest: inherited search, then retraining)"),
-        Option("threads", int, _o.threads, "torch threads for the search (config file only)"),
-    )
-    del _o
+    options = options_of(EntangledOptions)
 
     def check(self, space: SearchSpace, task: Task, options: dict[str, Any]) -> None:
         EntangledOptions.from_options(options, space.name)  # bad options are refused before the study exists

@@ -27,8 +27,6 @@ from .mixed import MixedSupernet, OpLatency, build_mixed_supernet, measured_op_l
 if TYPE_CHECKING:  # the strategy's options; a trainer reads them, never imports the strategy
     from ..strategies.dass import DassConfig
 
-PHASES = ("warmup", "prune", "finetune")
-
 
 # ---------------------------------------------------------------- the search
 @dataclass
