@@ -5,7 +5,7 @@ the same search and the trial target is the study's total (tracking.Tracker.surp
 end with the same number of trials as one. This module only starts them, shows one progress bar by
 polling the study, and reports a worker that failed.
 
-Workers are fresh interpreters (``python -m sparsenas.workers CONFIG``), not multiprocessing
+Workers are fresh interpreters (``python -m sparsenas.workers_main CONFIG``), not multiprocessing
 children: those re-import the caller's main module, which re-runs a script or notebook cell that
 calls ``sparsenas.search(workers=K)`` without an ``if __name__ == "__main__"`` guard.
 """
@@ -38,7 +38,7 @@ def run_workers(config: "SearchConfig", tracker: "Tracker", *, progress: bool = 
     threads = max(1, config.threads // k)
     root = str(Path(__file__).resolve().parents[1])  # the workers import this very sparsenas
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    procs = [subprocess.Popen([sys.executable, "-m", "sparsenas.workers",
+    procs = [subprocess.Popen([sys.executable, "-m", "sparsenas.workers_main",
                                json.dumps(asdict(replace(config, workers=1, worker=i, threads=threads)))],
                               env=env, stdout=subprocess.DEVNULL)
              for i in range(k)]
@@ -60,21 +60,3 @@ def run_workers(config: "SearchConfig", tracker: "Tracker", *, progress: bool = 
         raise SparseNASError(f"{len(bad)} of {k} workers failed ({', '.join(f'worker {i} exit code {c}' for i, c in bad)}; "
                              "their error is printed above); the trials finished are saved in the study, re-run the "
                              "same command to resume")
-
-
-def _worker_main(argv: list[str]) -> int:
-    from .api import SearchConfig, search
-
-    config = SearchConfig(**json.loads(argv[0]))
-    try:
-        search(config, progress=False)
-    except SparseNASError as e:
-        print(f"nas search worker {config.worker}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1:]))
