@@ -30,6 +30,17 @@ every strategy tied with the best). A PNG of the retrained fronts is written wit
     PYTHONPATH=. python benchmarks/compare_strategies.py --space sparse_mbv2 --dataset digits \
         --budget-minutes 2 --seeds 2 [--strategies random,tpe,nni:evolution] [--json]
 
+A multi-trial strategy with a pruner is named ``STRATEGY+PRUNER`` (``tpe+mo-asha``,
+``random+mo-asha``; the pruner's settings from ``--pruner-args``); it trains architectures to
+``--epochs`` only when its rungs promote them, and its hypervolumes and time to random's HV count
+those full-fidelity architectures only. The comparison multi-fidelity search is judged on
+(issue 22; at least 8 minutes per search, so about 1.5 hours per task on one core):
+
+    PYTHONPATH=. python benchmarks/compare_strategies.py --space sparse_mbv2 --dataset digits --input-size 16 \
+        --epochs 6 --budget-minutes 8 --seeds 3 --strategies random,tpe,tpe+mo-asha,random+mo-asha --json
+    PYTHONPATH=. python benchmarks/compare_strategies.py --space g2g_mlp --dataset mnist1d \
+        --epochs 6 --budget-minutes 8 --seeds 3 --strategies random,tpe,tpe+mo-asha,random+mo-asha --json
+
 NNI's strategies run when ``nni`` is importable by the Python running this script (the ``nni``
 extra); otherwise they are listed as skipped with the reason.
 """
@@ -49,6 +60,13 @@ from typing import Any
 OURS = ("random", "tpe", "nsga2", "dass", "entangled", "balanced")
 NNI = ("nni:random", "nni:evolution", "nni:darts", "nni:random-one-shot")
 MULTI_TRIAL = ("random", "tpe", "nsga2", "nni:random", "nni:evolution")
+PRUNED = ("tpe+mo-asha", "random+mo-asha")  # STRATEGY+PRUNER: a multi-trial strategy with that pruner
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """``tpe+mo-asha`` -> ("tpe", "mo-asha"); ``tpe`` -> ("tpe", None)."""
+    strategy, _, pruner = name.partition("+")
+    return strategy, pruner or None
 METRICS = (  # key, label, higher is better
     ("best_test_accuracy", "best test acc", True),
     ("test_accuracy_at_bound", "test acc @ lat bound", True),
@@ -57,6 +75,7 @@ METRICS = (  # key, label, higher is better
     ("time_to_random_hv_s", "s to random's HV", False),
     ("wall_s", "search wall s", False),
     ("trials", "trials", True),
+    ("complete", "full-fidelity archs", True),
     ("overhead_per_trial_s", "overhead/trial s", False),
     ("peak_rss_mb", "peak RSS MB", False),
 )
@@ -118,8 +137,10 @@ def child_search(cfg: dict) -> dict:
     options = dict(cfg["options"])
     start_wall = time.time()
     t0 = time.perf_counter()
-    study = sparsenas.search(strategy=cfg["strategy"], study=cfg["study"], trials=cfg["trials"],
-                             timeout=cfg["budget_s"], options=options, **_common(cfg))
+    strategy, pruner = split_name(cfg["strategy"])
+    pruning = dict(pruner=pruner, pruner_args=cfg.get("pruner_args") or {}) if pruner else {}
+    study = sparsenas.search(strategy=strategy, study=cfg["study"], trials=cfg["trials"],
+                             timeout=cfg["budget_s"], options=options, **pruning, **_common(cfg))
     wall = time.perf_counter() - t0
     done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             if t.values is not None and len(t.values) == 2]
@@ -139,14 +160,16 @@ def child_search(cfg: dict) -> dict:
     ends = sorted((t.datetime_complete.timestamp(), t.user_attrs.get("train_seconds") or 0.0) for t in own
                   if t.datetime_complete)
     gaps = [b[0] - a[0] - b[1] for a, b in zip(ends, ends[1:])]
-    overhead = statistics.median(gaps) if len(gaps) >= 2 and cfg["strategy"] in MULTI_TRIAL else \
+    # (with a pruner the trials stopped early, between two complete ones, are not overhead: left out)
+    overhead = None if pruner else statistics.median(gaps) if len(gaps) >= 2 and strategy in MULTI_TRIAL else \
         (wall - trained) / max(1, n_all)
     front = sorted(study.best_trials, key=lambda t: -t.values[0])[: cfg["top"]]
     retrained = _retrain(cfg, [arch_of(t) for t in front])
     for row, t in zip(retrained, front):
         row.update(trial=t.number, latency_ms=t.values[1], search_val_accuracy=t.values[0])
     best = max(done, key=lambda t: t.values[0], default=None)
-    return {"wall_s": wall, "trials": n_all, "complete": len(done), "estimates": len(estimates),
+    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+    return {"wall_s": wall, "trials": n_all, "complete": len(done), "pruned": pruned, "estimates": len(estimates),
             "best_estimate_val": max((t.values[0] for t in estimates), default=None),
             "train_seconds": trained,
             "overhead_per_trial_s": overhead, "timeline": timeline, "retrained": retrained,
@@ -287,7 +310,7 @@ def options_for(name: str, options: dict) -> dict:
     options refuse the others); all of them where strategies declare none."""
     from sparsenas.strategies import STRATEGIES
 
-    declared = getattr(STRATEGIES.get(name), "options", None)
+    declared = getattr(STRATEGIES.get(split_name(name)[0]), "options", None)
     if not isinstance(declared, tuple):
         return dict(options)
     names = {o.name for o in declared}
@@ -306,7 +329,7 @@ def _applicable(names: list[str], args: argparse.Namespace, options: dict) -> di
     out: dict[str, str | None] = {}
     for n in names:
         try:
-            cls = STRATEGIES.get(n)
+            cls = STRATEGIES.get(split_name(n)[0])
             opts = options_for(n, options)
             if hasattr(cls, "resolve_options"):
                 opts = cls.resolve_options(opts)
@@ -351,6 +374,7 @@ def summarize(runs: dict[str, list[dict]], bound: float | None) -> tuple[dict, d
                 "hypervolume_test": hypervolume_2d([(p["test_accuracy"], p["latency_ms"]) for p in r["retrained"]], ref),
                 "hypervolume_val": hypervolume_2d([(p["val"], p["latency_ms"]) for p in pts], ref),
                 "time_to_random_hv_s": reach, "wall_s": r["wall_s"], "trials": r["trials"],
+                "complete": r.get("complete"),
                 "overhead_per_trial_s": r["overhead_per_trial_s"], "peak_rss_mb": r["peak_rss_mb"]})
         per[s] = {k: _mean_sd([row[k] for row in rows]) for k, _, _ in METRICS}
         per[s]["per_seed"] = [{"seed": r["seed"], **row} for r, row in zip(rs, rows)]  # the raw figures behind the means
@@ -399,6 +423,17 @@ def _fmt(m: dict | None, k: str) -> str:
     return f"{m['mean']:.{digits}f} ± {m['sd']:.{digits}f}"
 
 
+def _json_object(p: argparse.ArgumentParser, flag: str, text: str, example: str) -> dict:
+    """``text`` parsed as a JSON object, or the parser's usage error naming ``flag``."""
+    try:
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as e:
+        p.error(f"{flag} must be a JSON object, e.g. '{example}' ({e})")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--space", default="sparse_mbv2")
@@ -414,7 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--oneshot-trials", type=int, default=50, help="architectures a one-shot strategy ranks")
     p.add_argument("--options", default="{}", metavar="JSON",
                    help='more strategy options, each passed to the strategies that declare it, e.g. {"budget_share": 0.15}')
-    p.add_argument("--strategies", default=None, help=f"comma list (default: {','.join(OURS + NNI)})")
+    p.add_argument("--strategies", default=None, help=f"comma list (default: {','.join(OURS + NNI)}); a "
+                   f"multi-trial strategy with a pruner as STRATEGY+PRUNER: {', '.join(PRUNED)}")
+    p.add_argument("--pruner-args", default="{}", metavar="JSON",
+                   help='settings of the pruner of STRATEGY+PRUNER runs, e.g. {"reduction_factor": 3, "min_epochs": 1}')
     p.add_argument("--python", default=sys.executable, help="interpreter of the child runs (one with nni for NNI's)")
     p.add_argument("--plot", default=None, metavar="PNG", help="write the retrained fronts here")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -434,19 +472,15 @@ def main(argv: list[str] | None = None) -> int:
         names.insert(0, "random")  # the baseline every other is measured against
     # one-shot strategies retrain for the same epochs as every trial; their supernet epochs and how many
     # architectures they retrain they size from the budget themselves (what a user's --timeout gets)
-    try:
-        extra = json.loads(args.options)
-        if not isinstance(extra, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as e:
-        p.error(f"--options must be a JSON object of strategy options, e.g. '{{\"budget_share\": 0.15}}' ({e})")
+    extra = _json_object(p, "--options", args.options, '{"budget_share": 0.15}')
     options = {"retrain_epochs": args.epochs, **extra}
+    pruner_args = _json_object(p, "--pruner-args", args.pruner_args, '{"reduction_factor": 3}')
     skipped = {s: why for s, why in _applicable(names, args, options).items() if why}
     names = [s for s in names if s not in skipped]
     storage = f"sqlite:///{tempfile.mkdtemp(prefix='compare_strategies_')}/bench.db"
     base = dict(space=args.space, dataset=args.dataset, input_size=args.input_size, limit=args.limit,
                 storage=storage, epochs=args.epochs, batch_size=args.batch_size, top=args.top,
-                budget_s=args.budget_minutes * 60, options=options)
+                budget_s=args.budget_minutes * 60, options=options, pruner_args=pruner_args)
     runs: dict[str, list[dict]] = {s: [] for s in names}
     load_before = os.getloadavg()
     t_all = time.perf_counter()
@@ -454,14 +488,14 @@ def main(argv: list[str] | None = None) -> int:
         for s in names:
             # multi-trial strategies run until the budget ends; for one-shot ones, trials = architectures
             # they rank on the supernet (entangled, nni:random-one-shot)
-            trials = 100_000 if s in MULTI_TRIAL else args.oneshot_trials
+            trials = 100_000 if split_name(s)[0] in MULTI_TRIAL else args.oneshot_trials
             r = _run_child("search", {**base, "strategy": s, "seed": seed, "study": f"{s}-seed{seed}",
                                       "trials": trials, "options": options_for(s, options)}, args.python)
             r.update(strategy=s, seed=seed)
             runs[s].append(r)
             if not args.json:
                 print(f"{s} seed {seed}: " + (r.get("error") or
-                      f"{r['trials']} trials in {r['wall_s']:.0f} s, best retrained test acc "
+                      f"{r['trials']} trials ({r['complete']} complete) in {r['wall_s']:.0f} s, best retrained test acc "
                       f"{max((x['test_accuracy'] for x in r['retrained']), default=float('nan')):.3f}"), flush=True)
     baselines = []
     for r in runs.get("random", []):
@@ -472,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
                         for m in ("test_accuracy", "nnz", "latency_ms")}
                     for k in ("dense_parent", "random_masks", "random_search_best")} if baselines else {}
     out = {"space": args.space, "dataset": args.dataset, "input_size": args.input_size, "limit": args.limit,
+           "pruner_args": pruner_args,
            "budget_minutes": args.budget_minutes, "seeds": args.seeds, "epochs": args.epochs, "top": args.top,
            "machine": {"cpus": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg(),
                        "torch_threads": 1},

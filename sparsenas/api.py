@@ -52,7 +52,7 @@ class SearchConfig:
     options: dict[str, Any] = field(default_factory=dict)  # strategy flags: target_sparsity, search_epochs, ...
     sampler: str | None = None          # random/tpe/nsga2 loop: another Optuna sampler (strategies/samplers.py SAMPLERS)
     sampler_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the sampler
-    pruner: str | None = None           # single-objective studies: median (default), hyperband, ... (PRUNERS)
+    pruner: str | None = None           # median (single-objective default), hyperband, ..., mo-asha (any study)
     pruner_args: dict[str, Any] = field(default_factory=dict)
 
     def study_name(self, dataset: str, space: str | None = None) -> str:
@@ -144,7 +144,8 @@ def _search(config: SearchConfig | None = None, *, progress: bool = True, **over
     options = strategy.resolve_options(config.options)  # unknown or mistyped options: exit 2, nothing written
     objectives = objectives_of(config)
     sampler_check(strategy, config.sampler, config.sampler_args, objectives, config.seed, config.trials)
-    pruner = make_pruner(config.pruner, config.pruner_args, objectives, epochs=config.epochs or DEFAULT_EPOCHS)
+    pruner = make_pruner(config.pruner, config.pruner_args, objectives, epochs=config.epochs or DEFAULT_EPOCHS,
+                         strategy=strategy)
     device = _device(config.device)
     if distributed.env_world_size() > 1:  # under torchrun: only rank 0 opens the study (below)
         if not strategy.runs_distributed:
@@ -182,7 +183,7 @@ def _search(config: SearchConfig | None = None, *, progress: bool = True, **over
     evaluator = Evaluator(space, data, budget, latency, seed=config.seed, device=device)
     with Progress(config.trials, enabled=progress, label=f"{config.strategy} on {space.name}",
                   objectives=objectives) as bar:
-        bar.advance_to(len(tracker.finished()))
+        bar.advance_to(tracker.counts()[0])
         ctx = SearchContext(space=space, task=data.task, data=data, evaluator=evaluator, tracker=tracker,
                             trials=config.trials, seed=config.seed, device=device, timeout=config.timeout,
                             max_latency_ms=config.max_latency_ms, progress=bar, options=options,

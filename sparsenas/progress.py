@@ -59,7 +59,9 @@ class Progress:
         if self._bar is not None:
             self._bar.update(self._current, completed=int(100 * fraction))
 
-    def trial_finished(self, trial: Any) -> None:
+    def trial_finished(self, trial: Any, counts: bool = True) -> None:
+        """Log ``trial``; advance the bar when it ``counts`` towards the target (a trial stopped by a
+        full-fidelity pruner does not)."""
         if self._log_trials:
             from .log import logger, trial_line
 
@@ -70,7 +72,7 @@ class Progress:
         if trial.values:
             self._best = max(self._best or 0.0, trial.values[0])
         best = f" best acc {self._best:.3f}" if self._best is not None else ""
-        self._bar.update(self._trials, advance=1, description=f"{self._label}{best}")
+        self._bar.update(self._trials, advance=int(counts), description=f"{self._label}{best}")
         self._bar.update(self._current, visible=False)
 
     def log(self, message: str) -> None:

@@ -53,7 +53,8 @@ def test_each_sampler_runs_three_trials(sampler, args, objective, pruner, cls, s
     (["--sampler", "annealing"], "unknown sampler 'annealing'; available: cmaes, gp, nsga2, nsga3, "),
     (["--sampler", "optuna.pruners:MedianPruner"], "not a subclass of optuna.samplers.BaseSampler"),
     (["--strategy", "dass", "--sampler", "gp"], "--sampler applies to the sampler strategies"),
-    (["--pruner", "median"], "Optuna prunes single-objective studies only"),
+    (["--pruner", "median"], "Optuna prunes single-objective studies only; use --pruner mo-asha"),
+    (["--pruner", "mo-asha", "--strategy", "dass"], "--pruner applies to the sampler strategies"),
     (["--objective", "accuracy", "--pruner", "patience"], "unknown pruner 'patience'"),
 ])
 def test_bad_sampler_or_pruner_is_exit_2(argv, message, tmp_path, examples_on_path):

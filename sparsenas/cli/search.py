@@ -32,7 +32,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                    "module.path:loader (see `nas datasets`; default: the space's own, digits for image spaces)")
     p.add_argument("--data-dir", help="folder with the dataset files (cifar*, mnist, fashion_mnist)")
     p.add_argument("--input-size", type=int, help="resize images to SxS (digits default 16)")
-    p.add_argument("--trials", type=int, help="architectures to evaluate in total (default 10)")
+    p.add_argument("--trials", type=int, help="architectures to evaluate in total (default 10); with --pruner mo-asha, "
+                   "architectures trained to the full --epochs: the pruned ones come on top (--timeout bounds the time)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, help="training epochs per architecture (default 6)")
     budget.add_argument("--time-budget", type=positive_float, metavar="SECONDS",
@@ -69,8 +70,10 @@ def add(sub: argparse._SubParsersAction) -> None:
                         "profile's calibration networks first (the speed anchor)")
     p.add_argument("--sampler", help="random/tpe/nsga2 loop with another Optuna sampler: tpe, nsga2, nsga3, random, "
                    "gp, cmaes (single objective), qmc, or module.path:Class; arguments from the config's [sampler]")
-    p.add_argument("--pruner", help="single-objective studies: median (default), hyperband, successive-halving, nop, "
-                   "or module.path:Class; arguments from the config's [pruner]")
+    p.add_argument("--pruner", help="mo-asha: multi-objective asynchronous successive halving, for any study (settings in "
+                   "the config's [pruner]: reduction_factor (3), min_epochs (1), rule (crowding or epsnet), brackets "
+                   "(1)); single-objective studies also: median (their default), hyperband, successive-halving, nop, "
+                   "or module.path:Class, arguments from [pruner]")
     p.add_argument("--timeout", type=positive_float, metavar="SECONDS",
                    help="stop starting new trials after this many seconds")
     p.add_argument("--threads", type=int, help="torch threads while searching, split between --workers "

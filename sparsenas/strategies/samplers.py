@@ -3,8 +3,10 @@
 random, tpe and nsga2 are the same loop (``suggest -> evaluate -> tell``) with another sampler;
 ``--sampler NAME`` runs that loop with any sampler of :data:`SAMPLERS` (tpe, nsga2, nsga3, random,
 gp, cmaes, qmc, a plug-in in entry-point group ``sparsenas.samplers``, or ``module:Class``), its
-keyword arguments from a config file's ``[sampler]`` table. :data:`PRUNERS` holds the pruners of
-single-objective studies (``--pruner``).
+keyword arguments from a config file's ``[sampler]`` table. :data:`PRUNERS` holds the pruners
+(``--pruner``): Optuna's for single-objective studies, and ``mo-asha`` (multi-objective asynchronous
+successive halving, :mod:`sparsenas.pruners.mo_asha`) for any study. With mo-asha the trial target
+counts architectures trained to full fidelity (COMPLETE); pruned trials come on top.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from ..registry import GROUPS, Registry
 from ..tracking import trial_record
 from . import STRATEGIES
 from .base import SearchContext, Strategy
+from ..pruners.mo_asha import MOASHAPruner, PrunedTrialsSafeSampler
 from .options import Option
 
 
@@ -127,36 +130,62 @@ def sampler_check(strategy: Strategy, name: str | None, args: dict[str, Any], ob
     make_sampler(name, args, seed, trials, objectives)
 
 
-def _adopt_pruner(obj: Any, key: str, where: str) -> Callable[..., optuna.pruners.BasePruner]:
+@dataclass(frozen=True)
+class PrunerKind:
+    """How to build one kind of pruner: ``make(epochs, objectives, **args)``; ``multi_objective`` for
+    pruners that rank several objectives (Optuna's own prune single-objective studies only)."""
+
+    make: Callable[..., optuna.pruners.BasePruner]
+    multi_objective: bool = False
+
+
+def _adopt_pruner(obj: Any, key: str, where: str) -> PrunerKind:
+    if isinstance(obj, PrunerKind):
+        return obj
     if inspect.isclass(obj) and issubclass(obj, optuna.pruners.BasePruner):
-        return lambda epochs, **args: obj(**args)
+        return PrunerKind(lambda epochs, objectives, **args: obj(**args), issubclass(obj, MOASHAPruner))
     raise SparseNASError(f"pruner {where} is {'class ' + obj.__name__ if inspect.isclass(obj) else 'a ' + type(obj).__name__}"
                          ", not a subclass of optuna.pruners.BasePruner")
 
 
-# name -> make(epochs, **args)
-PRUNERS: Registry[Callable[..., optuna.pruners.BasePruner]] = Registry("pruner", group=GROUPS["pruner"],
-                                                                        adopt=_adopt_pruner)
-PRUNERS.register("median")(lambda epochs, **a: optuna.pruners.MedianPruner(
-    **{"n_startup_trials": 3, "n_warmup_steps": 2, **a}))
-PRUNERS.register("hyperband")(lambda epochs, **a: optuna.pruners.HyperbandPruner(
-    **{"min_resource": 1, "max_resource": max(epochs, 2), **a}))
-PRUNERS.register("successive-halving")(lambda epochs, **a: optuna.pruners.SuccessiveHalvingPruner(**a))
-PRUNERS.register("nop")(lambda epochs, **a: optuna.pruners.NopPruner(**a))
+def _mo_asha(epochs: int, objectives: tuple[str, ...], *, reduction_factor: int = 3, min_epochs: int = 1,
+             rule: str = "crowding", brackets: int = 1) -> MOASHAPruner:
+    """Rungs at min_epochs * reduction_factor**k below --epochs; the objectives after accuracy (latency,
+    size) are the trial attrs recorded before training (Tracker.record_latency)."""
+    return MOASHAPruner(min_resource=min_epochs, reduction_factor=reduction_factor, max_resource=epochs,
+                        static_attrs=objectives[1:], rule=rule, brackets=brackets)
+
+
+PRUNERS: Registry[PrunerKind] = Registry("pruner", group=GROUPS["pruner"], adopt=_adopt_pruner)
+PRUNERS.register("median")(PrunerKind(lambda epochs, objectives, **a: optuna.pruners.MedianPruner(
+    **{"n_startup_trials": 3, "n_warmup_steps": 2, **a})))
+PRUNERS.register("hyperband")(PrunerKind(lambda epochs, objectives, **a: optuna.pruners.HyperbandPruner(
+    **{"min_resource": 1, "max_resource": max(epochs, 2), **a})))
+PRUNERS.register("successive-halving")(PrunerKind(
+    lambda epochs, objectives, **a: optuna.pruners.SuccessiveHalvingPruner(**a)))
+PRUNERS.register("nop")(PrunerKind(lambda epochs, objectives, **a: optuna.pruners.NopPruner(**a)))
+PRUNERS.register("mo-asha")(PrunerKind(_mo_asha, multi_objective=True))
 
 
 def make_pruner(name: str | None, args: dict[str, Any], objectives: tuple[str, ...],
-                epochs: int) -> optuna.pruners.BasePruner | None:
-    """The pruner of a single-objective study (median by default); None for multi-objective ones,
-    which Optuna cannot prune (a pruner named for one is an error)."""
-    if len(objectives) > 1:
-        if name is not None:
-            raise SparseNASError(f"--pruner {name}: Optuna prunes single-objective studies only; add --objective "
-                                 "accuracy (or leave --pruner out)")
+                epochs: int, strategy: Strategy | None = None) -> optuna.pruners.BasePruner | None:
+    """The pruner of a study: median by default for single-objective studies, none by default for
+    multi-objective ones, where only a multi-objective pruner (mo-asha) may be named."""
+    if name is None and len(objectives) > 1:
+        if args:
+            raise SparseNASError("the config has pruner arguments ([pruner] table) but no pruner name; add "
+                                 "name = \"mo-asha\" to the table")
         return None
-    factory = PRUNERS.get(name or "median")
+    kind = PRUNERS.get(name or "median")
+    if len(objectives) > 1 and not kind.multi_objective:
+        raise SparseNASError(f"--pruner {name}: Optuna prunes single-objective studies only; use --pruner "
+                             "mo-asha (multi-objective successive halving), add --objective accuracy, or leave "
+                             "--pruner out")
+    if name is not None and strategy is not None and not isinstance(strategy, SamplerStrategy):
+        raise SparseNASError(f"--pruner applies to the sampler strategies (random, tpe, nsga2 and --sampler); "
+                             f"strategy '{strategy.name}' does not train one network per trial")
     try:
-        return factory(epochs, **args)
+        return kind.make(epochs, tuple(objectives), **args)
     except (TypeError, ValueError) as e:
         raise SparseNASError(f"pruner '{name}' does not accept the arguments {args!r} from the [pruner] table: "
                              f"{e}") from None
@@ -173,24 +202,40 @@ def evaluate_trial(ctx: SearchContext, trial: optuna.Trial, strategy: str, evalu
     :class:`TrialFailed` (diverged, out of memory), the reason recorded first."""
     tracker, space, task = ctx.tracker, ctx.space, ctx.task
     evaluator = evaluator or ctx.evaluator
-    arch = space.suggest(trial, task)
-    canonical = space.canonical(arch).digest()
-    tracker.record_arch(trial, arch, strategy=strategy, canonical_digest=canonical)
+    # the choices and the architecture are written in one storage transaction, what is known before
+    # training in a second
+    with tracker.batch(trial):
+        arch = space.suggest(trial, task)
+        canonical = space.canonical(arch).digest()
+        tracker.record_arch(trial, arch, strategy=strategy, canonical_digest=canonical)
+        # the same network under another encoding (a block past its stage's depth, p_inter of a dense
+        # layer...) is not trained twice: it takes the first one's results and weights. (Looked up
+        # before this trial's choices are written: reading the study re-reads its RUNNING trials.)
+        twin = tracker.twin(canonical)
+        if twin is not None:
+            values = tracker.record_duplicate(trial, twin)
     ctx.progress.trial_started(trial.number, arch.digest())
-    # the same network under another encoding (a block past its stage's depth, p_inter of a dense
-    # layer...) is not trained twice: it takes the first one's results and weights
-    if (twin := tracker.twin(canonical)) is not None:
-        return tracker.record_duplicate(trial, twin)
-    model = evaluator.build(arch)
-    lat = evaluator.latency(arch, model, task)
-    tracker.record_latency(trial, lat.ms)
-    if ctx.max_latency_ms is not None and lat.ms > ctx.max_latency_ms:
-        tracker.record_reason(trial, "pruned", f"latency {lat.ms:.3f} ms > --max-latency-ms {ctx.max_latency_ms}")
+    if twin is None:
+        with tracker.batch(trial):
+            model = evaluator.build(arch)
+            lat = evaluator.latency(arch, model, task)
+            tracker.record_latency(trial, lat.ms, lat.attrs.get("model_bytes"))
+            too_slow = ctx.max_latency_ms is not None and lat.ms > ctx.max_latency_ms
+            if too_slow:
+                tracker.record_reason(trial, "pruned", f"latency {lat.ms:.3f} ms > --max-latency-ms {ctx.max_latency_ms}")
+    if twin is not None:
+        _claim(ctx, trial)
+        return values
+    if too_slow:
         raise optuna.TrialPruned()
 
     def on_epoch(epoch: int, acc: float) -> None:
         if tracker.record_epoch(trial, epoch, acc):
-            tracker.record_reason(trial, "pruned", f"pruner stopped it after epoch {epoch}")
+            tracker.record_stopped(trial, epoch, acc, f"pruner stopped it after epoch {epoch}")
+            raise optuna.TrialPruned()
+        if tracker.target_reached(ctx.trials):  # full-fidelity target: others finished it meanwhile
+            tracker.record_stopped(trial, epoch, acc, f"the study reached its target of {ctx.trials} architectures "
+                                                      f"trained to the end while this one trained (epoch {epoch})")
             raise optuna.TrialPruned()
 
     try:
@@ -199,9 +244,21 @@ def evaluate_trial(ctx: SearchContext, trial: optuna.Trial, strategy: str, evalu
         tracker.record_reason(trial, "failed", f"{type(e).__name__}: {e}")
         raise TrialFailed(str(e)) from e
     result = evaluator.result(arch, model, trained, lat)
-    tracker.record_result(trial, result)
-    tracker.save_weights(trial, model.state_dict())  # while RUNNING: artifacts refuse finished trials
+    with tracker.batch(trial):
+        tracker.record_result(trial, result)
+        tracker.save_weights(trial, model.state_dict())  # while RUNNING: artifacts refuse finished trials
+    _claim(ctx, trial)
     return tracker.values(result)
+
+
+def _claim(ctx: SearchContext, trial: optuna.Trial) -> None:
+    """A place among the target's architectures for a trial about to be COMPLETE, or TrialPruned when
+    another worker's trial took the last one (full-fidelity counting)."""
+    if not ctx.tracker.claim_completion(trial, ctx.trials):
+        ctx.tracker.record_reason(trial, "pruned", f"surplus: the study reached its target of {ctx.trials} "
+                                                   "architectures trained to the end as this one finished; its "
+                                                   "results are kept")
+        raise optuna.TrialPruned()
 
 
 class SamplerStrategy(Strategy):
@@ -223,6 +280,9 @@ class SamplerStrategy(Strategy):
         seed = ctx.seed + len(tracker.study.trials) + 7919 * ctx.worker
         tracker.study.sampler = (make_sampler(ctx.sampler, ctx.sampler_args, seed, ctx.trials) if ctx.sampler
                                  else self.make_sampler(seed, ctx))
+        if tracker.multi_objective and tracker.pruner is not None:
+            # PRUNED multi-objective trials with intermediate values crash Optuna 5.1's TPE
+            tracker.study.sampler = PrunedTrialsSafeSampler(tracker.study.sampler)
         space, task = ctx.space, ctx.task
         if fixed := ctx.options.get("fixed"):  # pin some choices (e.g. the sparsity), sample the rest
             allowed = space.choices(task)
@@ -235,7 +295,7 @@ class SamplerStrategy(Strategy):
                 tracker.study.sampler = optuna.samplers.PartialFixedSampler(dict(fixed), tracker.study.sampler)
 
         def objective(trial: optuna.Trial) -> list[float]:
-            tracker.record_worker(trial)
+            tracker.record_worker(trial)  # at once: on a journal storage, how a killed worker's trial is found
             if tracker.surplus(trial, target):  # another worker started the last trial at the same moment
                 tracker.mark_surplus(trial, target)
                 raise TrialFailed("surplus")
@@ -247,7 +307,7 @@ class SamplerStrategy(Strategy):
             nonlocal failed
             surplus = bool(trial_record(ft).surplus)
             if not surplus:
-                ctx.progress.trial_finished(ft)
+                ctx.progress.trial_finished(ft, counts=not tracker.full_fidelity or ft.state == optuna.trial.TrialState.COMPLETE)
             # FAIL trials do not count towards the target; a worker gives up after as many failures
             # as the target, so a budget no network survives (lr too high...) still ends
             failed += ft.state == optuna.trial.TrialState.FAIL and not surplus

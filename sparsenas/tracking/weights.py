@@ -33,7 +33,7 @@ def checkpoint_dir_for(storage_url: str, study_name: str, checkpoint_dir: str | 
     return None if artifacts is None else os.path.join(artifacts[:-len("-artifacts")] + "-checkpoints", safe)
 
 
-def _file_store(path: str, *, create: bool = False) -> optuna.artifacts.FileSystemArtifactStore:
+def artifact_store(path: str, *, create: bool = False) -> optuna.artifacts.FileSystemArtifactStore:
     if create:
         os.makedirs(path, exist_ok=True)
     return optuna.artifacts.FileSystemArtifactStore(path)
@@ -69,7 +69,7 @@ def storage_artifact_dir(storage_url: str, artifact_dir: str | None = None) -> s
 def artifact_store_for(storage_url: str, artifact_dir: str | None = None) -> optuna.artifacts.FileSystemArtifactStore | None:
     """The file artifact store of a storage (see :func:`storage_artifact_dir`), or None."""
     path = storage_artifact_dir(storage_url, artifact_dir)
-    return _file_store(path) if path else None
+    return artifact_store(path) if path else None
 
 
 def load_weights(storage_url: str, study: optuna.Study, trial: FrozenTrial,
@@ -91,7 +91,7 @@ def load_weights(storage_url: str, study: optuna.Study, trial: FrozenTrial,
     with tempfile.TemporaryDirectory() as tmp:
         dst = os.path.join(tmp, "weights.pt")
         try:
-            optuna.artifacts.download_artifact(artifact_store=_file_store(path), artifact_id=artifact_id, file_path=dst)
+            optuna.artifacts.download_artifact(artifact_store=artifact_store(path), artifact_id=artifact_id, file_path=dst)
         except Exception as e:  # the store raises ArtifactNotFound, OSError...
             raise SparseNASError(f"cannot read the weights of trial {trial.number} (artifact {artifact_id}) from {path}: "
                                  f"{type(e).__name__}: {e}; pass --train to retrain the architecture") from None
@@ -99,9 +99,9 @@ def load_weights(storage_url: str, study: optuna.Study, trial: FrozenTrial,
 
 
 
-def upload_weights(artifact_dir: str, trial: optuna.Trial | FrozenTrial, state_dict: dict[str, Any],
-                   storage: optuna.storages.BaseStorage | None = None) -> str:
-    """Upload ``state_dict`` to the file store in ``artifact_dir`` as an artifact of the RUNNING
+def upload_weights(store: optuna.artifacts.FileSystemArtifactStore, trial: optuna.Trial | FrozenTrial,
+                   state_dict: dict[str, Any], storage: optuna.storages.BaseStorage | None = None) -> str:
+    """Upload ``state_dict`` to the file artifact ``store`` as an artifact of the RUNNING
     ``trial`` (Optuna refuses artifacts on finished trials; ``storage``: a FrozenTrial's); returns
     the artifact id. Tensors are
     copied, so a view into a larger network (an extracted child) saves only its own values."""
@@ -109,7 +109,6 @@ def upload_weights(artifact_dir: str, trial: optuna.Trial | FrozenTrial, state_d
 
     import torch
 
-    store = _file_store(artifact_dir, create=True)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, f"trial-{trial.number}-weights.pt")
         torch.save({k: v.detach().cpu().clone() for k, v in state_dict.items()}, path)

@@ -8,7 +8,7 @@ import json
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import optuna
 from optuna.distributions import CategoricalDistribution
@@ -17,9 +17,10 @@ from optuna.trial import FrozenTrial, TrialState
 from ..arch import Arch
 from ..errors import SparseNASError
 from ..evaluators.result import EvalResult
+from ..pruners.mo_asha import MOASHAPruner, report, should_prune
 from . import records
 from .storage import _quiet_experimental, _retry, open_storage
-from .weights import default_artifact_dir, upload_weights
+from .weights import artifact_store, default_artifact_dir, upload_weights
 
 DIRECTIONS = {"accuracy": "maximize", "latency_ms": "minimize", "model_bytes": "minimize"}
 
@@ -53,6 +54,12 @@ class Tracker:
         self.artifact_dir = artifact_dir or (default_artifact_dir(storage) if isinstance(storage, str) else None)
         self.spec = spec
         self.objectives = tuple(spec.objectives)
+        self.pruner = pruner
+        self._artifact_dir_known = False
+        self._store: optuna.artifacts.FileSystemArtifactStore | None = None
+        # with a successive-halving pruner of sparsenas's own, the trial target counts architectures
+        # trained to full fidelity (COMPLETE); otherwise PRUNED trials count too
+        self.full_fidelity = isinstance(pruner, MOASHAPruner)
         # load_if_exists: workers started together all join the one study; the retry covers sqlite's
         # "database is locked" while another worker is creating it
         self.study = _retry("create", lambda: optuna.create_study(
@@ -106,16 +113,41 @@ class Tracker:
         """The study's record as stored now (typed; see :mod:`sparsenas.tracking.records`)."""
         return records.study_record(self.study)
 
+    @contextlib.contextmanager
+    def batch(self, trial: optuna.Trial) -> Iterator[None]:
+        """Inside, the parameters a RUNNING ``trial`` is suggested and the attributes (and artifacts)
+        recorded on it are kept, then written at the end in one storage transaction; the trial object
+        sees them at once. Nothing inside may rely on reading them back from the storage."""
+        if isinstance(trial.storage, records.BufferedStorage):  # already inside a batch: one write at its end
+            yield
+            return
+        buffered = records.BufferedStorage(trial.storage)
+        trial.storage = buffered  # type: ignore[assignment]  # Trial writes through this attribute
+        try:
+            yield
+        finally:
+            trial.storage = buffered.storage
+            records.write_buffered(buffered, trial._trial_id)
+
     # -- trials run through optimize()/ask()
     def record_epoch(self, trial: optuna.Trial, epoch: int, value: float) -> bool:
-        """Log validation accuracy after ``epoch``; True when the pruner says to stop the trial."""
-        if not self.multi_objective:
-            trial.report(value, epoch)
-            return trial.should_prune()
-        # Optuna refuses report() in multi-objective studies, but intermediate values are still
-        # stored and shown by the dashboard when written through the storage.
-        self.storage.set_trial_intermediate_value(trial._trial_id, epoch, value)
-        return False
+        """Log validation accuracy after ``epoch``; True when the pruner says to stop the trial.
+
+        Optuna refuses ``report()``/``should_prune()`` in multi-objective studies; there the value goes
+        through the storage as an intermediate value (the dashboard plots it) and the pruner, when the
+        study has one (mo-asha), is asked directly."""
+        report(trial, value, epoch)
+        if self.multi_objective and self.pruner is None:
+            return False
+        return should_prune(trial)
+
+    def record_stopped(self, trial: optuna.Trial, epoch: int, value: float, reason: str) -> None:
+        """A trial stopped after ``epoch`` (about to be PRUNED): its reason and its last validation
+        accuracy (Optuna stores no values for a PRUNED multi-objective trial; read back as
+        TrialRecord.accuracy, beside the latency recorded before training)."""
+        with self.batch(trial):
+            records.write_trial(trial, {"accuracy": float(value), "epochs": int(epoch)})
+            self.record_reason(trial, "pruned", reason)
 
     def record_arch(self, trial: optuna.Trial, arch: Arch, **attrs: Any) -> None:
         records.write_trial(trial, {"arch": arch.to_json(), "arch_digest": arch.digest(), **attrs})
@@ -123,9 +155,12 @@ class Tracker:
     def record_result(self, trial: optuna.Trial, result: EvalResult) -> None:
         records.write_trial(trial, result.to_attrs(), checked=False)
 
-    def record_latency(self, trial: optuna.Trial, ms: float) -> None:
-        """The latency of a trial's network, known before it trains (read back as TrialRecord.latency_ms)."""
+    def record_latency(self, trial: optuna.Trial, ms: float, model_bytes: int | None = None) -> None:
+        """The latency (and exported size) of a trial's network, known before it trains, so a pruner can
+        rank trials on them (read back as TrialRecord.latency_ms, TrialRecord.model_bytes)."""
         records.write_trial(trial, {"latency_ms": float(ms)})
+        if model_bytes is not None:
+            records.write_trial(trial, {"model_bytes": int(model_bytes)})
 
     def record_reason(self, trial: optuna.Trial, state: str, reason: str) -> None:
         """Why a trial is about to be ``"pruned"`` or has ``"failed"`` (read back as TrialRecord.reason)."""
@@ -143,7 +178,7 @@ class Tracker:
     def record_duplicate(self, trial: optuna.Trial, twin: FrozenTrial) -> list[float]:
         """Give ``trial`` the results (and saved weights) of ``twin``, the same network under another
         encoding, instead of training it again; returns the twin's values."""
-        own = {"arch", "arch_digest", "canonical_digest", "strategy"}
+        own = {"arch", "arch_digest", "canonical_digest", "strategy", "worker", "full_fidelity_claim"}  # its own
         records.copy_results(trial, twin, own)
         records.write_trial(trial, {"duplicate_of": twin.number})
         return list(twin.values)
@@ -157,15 +192,23 @@ class Tracker:
         store (a database storage without ``artifact_dir``)."""
         if self.artifact_dir is None:
             return None
-        artifact_id = upload_weights(self.artifact_dir, trial, state_dict)
+        artifact_id = upload_weights(self._artifact_store(), trial, state_dict)
         records.write_trial(trial, {"weights_artifact": artifact_id})
-        self._artifact_dir_recorded()
+        self._record_artifact_dir()
         return artifact_id
 
-    def _artifact_dir_recorded(self) -> None:
+    def _artifact_store(self) -> optuna.artifacts.FileSystemArtifactStore:
+        if self._store is None:
+            self._store = artifact_store(self.artifact_dir, create=True)
+        return self._store
+
+    def _record_artifact_dir(self) -> None:
+        if self._artifact_dir_known:  # a study attr read is a query: once per process
+            return
         path = os.path.abspath(self.artifact_dir)
         if self.read_study().artifact_dir != path:
             self.set_study_attr("artifact_dir", path)
+        self._artifact_dir_known = True
 
     # -- architectures evaluated outside optimize() (supernet strategies)
     def log_arch(self, arch: Arch, choices: dict[str, list], result: EvalResult, *,
@@ -182,9 +225,9 @@ class Tracker:
                                    None if save else values, stored,
                                    {i + 1: v for i, v in enumerate(result.history)})
         if save:  # artifacts attach to unfinished trials only: upload, then finish it
-            artifact_id = upload_weights(self.artifact_dir, self.storage.get_trial(trial_id), weights, self.storage)
+            artifact_id = upload_weights(self._artifact_store(), self.storage.get_trial(trial_id), weights, self.storage)
             records.write_trial_by_id(self.storage, trial_id, {"weights_artifact": artifact_id})
-            self._artifact_dir_recorded()
+            self._record_artifact_dir()
             self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values)
         return self.storage.get_trial(trial_id)
 
@@ -231,16 +274,51 @@ class Tracker:
 
     def counts(self) -> tuple[int, list[int]]:
         """(trials that count towards the target, numbers of the RUNNING trials)."""
-        trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        counted = (TrialState.COMPLETE,) if self.full_fidelity else (TrialState.COMPLETE, TrialState.PRUNED)
+        trials = self.study.get_trials(deepcopy=False, states=(*counted, TrialState.RUNNING))
         running = [t.number for t in trials if t.state == TrialState.RUNNING]
         return len(trials) - len(running), running
+
+    def _committed(self, before: int | None = None) -> int:
+        """Trials that count towards the target, plus RUNNING ones that claimed a place
+        (:meth:`claim_completion`), of those numbered below ``before`` when given."""
+        counted = (TrialState.COMPLETE,) if self.full_fidelity else (TrialState.COMPLETE, TrialState.PRUNED)
+        n = 0
+        for t in self.study.get_trials(deepcopy=False, states=(*counted, TrialState.RUNNING)):
+            if t.state != TrialState.RUNNING:
+                n += 1
+            elif records.trial_record(t).full_fidelity_claim and (before is None or t.number < before):
+                n += 1
+        return n
 
     def surplus(self, trial: optuna.Trial, target: int) -> bool:
         """True when ``trial`` is beyond ``target``: the finished trials and the RUNNING ones started
         before it (lower numbers; the storage numbers trials atomically) already make the target. Two
-        workers that start the last trial at the same moment agree on which one is surplus."""
+        workers that start the last trial at the same moment agree on which one is surplus. With a
+        pruner counting full fidelity, RUNNING trials may still be pruned: only those that claimed a
+        place count."""
+        if self.full_fidelity:
+            return self._committed() >= target
         done, running = self.counts()
         return done + sum(1 for n in running if n < trial.number) >= target
+
+    def target_reached(self, target: int) -> bool:
+        """Full-fidelity counting: the study holds ``target`` COMPLETE trials or claims, so a RUNNING
+        trial that has not claimed a place can stop."""
+        return self.full_fidelity and self._committed() >= target
+
+    def claim_completion(self, trial: optuna.Trial, target: int) -> bool:
+        """Full-fidelity counting: ``trial`` finished training; claim a place among the ``target``
+        architectures. The claim is written before the others are read, so of two trials claiming the
+        last place at once both see both claims and the lower number keeps it. False: no place left
+        (the trial is surplus)."""
+        if not self.full_fidelity:
+            return True
+        records.write_trial(trial, {"full_fidelity_claim": True})
+        if self._committed(before=trial.number) >= target:
+            records.write_trial(trial, {"full_fidelity_claim": False})
+            return False
+        return True
 
     def mark_surplus(self, trial: optuna.Trial, target: int) -> None:
         records.write_trial(trial, {"fail_reason": f"surplus: the study reached its target of {target} trials "
@@ -251,16 +329,29 @@ class Tracker:
         False when the target is reached (or ``deadline``, a time.time(), passed)."""
         import time
 
+        stale_checked = False
         while True:
-            self.fail_stale()
             done, running = self.counts()
             if done >= target:
+                self.fail_stale()  # leave no dead worker's trial RUNNING in a finished study
                 return False
-            if done + len(running) < target:
+            if self.full_fidelity:
+                # asynchronous: a RUNNING trial may yet be pruned, so only claimed places (trials
+                # already trained, being told) are waited for
+                if self._committed() < target:
+                    return True
+            elif done + len(running) < target:
                 return True
+            # a dead worker's RUNNING trial may be what fills the target (looked for only then: with
+            # heartbeats, Optuna's optimize() fails stale trials itself before each trial)
+            if not stale_checked:
+                self.fail_stale()
+                stale_checked = True
+                continue
             if deadline is not None and time.time() >= deadline:
                 return False
             time.sleep(poll)
+            stale_checked = False
 
     # -- reading
     def finished(self) -> list[FrozenTrial]:

@@ -1,0 +1,1 @@
+"""Optuna pruners sparsenas adds (each module depends on Optuna and NumPy only)."""
