@@ -6,13 +6,15 @@ trained with the study's own budget; the found network is the fastest completed 
 study's latency objective) whose test accuracy is at least the reference's. Both are exported as
 each runtime's artifact (the table's kernel choice where the runtime has a profile) and timed
 interleaved, batch 1, 1 thread, 10th percentile of per-call thread CPU time over >= 100 calls.
-Speed-up = reference / found, per runtime.
+Speed-up = reference / found, per runtime. Beside it, the share that sparse kernels give: the found
+network once more with every layer on the runtime's dense op (``from sparse kernels`` = that time /
+the found time; 1.0x in a runtime without sparse kernels).
 
 When a ratio is small, it prints why, from the profile: the layers that dominate each network
 (1x1, depthwise, stem, classifier), and what sparsity buys those layers in that runtime (each sparse
 layer's profiled time at its sparsity against the same layer dense).
 
-    python benchmarks/deploy_speedup.py --storage sqlite:///nas.db [--study S] [--runtimes torch,onnxruntime] [--json]
+    python benchmarks/deploy_speedup.py --storage sqlite:///nas.db [--study S] [--runtimes torch,onnxruntime,mnn] [--json]
 
 With ``--json`` the last line of stdout is one JSON object with every figure.
 """
@@ -111,11 +113,14 @@ def main() -> None:
             choose = table.choose
         except ProfileError:
             table, choose = None, (lambda s: "dense")
-        nets = [Network(a, trace_layers(m, task.input_shape), rt.prepare_copies(m, task.input_shape, choose))
-                for a, m in ((ref_arch, ref_model.eval()), (arch, model))]
-        ref_t, found_t = measure_networks(nets, repeats=args.repeats)
+        dense = lambda s: "dense"  # noqa: E731  (every layer on the runtime's dense op)
+        nets = [Network(a, trace_layers(m, task.input_shape), rt.prepare_copies(m, task.input_shape, c))
+                for a, m, c in ((ref_arch, ref_model.eval(), choose), (arch, model, choose), (arch, model, dense))]
+        ref_t, found_t, found_dense_t = measure_networks(nets, repeats=args.repeats)
         results[name] = {"version": rt.version(), "reference_ms": ref_t.cpu_p10_ms, "found_ms": found_t.cpu_p10_ms,
                          "speedup": ref_t.cpu_p10_ms / found_t.cpu_p10_ms,
+                         "found_all_dense_ms": found_dense_t.cpu_p10_ms,
+                         "from_sparse_kernels": found_dense_t.cpu_p10_ms / found_t.cpu_p10_ms,
                          "reference_wall_ms": ref_t.wall_ms, "found_wall_ms": found_t.wall_ms}
         if table is not None:
             try:
@@ -125,10 +130,11 @@ def main() -> None:
     out = Console()
     t = Table(title=f"{study.study_name}: trial {found.number} (test {found.user_attrs['test_accuracy']:.4f}) vs dense "
                     f"reference (test {ref_fig['test_accuracy']:.4f}), measured end to end")
-    for col in ("runtime", "reference ms", "found ms", "speed-up"):
+    for col in ("runtime", "reference ms", "found ms", "speed-up", "found, all dense ms", "from sparse kernels"):
         t.add_column(col, justify="right")
     for name, r in results.items():
-        t.add_row(f"{name} {r['version']}", f"{r['reference_ms']:.4f}", f"{r['found_ms']:.4f}", f"{r['speedup']:.2f}x")
+        t.add_row(f"{name} {r['version']}", f"{r['reference_ms']:.4f}", f"{r['found_ms']:.4f}", f"{r['speedup']:.2f}x",
+                  f"{r['found_all_dense_ms']:.4f}", f"{r['from_sparse_kernels']:.2f}x")
     out.print(t)
     for name, why in reasons.items():
         f, r = why["found"], why["reference"]

@@ -1,8 +1,8 @@
 """Latency prediction per inference runtime, and how much the choice of runtime changes the ranking.
 
-For each runtime with a hardware profile (the shipped torch and onnxruntime profiles, or ``--hw
+For each runtime with a hardware profile (the shipped torch, onnxruntime and mnn profiles, or ``--hw
 RUNTIME=FILE``), the same N random architectures (none of any profile's calibration networks) are
-exported as that runtime's artifact (the ONNX graph for ONNX Runtime and OpenVINO, the
+exported as that runtime's artifact (the ONNX graph for ONNX Runtime and OpenVINO, model.mnn for MNN, the
 ``to_inference`` network for torch), timed end to end interleaved (batch 1, 1 thread, 10th
 percentile of per-call thread CPU time over >= 100 calls, the statistic profiles predict) and
 compared with the profile's anchored prediction: share within +-10%, MAPE, Spearman rho.
@@ -12,7 +12,7 @@ Then, across runtimes, the Spearman rho between their *measured* latencies of th
 their times. Runtimes without a profile (OpenVINO unless ``--hw openvino=FILE``) are only measured.
 
     python benchmarks/runtime_fidelity.py [--space sparse_mbv2] [--input-size 16] [--n 50]
-                                          [--runtimes torch,onnxruntime,openvino] [--hw onnxruntime=FILE] [--json]
+                                          [--runtimes torch,onnxruntime,openvino,mnn] [--hw onnxruntime=FILE] [--json]
 
 With ``--json`` the last line of stdout is one JSON object with every figure.
 """

@@ -2,14 +2,15 @@
 
 The network is sparse_mbv2's dense reference (``default_arch``: full depth, width 1, expansion 6,
 kernel 3) and the same architecture with every 1x1 conv (blocks and head) pruned to ``--sparsity``
-by magnitude ("magnitude"), or made block-diagonal G2G at the nearest power-of-two density
-("block": what a grouped convolution can run). Each variant is exported as every runtime's
-artifact (torch: CSR kernels where they are faster, measured here; ONNX runtimes: the ONNX graph,
-block layers as grouped convs) and timed interleaved, batch 1, 1 thread, 10th percentile of
+by magnitude ("magnitude"), by magnitude over blocks of 4 output channels ("magnitude_oc4"), or
+made block-diagonal G2G at the nearest power-of-two density ("block": what a grouped convolution can
+run). Each variant is exported as every runtime's artifact (torch: CSR kernels where they are
+faster, measured here; ONNX runtimes: the ONNX graph, block layers as grouped convs; MNN: model.mnn
+with every sparse 1x1 conv on MNN's sparse kernel, 4-channel blocks where the zeros come so) and timed interleaved, batch 1, 1 thread, 10th percentile of
 per-call thread CPU time over ``--repeats`` calls; bytes are the weights in the smallest encoding
 the runtime loads. Speed-up = dense time / variant time.
 
-    python benchmarks/sparsity_per_runtime.py [--input-size 32] [--sparsity 0.9] [--repeats 300] [--json]
+    python benchmarks/sparsity_per_runtime.py [--input-size 32] [--channels 1] [--sparsity 0.9] [--repeats 300] [--runtime mnn] [--json]
 
 With ``--json`` the last line of stdout is one JSON object with every figure.
 """
@@ -40,9 +41,10 @@ def _swap_pointwise(model: nn.Module, make) -> nn.Module:
     return model
 
 
-def magnitude(sparsity: float):
+def magnitude(sparsity: float, mask_kind: str = "magnitude"):
     def make(conv: nn.Conv2d) -> nn.Module:
-        s = SparseConv2d(conv.in_channels, conv.out_channels, 1, stride=conv.stride, bias=False, sparsity=sparsity)
+        s = SparseConv2d(conv.in_channels, conv.out_channels, 1, stride=conv.stride, bias=False, sparsity=sparsity,
+                         mask_kind=mask_kind)
         with torch.no_grad():
             s.weight.copy_(conv.weight)
         s.update_mask()
@@ -64,27 +66,33 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--input-size", type=int, default=32)
     ap.add_argument("--sparsity", type=float, default=0.9)
+    ap.add_argument("--channels", type=int, default=1, help="input channels (1: digits; 3: an RGB image)")
     ap.add_argument("--repeats", type=int, default=300)
+    ap.add_argument("--runtime", action="append", help="only these runtimes (repeatable; default: all installed)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.manual_seed(0)
     space = get_space("sparse_mbv2")
-    task = Task("digits", (1, args.input_size, args.input_size), 10)
+    task = Task("digits", (args.channels, args.input_size, args.input_size), 10)
     arch = space.default_arch(task)
     variants = {"dense": space.build(arch, task).eval()}
     torch.manual_seed(0)
     variants["magnitude"] = _swap_pointwise(space.build(arch, task), magnitude(args.sparsity)).eval()
     torch.manual_seed(0)
+    variants["magnitude_oc4"] = _swap_pointwise(space.build(arch, task), magnitude(args.sparsity, "magnitude_oc4")).eval()
+    torch.manual_seed(0)
     variants["block"] = _swap_pointwise(space.build(arch, task), block(args.sparsity)).eval()
     results: dict[str, dict] = {}
-    for name in RUNTIMES.names():
+    for name in args.runtime or RUNTIMES.names():
         try:
             rt = get_runtime(name)
         except SparseNASError as e:
             Console(stderr=True).print(f"[yellow]skipping {name}: {e}")
             continue
-        # torch: the kernel each layer is fastest with here; ONNX runtimes: grouped where the layer is block-diagonal
-        choose = measured_choice if name == "torch" else (lambda s: "grouped" if s.blocks else "dense")
+        # torch: the kernel each layer is fastest with here; the others: the last kernel the runtime lists for
+        # the layer (ONNX runtimes: grouped where the layer is block-diagonal; MNN: its sparse kernel, 4-channel
+        # blocks where the zeros come so)
+        choose = measured_choice if name == "torch" else (lambda s, rt=rt: rt.impls(s)[-1])
         nets = [Network(arch, trace_layers(m, task.input_shape), rt.prepare_copies(m, task.input_shape, choose))
                 for m in variants.values()]
         t = dict(zip(variants, measure_networks(nets, repeats=args.repeats, rounds=20)))
@@ -94,16 +102,19 @@ def main() -> None:
                                 "bytes": sizes[v]["bytes"], "bytes_ratio": sizes["dense"]["bytes"] / sizes[v]["bytes"]}
                             for v in variants}}
     table = Table(title=f"sparse_mbv2 dense reference at {args.input_size}x{args.input_size}: every 1x1 conv at "
-                        f"{args.sparsity:.0%} sparsity (magnitude) or block-diagonal (G2G block), vs dense")
-    for col in ("runtime", "dense ms", "magnitude: speed-up", "bytes smaller", "block: speed-up", "bytes smaller"):
-        table.add_column(col, justify="right")
+                        f"{args.sparsity:.0%} sparsity (magnitude, in 4-channel blocks) or block-diagonal (G2G block), vs dense")
+    table.add_column("runtime", justify="right")
+    table.add_column("dense ms", justify="right")
+    for v in list(variants)[1:]:
+        table.add_column(f"{v}: speed-up", justify="right")
+        table.add_column("bytes smaller", justify="right")
     for name, r in results.items():
-        table.add_row(f"{name} {r['version'][:12]}", f"{r['dense']['ms']:.4f}", f"{r['magnitude']['speedup']:.2f}x",
-                      f"{r['magnitude']['bytes_ratio']:.2f}x", f"{r['block']['speedup']:.2f}x",
-                      f"{r['block']['bytes_ratio']:.2f}x")
+        table.add_row(f"{name} {r['version'][:12]}", f"{r['dense']['ms']:.4f}",
+                      *[f"{r[v][k]:.2f}x" for v in list(variants)[1:] for k in ("speedup", "bytes_ratio")])
     Console().print(table)
     if args.json:
-        print(json.dumps({"input_size": args.input_size, "sparsity": args.sparsity, "arch": arch.to_dict(),
+        print(json.dumps({"input_size": args.input_size, "channels": args.channels, "sparsity": args.sparsity,
+                          "arch": arch.to_dict(),
                           "runtimes": results, "load_avg": [round(v, 2) for v in os.getloadavg()]}))
 
 

@@ -122,8 +122,17 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
     """
     from .log import optuna_verbosity
 
+    config = SearchConfig(**{**(asdict(config) if config else {}), **overrides})
     with optuna_verbosity():
-        return _search(config, progress=progress, **overrides)
+        try:
+            return _search(config, progress=progress)
+        except Exception as e:  # a full disk or a damaged database is the user's to fix: one paragraph
+            from .tracking import search_fault
+
+            fault = None if isinstance(e, SparseNASError) else search_fault(e, config.storage, config.artifact_dir)
+            if fault is None:
+                raise
+            raise fault from None
 
 
 def _search(config: SearchConfig | None = None, *, progress: bool = True, **overrides: Any) -> optuna.Study:
@@ -427,13 +436,35 @@ def validate_profile(path: str, *, spaces: list[str] | None = None, dataset: str
     return reports
 
 
+def _check_bind(server: str, host: str, port: int, allow_remote: bool, does: str) -> None:
+    """A server without authentication binds beyond this machine only when asked to, with a warning."""
+    import ipaddress
+
+    from .log import logger
+
+    try:
+        local = host.lower() == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name may stand for any interface
+        local = False
+    if local:
+        return
+    risk = (f"{server} has no authentication: anyone who can reach {host}:{port} can {does}")
+    if not allow_remote:
+        raise SparseNASError(f"--host {host} serves beyond this machine, and {risk}. Pass --allow-remote to do it "
+                             f"anyway (on a network you trust, or behind a proxy that authenticates), or keep "
+                             f"--host 127.0.0.1 and reach it through ssh -L {port}:127.0.0.1:{port} THIS-HOST")
+    logger.warning(f"serving on {host}:{port} (--allow-remote): {risk}")
+
+
 def dashboard(storage: str = DEFAULT_STORAGE, *, host: str = "127.0.0.1", port: int = 8080,
-              artifact_dir: str | None = None, announce: Any = None) -> None:
-    """Serve optuna-dashboard on ``storage`` (with its artifact store when there is one) until Ctrl-C."""
+              artifact_dir: str | None = None, announce: Any = None, allow_remote: bool = False) -> None:
+    """Serve optuna-dashboard on ``storage`` (with its artifact store when there is one) until Ctrl-C.
+    A ``host`` other than loopback needs ``allow_remote``: optuna-dashboard has no authentication."""
     from optuna_dashboard import run_server
 
     from .tracking import artifact_store_for, open_storage, storage_artifact_dir
 
+    _check_bind("optuna-dashboard", host, port, allow_remote, "read, change and delete every study in the storage")
     st = open_storage(storage, heartbeat=False, must_exist=True)  # never create a storage to look at it
     folder = storage_artifact_dir(storage, artifact_dir)
     store = artifact_store_for(storage, folder)
@@ -445,8 +476,14 @@ def dashboard(storage: str = DEFAULT_STORAGE, *, host: str = "127.0.0.1", port: 
         raise SparseNASError(f"cannot serve on {host}:{port}: {e.strerror or e}; pass another --port or --host") from None
 
 
-def storage_proxy(storage: str, *, host: str = "127.0.0.1", port: int = 13000) -> None:
-    """Serve ``storage`` to many workers through Optuna's gRPC storage proxy until Ctrl-C."""
+def storage_proxy(storage: str, *, host: str = "127.0.0.1", port: int = 13000, allow_remote: bool = False,
+                  announce: Any = None) -> None:
+    """Serve ``storage`` to many workers through Optuna's gRPC storage proxy until Ctrl-C. A ``host``
+    other than loopback needs ``allow_remote``: the proxy has no authentication."""
     from .tracking import serve_storage_proxy
 
+    _check_bind("Optuna's gRPC storage proxy", host, port, allow_remote,
+                "read, change and delete every study in the storage")
+    if announce is not None:
+        announce()
     serve_storage_proxy(storage, host=host, port=port)

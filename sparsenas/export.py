@@ -41,7 +41,7 @@ from .task import Task
 __all__ = ["FORMATS", "ExportError", "ExportedModel", "normalize_formats", "to_plain", "layer_sparsity",
            "write_export", "export_trials", "select_trials", "retrain", "search_budget", "load", "read_arch", "load_csr"]
 
-FORMATS = {"json": "arch.json", "pt": "model.pt", "onnx": "model.onnx", "torchscript": "model.ts"}
+FORMATS = {"json": "arch.json", "pt": "model.pt", "onnx": "model.onnx", "torchscript": "model.ts", "mnn": "model.mnn"}
 _ALIASES = {"ts": "torchscript", "state_dict": "pt", "arch": "json"}
 ONNX_EXPORTERS = ("legacy", "dynamo")  # legacy first: the graph hardware profiles time (runtimes/onnx_graph.py)
 ATOL = 1e-4
@@ -170,6 +170,38 @@ def check_onnx(path: Path, plain: nn.Module, task: Task, *, atol: float = ATOL, 
     return worst
 
 
+def write_mnn(model: nn.Module, input_shape: Sequence[int], graph: nn.Module, shape: Sequence[int], tmp: Path,
+              choose: Callable[[Any], str] | None, exporter: str, *, atol: float = ATOL, seed: int = 3) -> float:
+    """``model.mnn`` converted from the exported ONNX graph (``tmp/model.onnx`` when written, else
+    ``graph``, taking ``shape``, exported the same way) with ``choose``'s kernel for each layer of
+    ``model`` (taking ``input_shape``); checked against ``graph`` on random inputs like the ONNX file.
+    Returns the max |MNN - torch|."""
+    from .runtimes import get_runtime
+    from .runtimes.mnn import run_mnn
+    from .runtimes.onnx_graph import export_onnx
+
+    onnx = tmp / "model.onnx"
+    exported = onnx.read_bytes() if onnx.exists() else export_onnx(graph, tuple(shape), exporter)
+    blob = get_runtime("mnn").mnn(model, tuple(input_shape), choose or (lambda spec: "dense"), onnx=exported)
+    worst = 0.0
+    for i in range(2):
+        x = _example_inputs_shaped(shape, seed + i)
+        with torch.no_grad():
+            ref = graph(x)
+        got = torch.from_numpy(run_mnn(blob, x.numpy()))
+        if got.shape != ref.shape:
+            raise ExportError(f"MNN check failed: model.mnn returned shape {tuple(got.shape)}, torch {tuple(ref.shape)}")
+        worst = max(worst, float((got - ref).abs().max()))
+    if not worst <= atol:
+        raise ExportError(f"MNN check failed: model.mnn differs from the PyTorch model by up to {worst:.3g} (> {atol})")
+    (tmp / "model.mnn").write_bytes(blob)
+    return worst
+
+
+def _example_inputs_shaped(shape: Sequence[int], seed: int) -> torch.Tensor:
+    return torch.randn(1, *shape, generator=torch.Generator().manual_seed(seed))
+
+
 def check_torchscript(path: Path, plain: nn.Module, task: Task, *, atol: float = ATOL, seed: int = 2) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export, still loads everywhere
@@ -194,13 +226,15 @@ class ExportedModel:
     files: list[str]
     onnx_max_abs_diff: float | None = None
     torchscript_max_abs_diff: float | None = None
+    mnn_max_abs_diff: float | None = None
     params: int = 0
     nnz: int = 0
     info: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"out": self.out, "files": self.files, "onnx_max_abs_diff": self.onnx_max_abs_diff,
-                "torchscript_max_abs_diff": self.torchscript_max_abs_diff, "params": self.params, "nnz": self.nnz,
+                "torchscript_max_abs_diff": self.torchscript_max_abs_diff,
+                "mnn_max_abs_diff": self.mnn_max_abs_diff, "params": self.params, "nnz": self.nnz,
                 **{k: self.info.get(k) for k in ("trial", "accuracy", "latency_ms", "weights")}}
 
 
@@ -255,6 +289,9 @@ def write_export(model: nn.Module, arch: Arch, task: Task, out: str | os.PathLik
         if "onnx" in formats:
             _export_onnx(plain, task, tmp / "model.onnx", onnx_exporter)
             result.onnx_max_abs_diff = check_onnx(tmp / "model.onnx", plain, task, atol=atol)
+        if "mnn" in formats:
+            result.mnn_max_abs_diff = write_mnn(model, task.input_shape, plain, task.input_shape, tmp, choose,
+                                                onnx_exporter, atol=atol)
         if "torchscript" in formats:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export, still loads everywhere
@@ -327,6 +364,8 @@ def _card(arch: Arch, task: Task, info: dict[str, Any], layers: list[dict], para
         rows.append(("ONNX vs PyTorch, max abs diff", f"{result.onnx_max_abs_diff:.3g}"))
     if result.torchscript_max_abs_diff is not None:
         rows.append(("TorchScript vs PyTorch, max abs diff", f"{result.torchscript_max_abs_diff:.3g}"))
+    if result.mnn_max_abs_diff is not None:
+        rows.append(("MNN vs PyTorch, max abs diff", f"{result.mnn_max_abs_diff:.3g}"))
     lines += [f"| {k} | {v} |" for k, v in rows] + [""]
     lines += ["## Choices", "", "| choice | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in arch.choices.items()] + [""]
@@ -340,6 +379,8 @@ def _card(arch: Arch, task: Task, info: dict[str, Any], layers: list[dict], para
     described = {"arch.json": "architecture + task (`sparsenas.load(DIR)` rebuilds the network)",
                  "model.pt": "state_dict, `torch.load(path, weights_only=True)`; sparse layers keep masks",
                  "model.onnx": "plain network, checked against onnxruntime", "model.ts": "TorchScript (`torch.jit.load`)",
+                 "model.mnn": "MNN model converted from the ONNX graph, the profile's kernel per layer, checked against "
+                              "MNN's runtime",
                  "weights_csr.pt": "sparse layers' masked weights in CSR (`sparsenas.export.load_csr`)",
                  "card.md": "this card"}
     lines += [f"- `{f}`: {described.get(f, '')}" for f in files + ["card.md"] if f in described]
@@ -385,7 +426,14 @@ def load(path: str | os.PathLike, *, plain: bool = False) -> nn.Module:
         raise SparseNASError(f"no model.pt in {folder}; export with --format including pt")
     model = get_space(arch.space).build(arch, task)
     try:
-        model.load_state_dict(torch.load(weights, weights_only=True))
+        state = torch.load(weights, weights_only=True)
+    except Exception as e:  # a damaged zip, a pickle weights_only refuses: the file's fault, not a bug
+        raise SparseNASError(f"cannot read {weights}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
+                             "export it again") from None
+    if not isinstance(state, dict):
+        raise SparseNASError(f"{weights} holds a {type(state).__name__}, not a state_dict; export it again")
+    try:
+        model.load_state_dict(state)
     except RuntimeError as e:
         raise SparseNASError(f"model.pt in {folder} does not fit the architecture in arch.json: {str(e).splitlines()[0]}") from None
     model.eval()

@@ -49,6 +49,16 @@ def setup(verbosity: int = 0) -> None:
     _optuna_level = logging.INFO if verbosity > 1 else logging.WARNING
 
 
+class _NoTraceback(logging.Filter):
+    """Optuna logs a failed trial with the traceback of its error. The search logs its own line with
+    the reason, and an error that stops the search is raised (and shown) anyway; a full disk, say,
+    is then one paragraph instead of a traceback first."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
 @contextlib.contextmanager
 def optuna_verbosity(level: int | None = None) -> Iterator[None]:
     """Optuna's verbosity at ``level`` (default: WARNING, INFO after ``-vv``) inside, restored after."""
@@ -56,9 +66,14 @@ def optuna_verbosity(level: int | None = None) -> Iterator[None]:
 
     before = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(_optuna_level if level is None else level)
+    trial_loop = logging.getLogger("optuna.study._optimize")
+    quiet = _NoTraceback()
+    if _optuna_level > logging.INFO:  # -vv keeps Optuna's tracebacks
+        trial_loop.addFilter(quiet)
     try:
         yield
     finally:
+        trial_loop.removeFilter(quiet)
         optuna.logging.set_verbosity(before)
 
 

@@ -120,6 +120,99 @@ def test_malformed_hardware_profiles(tmp_path):
     _count(check, seen, 120)
 
 
+BAD_NUMBERS = st.sampled_from([float("nan"), float("inf"), -float("inf"), -1.0, -1e-9, 0.0, -29.95])
+
+
+def test_profiles_with_non_finite_or_negative_numbers_are_refused_naming_the_entry(tmp_path):
+    """A time that is NaN, infinite, zero or negative, or a calibration coefficient that is NaN, infinite
+    or negative, is a ProfileError naming the first bad entry (never a latency of -29.95 ms)."""
+    from sparsenas.hwprofiles import ProfileError
+
+    shipped = json.loads(Path(LatencyTable.load().path).read_text())
+    cal_key, cal = next(iter(shipped["calibrations"].items()))
+    small = {**shipped, "entries": dict(list(shipped["entries"].items())[:6]), "profiled": [],
+             "calibrations": {cal_key: {k: v for k, v in cal.items() if k != "networks"}}}
+    LatencyTable(small)  # the unmutated profile loads
+    keys = list(small["entries"])
+    seen: list = []
+
+    @settings(max_examples=80, **SETTINGS)
+    @given(where=st.sampled_from(["time", "coef"]), i=st.integers(0, 100), field=st.sampled_from(
+        ["wall_ms", "cpu_ms", "cpu_p10_ms", "wall_p10_ms", "repeats", "cpu_iqr_ms"]), bad=BAD_NUMBERS)
+    def check(where, i, field, bad):
+        doc = json.loads(json.dumps(small))
+        if where == "time":
+            if "iqr" in field and bad in (0.0,):  # a spread of 0 is a fine spread
+                bad = -1.0
+            key = keys[i % len(keys)]
+            impl = next(iter(doc["entries"][key]["impls"]))
+            doc["entries"][key]["impls"][impl][field] = bad
+            named = f"entry '{key}' impl '{impl}' has {field}="
+        else:
+            coef = doc["calibrations"][cal_key]["coef"]
+            if bad == 0.0:  # one zero coefficient is fine; all of them is not
+                coef[:] = [0.0] * len(coef)
+                named = "only zero coefficients"
+            else:
+                j = [n for n, c in enumerate(coef) if c > 0][i % sum(c > 0 for c in coef)]
+                coef[j] = bad
+                named = f"coefficient {bad!r} for '{doc['calibrations'][cal_key]['features'][j]}'"
+        seen.append(1)
+        path = tmp_path / "profile.json"
+        path.write_text(json.dumps(doc))  # NaN and Infinity as Python's json writes them
+        with pytest.raises(ProfileError) as e:
+            LatencyTable.load(path)
+        assert named in str(e.value) and str(path) in str(e.value)
+
+    _count(check, seen, 80)
+
+
+# ------------------------------------------------------------------ journal files
+@pytest.fixture(scope="module")
+def journal_bytes(tmp_path_factory):
+    """A real 3-trial Optuna journal (no training: a constant objective)."""
+    import optuna
+
+    from sparsenas.tracking import open_storage
+
+    path = tmp_path_factory.mktemp("journal") / "j.log"
+    study = optuna.create_study(storage=open_storage(f"journal:///{path}"), study_name="s")
+    study.optimize(lambda t: t.suggest_categorical("c", [1, 2, 3]), n_trials=3)
+    return path.read_bytes()
+
+
+def test_truncated_and_torn_journals_open_keep_every_complete_record_and_take_appends(tmp_path, journal_bytes):
+    import optuna
+
+    from sparsenas.tracking import open_storage
+
+    seen: list = []
+
+    @settings(max_examples=60, **SETTINGS)
+    @given(cut=st.integers(0, len(journal_bytes)), tail=st.sampled_from([b"", b"{", b'{"op_code": 4\n', b"\x00\xff",
+                                                                         b"not json\n"]))
+    def check(cut, tail):
+        seen.append(1)
+        for old in tmp_path.glob("j.log*"):
+            old.unlink()
+        path = tmp_path / "j.log"
+        raw = journal_bytes[:cut] + tail
+        path.write_bytes(raw)
+        base = journal_bytes[:cut]
+        complete = base[:base.rfind(b"\n") + 1]  # the whole records before the cut (the tail never is one)
+        try:
+            storage = open_storage(f"journal:///{path}")
+        except SparseNASError:  # a record damaged before the last line cannot occur here
+            raise AssertionError(f"cut {cut} tail {tail!r}: a torn last record must not make the journal unreadable")
+        assert path.read_bytes() == complete  # every complete record kept, the torn one set aside
+        study = optuna.create_study(storage=storage, study_name="s", load_if_exists=True)
+        study.optimize(lambda t: t.suggest_categorical("c", [1, 2, 3]), n_trials=1)  # appending works
+        again = optuna.load_study(study_name="s", storage=open_storage(f"journal:///{path}", must_exist=True))
+        assert again.trials[-1].state.name == "COMPLETE"
+
+    _count(check, seen, 60)
+
+
 # ------------------------------------------------------------------ CIFAR pickles
 class _RunsCode:
     """Unpickling it would call os.system (``touch SENTINEL``)."""

@@ -38,7 +38,7 @@ def _raises(fn) -> bool:
 INSTALLED = [n for n, cls in RUNTIMES.items() if not _raises(cls.version)]
 
 
-@pytest.mark.parametrize("runtime", ["torch", "onnxruntime", "openvino"])
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime", "openvino", "mnn"])
 def test_a_profile_per_runtime_from_a_tiny_network(tmp_path, runtime):
     if runtime not in INSTALLED:
         pytest.skip(f"runtime {runtime} is not installed (pip install 'sparsenas[{RUNTIMES.get(runtime).extra}]')")
@@ -56,6 +56,8 @@ def test_a_profile_per_runtime_from_a_tiny_network(tmp_path, runtime):
     impls = [set(table.entries[s.key()]["impls"]) for s in w16]
     if runtime == "torch":  # CSR kernels are timed for the sparse layers
         assert impls == [{"native"}, {"dense", "torch_csr", "scipy_csr"}, {"dense", "torch_csr", "scipy_csr"}]
+    elif runtime == "mnn":  # MNN's sparse kernel from its own threshold (30% zeros) up
+        assert impls == [{"native"}, {"native", "sparse1"}, {"native", "sparse1"}]
     else:  # one dense Conv whatever the sparsity: timed once, the same figure at every level
         assert impls == [{"native"}] * 3
         assert len({json.dumps(table.entries[s.key()]["impls"]) for s in w16}) == 1
@@ -153,19 +155,26 @@ def test_weight_bytes_take_the_smallest_encoding_each_runtime_loads():
     assert csr["bytes"] < as_dense["bytes"] and as_dense["bytes"] == as_dense["dense_bytes"]
 
 
-def test_inspect_prints_per_layer_time_in_a_runtime(tmp_path, capsys):
+@pytest.mark.parametrize("runtime", ["torch", "mnn"])
+def test_inspect_prints_per_layer_time_in_a_runtime(tmp_path, capsys, runtime):
     from sparsenas.arch import Arch
     from sparsenas.search_spaces import get_space
 
+    if runtime not in INSTALLED:
+        pytest.skip(f"runtime {runtime} is not installed")
     space, task = get_space("sparse_mbv2"), Task("digits", (1, 16, 16), 10)
     arch = space.sample(random.Random(5), task)
+    if runtime == "mnn":  # the shipped profile picks MNN's sparse kernels for 95%-sparse 1x1 convs
+        arch = arch.replace(head_sparsity=0.95, head_conn="magnitude_oc4")
     path = tmp_path / "arch.json"
     path.write_text(arch.to_json())
-    rc, out, err = run_cli(["inspect", str(path), "--runtime", "torch", "--json"])
+    rc, out, err = run_cli(["inspect", str(path), "--runtime", runtime, "--json"])
     assert rc == 0, err
     doc = json.loads(out.strip().splitlines()[-1])
-    assert doc["runtime"] == "torch" and doc["predicted_latency_ms"] > 0
+    assert doc["runtime"] == runtime and doc["predicted_latency_ms"] > 0
     assert all(layer["predicted_ms"] > 0 and layer["kernel"] for layer in doc["layers"])
+    if runtime == "mnn":
+        assert {"sparse1", "sparse4"} & {layer["kernel"] for layer in doc["layers"]}
     assert isinstance(Arch.from_json(path.read_text()), Arch)
     rc, out, err = run_cli(["inspect", str(path), "--hw", str(path)])
     assert rc == 2 and "--runtime" in err

@@ -1,4 +1,5 @@
-"""sparse_mbv2's connectivity choice (conn: magnitude | g2g | block) for its sparse 1x1 convs, version 3."""
+"""sparse_mbv2's connectivity choice (conn: magnitude | g2g | block | magnitude_oc4) for its sparse 1x1 convs,
+version 4."""
 import json
 import random
 
@@ -79,11 +80,11 @@ def test_g2g_plan_hits_the_density_or_keeps_only_the_dense_ensembles():
 
 
 def test_version_1_archs_upgrade_to_magnitude_and_build(space):
-    v3 = space.default_arch(TASK16).replace(s2b1_sparsity=0.9)
-    v1 = Arch("sparse_mbv2", 1, {k: v for k, v in v3.choices.items() if not k.endswith("_conn")})
-    assert space.version == 3 and space.upgrade(v1) == v3 and space.validate(v1, TASK16) == v3
-    v2 = Arch("sparse_mbv2", 2, dict(v3.choices))  # version 2 had no "block": its archs are v3 archs as they are
-    assert space.upgrade(v2) == v3
+    v4 = space.default_arch(TASK16).replace(s2b1_sparsity=0.9)
+    v1 = Arch("sparse_mbv2", 1, {k: v for k, v in v4.choices.items() if not k.endswith("_conn")})
+    assert space.version == 4 and space.upgrade(v1) == v4 and space.validate(v1, TASK16) == v4
+    for old in (2, 3):  # versions 2 and 3 lacked "block" / "magnitude_oc4": their archs are v4 archs as they are
+        assert space.upgrade(Arch("sparse_mbv2", old, dict(v4.choices))) == v4
     model = space.build(v1, TASK16)
     assert sum(isinstance(m, SparseConv2d) for m in model.modules()) == 2
     assert model(torch.randn(1, 1, 16, 16)).shape == (1, 10)
@@ -91,8 +92,8 @@ def test_version_1_archs_upgrade_to_magnitude_and_build(space):
     old = Arch.from_json(v1.to_json())
     assert old.version == 1 and space.build(old, TASK16)(torch.randn(1, 1, 16, 16)).shape == (1, 10)
     # other versions (and a v1 arch with a conn key it never had) are still refused clearly
-    with pytest.raises(SparseNASError, match="version 4"):
-        space.validate(Arch("sparse_mbv2", 4, dict(v3.choices)), TASK16)
+    with pytest.raises(SparseNASError, match="version 5"):
+        space.validate(Arch("sparse_mbv2", 5, dict(v4.choices)), TASK16)
     with pytest.raises(SparseNASError, match="conn"):
         space.validate(v1.replace(s1b1_conn="dense"), TASK16)
 
@@ -100,7 +101,7 @@ def test_version_1_archs_upgrade_to_magnitude_and_build(space):
 def test_choices_list_conn_beside_every_sparsity(space):
     ch = space.choices(TASK16)
     assert [k for k in ch if k.endswith("_conn")] == [f"s{s}b{b}_conn" for s, b in block_keys()] + ["head_conn"]
-    assert all(ch[k] == CONNS == ["magnitude", "g2g", "block"] for k in ch if k.endswith("_conn"))
+    assert all(ch[k] == CONNS == ["magnitude", "g2g", "block", "magnitude_oc4"] for k in ch if k.endswith("_conn"))
 
 
 def test_kernel_specs_and_the_shipped_profile_cover_g2g_networks(space, table):
@@ -180,13 +181,13 @@ def test_optuna_searches_sample_conn_unchanged(storage_url, strategy, space):
                              options={"fixed": {"s2b1_sparsity": 0.8, "s2b1_conn": "g2g", "s1_depth": 1}})
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(trials) == 2
-    assert study.user_attrs["space_version"] == 3
+    assert study.user_attrs["space_version"] == 4
     conns = set()
     for t in trials:
         assert all(t.params[f"s{s}b{b}_conn"] in CONNS for s, b in block_keys()) and t.params["head_conn"] in CONNS
         conns |= {v for k, v in t.params.items() if k.endswith("_conn")}
         arch = arch_of(t)
-        assert arch.version == 3 and json.loads(arch.to_json())["choices"]["s2b1_conn"] == "g2g"
+        assert arch.version == 4 and json.loads(arch.to_json())["choices"]["s2b1_conn"] == "g2g"
         model = space.build(arch, study_task(study))
         assert isinstance(model.blocks[1].body[-2], G2GConv2d)  # s2b1's project conv
     assert conns <= set(CONNS) and "g2g" in conns
@@ -206,7 +207,7 @@ def test_inspect_shows_each_layers_mask_and_upgrades_version_1_files(space, tmp_
         path.write_text(arch.to_json())
         assert main(["inspect", str(path), "--input-size", "16", "--json"]) == 0
         out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        assert out["arch"]["version"] == 3 and out["arch"]["choices"]["s3b1_conn"] == kind
+        assert out["arch"]["version"] == 4 and out["arch"]["choices"]["s3b1_conn"] == kind
         assert [l["mask"] for l in out["layers"] if l["sparsity"] > 0] == [kind, kind]
         assert {l["mask"] for l in out["layers"] if l["sparsity"] == 0} == {"-"}
 

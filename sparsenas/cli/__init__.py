@@ -37,7 +37,7 @@ EXAMPLES = {
                "nas export --study S --pareto --out front/"],
     "train": ["nas train found/arch.json --epochs 50", "nas train found/ --dataset digits --out retrained/ --json"],
     "report": ["nas report --out report/", "nas report --storage sqlite:///runs.db --study S --out report/ --baseline train"],
-    "storage-proxy": ["nas storage-proxy --storage postgresql://nas@db-host/nas --host 0.0.0.0 --port 13000",
+    "storage-proxy": ["nas storage-proxy --storage postgresql://nas@db-host/nas --host 0.0.0.0 --allow-remote --port 13000",
                       "nas search --space sparse_mbv2 --trials 2000 --storage grpc://proxy-host:13000"],
 }
 

@@ -49,6 +49,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             checks.append(f"ONNX max|diff| {r.onnx_max_abs_diff:.2g}")
         if r.torchscript_max_abs_diff is not None:
             checks.append(f"TorchScript max|diff| {r.torchscript_max_abs_diff:.2g}")
+        if r.mnn_max_abs_diff is not None:
+            checks.append(f"MNN max|diff| {r.mnn_max_abs_diff:.2g}")
         print(f"exported trial {r.info.get('trial')} to {r.out}/: {r.params:,} params, {r.nnz:,} non-zeros"
               + (f"; {', '.join(checks)}" if checks else ""))
     if args.json:

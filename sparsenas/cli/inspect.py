@@ -13,7 +13,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--input-size", type=int, default=None)
     p.add_argument("--runtime", default=None,
-                   help="also predict each layer's time in this runtime (onnxruntime, torch, openvino) from its "
+                   help="also predict each layer's time in this runtime (onnxruntime, torch, openvino, mnn) from its "
                         "hardware profile, with the kernel the exported artifact runs it with")
     p.add_argument("--hw", default=None, metavar="PROFILE.json",
                    help="hardware profile for --runtime (default: the one shipped for that runtime)")

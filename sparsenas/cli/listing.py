@@ -57,11 +57,11 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_studies(args: argparse.Namespace) -> int:
-    from ..api import studies
+    from ..api import mask_url, studies
 
     rows = studies(args.storage)
     if not rows:
-        print(f"no studies in {args.storage}")
+        print(f"no studies in {mask_url(args.storage)}")
     for r in rows:
         how = r["strategy"] + (f" ({r['sampler']})" if r.get("sampler") else "") if r["strategy"] else "-"
         states = ", ".join(f"{k} {v}" for k, v in sorted(r["states"].items())) or "no trials"

@@ -34,7 +34,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, metavar="FILE", help="profile to write (extended if it exists)")
     p.add_argument("--runtime", default=None,
                    help="inference runtime to time: onnxruntime (default: the exported model.onnx, as deployed), "
-                        "torch (PyTorch eager with CSR kernels) or openvino; with --validate, default: the profile's")
+                        "torch (PyTorch eager with CSR kernels), openvino or mnn (MNN, sparse 1x1 kernels); with --validate, "
+                        "default: the profile's")
     p.add_argument("--name", default=None, help="profile name (default: the file name)")
     p.add_argument("--repeats", type=_positive_int, default=100, help="timed calls per kernel (default 100)")
     p.add_argument("--calibration-networks", type=int, default=80,
@@ -119,7 +120,8 @@ def _validate(args: argparse.Namespace) -> int:
         verdict = "meets" if r["passed"] else "misses"
         console.print(f"{verdict} the bar (>= {r['bar']['within_10']:.0%} within ±10% and Spearman >= "
                       f"{r['bar']['spearman']}); the machine runs x{r['speed']:.2f} the time it took when profiled "
-                      f"(speed anchor: {r['anchor']['networks']} calibration networks); plot: {r['plot']}")
+                      f"(speed anchor: {r['anchor']['networks']} calibration networks); "
+                      f"{r['with_sparse_kernels']:.0%} of the networks run layers on sparse kernels; plot: {r['plot']}")
     if args.json:
         print_json({"profile": args.validate, "reports": [{k: v for k, v in r.items() if k not in ("networks", "rows")}
                                                           for r in reports]})

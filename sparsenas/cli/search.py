@@ -58,7 +58,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                         "encoding) or accuracy,size")
     p.add_argument("--runtime",
                    help="inference runtime the latency (and size) is that of: onnxruntime (default, the exported "
-                        "model.onnx), torch (PyTorch eager with CSR kernels) or openvino; `nas runtimes` lists them")
+                        "model.onnx), torch (PyTorch eager with CSR kernels), openvino or mnn (MNN, sparse 1x1 kernels); "
+                        "`nas runtimes` lists them")
     p.add_argument("--latency",
                    help="table: predict from the hardware profile; measured: time each network here; auto (default): "
                         "table when the profile covers the space and input size, else measured")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import tempfile
@@ -46,14 +47,15 @@ TIMING_FIELDS = ("wall_ms", "cpu_ms", "wall_iqr_ms", "cpu_iqr_ms", "repeats")  #
 METRICS = {"cpu_p10_ms": "p10", "wall_p10_ms": "p10", "cpu_ms": "median", "wall_ms": "median"}
 DEFAULT_METRIC = "cpu_p10_ms"
 DEFAULT_PROFILE = "cpu-x86-2core.json"  # shipped inside this package (torch; named before runtimes existed)
-SHIPPED = {"torch": DEFAULT_PROFILE, "onnxruntime": "cpu-x86-2core-onnxruntime.json"}  # runtime -> shipped file
+SHIPPED = {"torch": DEFAULT_PROFILE, "onnxruntime": "cpu-x86-2core-onnxruntime.json", "mnn": "cpu-x86-2core-mnn.json"}  # runtime -> shipped file
 # Calibration inputs (see table.py): kernel sum, layer counts (all, and per implementation: native,
 # then the names of sparsenas.ops.KERNELS), output activations in millions, depthwise (grouped) layers
 # and their output activations (each carries BN + activation + often a residual add that no
 # profiled kernel covers), constant.
 FEATURES = ("sum_ms", "layers", "layers_native", "layers_dense", "layers_torch_csr", "layers_scipy_csr",
             "act_melems", "dw_layers", "dw_act_melems", "one", "layers_grouped", "sum_pw_ms", "sum_dw_ms",
-            "sum_other_ms", "pw_mmacs", "dw_mmacs", "sum_grouped_ms", "gather_melems")
+            "sum_other_ms", "pw_mmacs", "dw_mmacs", "sum_grouped_ms", "gather_melems", "sum_sparse_ms",
+            "layers_sparse1", "layers_sparse4")
 
 
 class ProfileError(SparseNASError):
@@ -145,20 +147,74 @@ def check_profile(data: Any, path: str | Path = "<profile>") -> dict[str, Any]:
     if not isinstance(metric, str) or metric not in METRICS:
         raise _bad(path, f"is corrupt: timing.metric is {metric!r}; allowed: {', '.join(METRICS)}")
     fields = (*TIMING_FIELDS, metric)
+    runtime = _runtime_of(data, path)
     for key, entry in data["entries"].items():
         impls = entry.get("impls") if isinstance(entry, dict) else None
         if not isinstance(impls, dict) or not impls or not isinstance(entry.get("spec"), dict):
             raise _bad(path, f"is corrupt: entry '{key}' needs a 'spec' object and a non-empty 'impls' object")
         for impl, t in impls.items():
-            if not isinstance(t, dict) or not all(isinstance(t.get(f), (int, float)) for f in fields):
+            if not isinstance(t, dict) or not all(_number(t.get(f)) for f in fields):
                 raise _bad(path, f"is corrupt: entry '{key}' impl '{impl}' needs numbers {', '.join(dict.fromkeys(fields))}")
+            if problem := _timing_problem(t):
+                raise _bad(path, f"is corrupt: entry '{key}' impl '{impl}' has {problem}")
+        _check_impls(runtime, key, entry, path)
     for key, cal in data["calibrations"].items():
         if not (isinstance(cal, dict) and isinstance(cal.get("features"), list) and isinstance(cal.get("coef"), list)
                 and len(cal["features"]) == len(cal["coef"])
-                and all(isinstance(c, (int, float)) for c in cal["coef"]) and set(cal["features"]) <= set(FEATURES)):
+                and all(_number(c) for c in cal["coef"]) and set(cal["features"]) <= set(FEATURES)):
             raise _bad(path, f"is corrupt: calibration '{key}' needs equally long 'features' "
                        f"(from {', '.join(FEATURES)}) and numeric 'coef' lists")
+        # every feature is >= 0 (times, counts, sizes), so finite coefficients >= 0, not all 0, can
+        # predict neither a negative nor a NaN latency
+        bad = [(f, c) for f, c in zip(cal["features"], cal["coef"]) if not math.isfinite(c) or c < 0]
+        if bad or not any(c > 0 for c in cal["coef"]):
+            what = (f"coefficient {bad[0][1]!r} for '{bad[0][0]}'" if bad else "only zero coefficients")
+            raise _bad(path, f"is corrupt: calibration '{key}' has {what}; a calibration's coefficients are finite "
+                       "and >= 0 (not all 0), or it could predict a negative, zero or NaN latency")
     return data
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _timing_problem(t: dict[str, Any]) -> str | None:
+    """What is wrong with one implementation's timings: times are finite and > 0 (a spread >= 0),
+    repeats at least 1. JSON readers accept NaN and Infinity, so this is checked here."""
+    for f, v in t.items():
+        if not f.endswith("_ms") and f != "repeats":
+            continue
+        if not _number(v) or not math.isfinite(v):
+            return f"{f}={v!r} (not a finite number)"
+        low_ok = v >= 0 if "iqr" in f else v >= 1 if f == "repeats" else v > 0
+        if not low_ok:
+            return f"{f}={v!r} (" + ("a spread must be >= 0" if "iqr" in f else "repeats must be >= 1"
+                                     if f == "repeats" else "a time must be > 0") + ")"
+    return None
+
+
+def _runtime_of(data: dict[str, Any], path: str | Path) -> Any:
+    """The registered runtime a profile times (its ``runtime.name``; ``torch`` for older profiles)."""
+    from ..runtimes import RUNTIMES, get_runtime
+
+    name = profile_runtime(data)
+    if name not in RUNTIMES.names():  # never RUNTIMES.get(name): a "module:Class" name would import it
+        raise _bad(path, f"times runtime '{name}', which is not a runtime here (known: {', '.join(RUNTIMES.names())})")
+    return get_runtime(name, check=False)
+
+
+def _check_impls(runtime: Any, key: str, entry: dict[str, Any], path: str | Path) -> None:
+    """An entry's spec is a layer, and it times at least one implementation its runtime has for it."""
+    from ..ops.spec import LayerSpec
+
+    try:
+        spec = LayerSpec(**entry["spec"])
+    except (SparseNASError, TypeError, ValueError) as e:
+        raise _bad(path, f"is corrupt: entry '{key}' has a spec that is not a layer ({e})") from None
+    has = runtime.impls(spec)
+    if not set(entry["impls"]) & set(has):
+        raise _bad(path, f"is corrupt: entry '{key}' times {', '.join(entry['impls'])}, none of which runtime "
+                   f"'{runtime.name}' has for this layer (it has: {', '.join(has)})")
 
 
 def read_profile(path: str | Path) -> dict[str, Any]:

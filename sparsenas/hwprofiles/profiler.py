@@ -46,7 +46,8 @@ SAVE_EVERY_S = 10.0
 # (leave-one-out 94% -> 100% at 8x8 and 92% -> 99% at 16x16 in ONNX Runtime).
 CALIBRATION_FEATURES = ("sum_pw_ms", "sum_grouped_ms", "sum_dw_ms", "sum_other_ms", "layers_native", "layers_dense",
                         "layers_torch_csr", "layers_scipy_csr", "layers_grouped", "act_melems", "dw_layers",
-                        "dw_act_melems", "pw_mmacs", "dw_mmacs", "gather_melems", "one")
+                        "dw_act_melems", "pw_mmacs", "dw_mmacs", "gather_melems", "sum_sparse_ms", "layers_sparse1",
+                        "layers_sparse4", "one")
 
 
 def partial_path(out: str | Path) -> Path:
@@ -163,7 +164,7 @@ def profile_space(data: dict[str, Any], space: Any, task: Task, *, timer: Kernel
                   cuda: bool = False, progress: Any = None) -> dict[str, Any]:
     """Add ``space``'s kernels for ``task`` and its calibration to ``data`` (a profile dict)."""
     t0 = time.monotonic()
-    specs = sorted(space.kernel_specs(task), key=lambda s: s.key())
+    specs = sorted({timer.runtime.table_spec(s) for s in space.kernel_specs(task)}, key=lambda s: s.key())
     # a block-diagonal layer's sparsity (1 - 1/G) is exact, never a level other layers snap to
     levels = set(data["sparsity_levels"]) | {s.sparsity for s in specs if not s.blocks}
     data["sparsity_levels"] = sorted(levels)

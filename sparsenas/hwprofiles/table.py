@@ -38,6 +38,9 @@ def layer_impls(spec: LayerSpec, runtime: str = "torch") -> tuple[str, ...]:
     return get_runtime(runtime, check=False).impls(spec)
 
 
+_OWN_SUM = ("grouped", "sparse1", "sparse4")  # 1x1 kernels whose time has its own calibration term
+
+
 def _prod(values: Sequence[int]) -> int:
     n = 1
     for v in values:
@@ -58,7 +61,9 @@ def feature_vector(layers: Sequence[LayerSpec], picks: Sequence[tuple[str, float
     depthwise = [s for s in layers if s.groups > 1]
     pointwise = [s.op == "conv2d" and s.kernel == 1 and s.groups == 1 for s in layers]
     by_name = {"sum_ms": float(sum(ms for _, ms in picks)), "layers": float(len(layers)),
-               "sum_pw_ms": float(sum(ms for (i, ms), pw in zip(picks, pointwise) if pw and i != "grouped")),
+               "sum_pw_ms": float(sum(ms for (i, ms), pw in zip(picks, pointwise) if pw and i not in _OWN_SUM)),
+               # MNN's sparse kernels run in a network at another share of their isolated time than dense ones
+               "sum_sparse_ms": float(sum(ms for i, ms in picks if i in ("sparse1", "sparse4"))),
                "sum_dw_ms": float(sum(ms for (_, ms), s in zip(picks, layers) if s.groups > 1)),
                "sum_other_ms": float(sum(ms for (_, ms), s, pw in zip(picks, layers, pointwise)
                                          if not pw and s.groups == 1)),
@@ -148,7 +153,9 @@ class LatencyTable:
 
     # ------------------------------------------------------------------ look-up
     def snap(self, spec: LayerSpec) -> LayerSpec:
-        """``spec`` with its measured zero fraction (e.g. 0.7995) replaced by the nearest profiled level."""
+        """``spec`` with its measured zero fraction (e.g. 0.7995) replaced by the nearest profiled level
+        (and filed as the runtime files it, see :meth:`~sparsenas.runtimes.Runtime.table_spec`)."""
+        spec = self.runtime.table_spec(spec)
         if not self.levels or spec.sparsity in self.levels or spec.blocks:  # a block layer's sparsity is exact
             return spec
         level = min(self.levels, key=lambda v: abs(v - spec.sparsity))

@@ -31,6 +31,9 @@ BAR_WITHIN_10 = 0.95
 BAR_SPEARMAN = 0.95
 
 
+_DENSE_KERNELS = ("native", "dense", "grouped")
+
+
 def fidelity(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
     """MAPE, share within +-10%, Spearman rho, median ratio predicted/measured."""
     from scipy.stats import spearmanr
@@ -107,6 +110,9 @@ def validate(table: LatencyTable, space: Any, task: Task, *, n: int = 50, seed: 
         "anchored": anchored, "unanchored": fidelity(unanchored, measured), "plain_sum": fidelity(plain, measured),
         "anchored_vs_wall_median": fidelity(predicted, measured_wall),
         "speed": anchor.speed, "anchor": anchor.to_dict(),
+        # networks that run at least one layer on a sparse kernel (the table's choice): where the profile's
+        # sparse timings are put to the test
+        "with_sparse_kernels": float(np.mean([any(k not in _DENSE_KERNELS for k in p.kernels) for p in preds])),
         "bar": {"within_10": BAR_WITHIN_10, "spearman": BAR_SPEARMAN},
         "passed": bool(anchored["within_10"] >= BAR_WITHIN_10 and anchored["spearman"] >= BAR_SPEARMAN),
         "networks": [{"digest": a.digest(), "predicted_ms": float(p), "unanchored_ms": float(u),

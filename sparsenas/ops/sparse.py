@@ -3,9 +3,12 @@ mask can change; ``to_inference`` freezes the mask into a real kernel (see :mod:
 
 Mask kinds:
 - ``"magnitude"``: unstructured, the smallest ``|w|`` are zero; recomputed by ``update_mask``.
+- ``"magnitude_oc4"``: magnitude over blocks of 4 output channels at one input position (the zeros
+  come four channels at a time: the form MNN's fastest sparse kernel runs, see ``masks.OC_BLOCK``).
 - ``"nm"``: N:M along the input dimension (2:4 by default); its sparsity is fixed at ``1 - n/m``.
 - ``"score"``: HYDRA/DASS learned scores; the mask is the top-k of ``|score|`` recomputed at every
-  forward, with a straight-through gradient to the scores.
+  forward, with a straight-through gradient to the scores; ``"score_oc4"`` the same over blocks of
+  4 output channels (DASS's form of ``"magnitude_oc4"``).
 """
 from __future__ import annotations
 
@@ -17,14 +20,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .kernels import make_kernel
-from .masks import InvalidSparsity, check_nm, check_sparsity, magnitude_mask, nm_mask, score_mask
+from .masks import (OC_BLOCK, InvalidSparsity, block_magnitude_mask, check_nm, check_sparsity, magnitude_mask, nm_mask,
+                    score_mask)
 
 __all__ = [
-    "MASK_KINDS", "SparseMixin", "SparseLinear", "SparseConv2d",
+    "MASK_KINDS", "SCORE_KINDS", "SCORE_OF", "SparseMixin", "SparseLinear", "SparseConv2d",
     "sparse_modules", "apply_sparsity", "update_masks", "GradualPruner",
 ]
 
-MASK_KINDS = ("magnitude", "nm", "score")
+MASK_KINDS = ("magnitude", "nm", "score", "magnitude_oc4", "score_oc4")
+MAGNITUDE_KINDS = {"magnitude": magnitude_mask, "magnitude_oc4": block_magnitude_mask}  # pruned by |w|
+SCORE_KINDS = {"score": 0, "score_oc4": OC_BLOCK}  # pruned by learned scores: kind -> block of output channels
+SCORE_OF = {"magnitude": "score", "magnitude_oc4": "score_oc4"}  # a magnitude kind's learned-score form
 
 
 class SparseMixin:
@@ -62,7 +69,7 @@ class SparseMixin:
                 )
         self.sparsity = self.target_sparsity = sparsity
         self.register_buffer("mask", torch.ones_like(self.weight, requires_grad=False))  # type: ignore[attr-defined]
-        if mask_kind == "score":
+        if mask_kind in SCORE_KINDS:
             # HYDRA's scaled score init: |w| / max|w| * sqrt(6 / fan_in) (kaiming-uniform range).
             fan_in = self.weight[0].numel()
             with torch.no_grad():
@@ -76,17 +83,17 @@ class SparseMixin:
     def update_mask(self) -> None:
         """Recompute ``mask`` from the current weights (magnitude, nm) or scores (score)."""
         with torch.no_grad():
-            if self.mask_kind == "magnitude":
+            if self.mask_kind in MAGNITUDE_KINDS:
                 # Pruned weights keep their last values (they get no gradient). Ranking the masked
                 # weights keeps them pruned while the sparsity grows (as Zhu & Gupta's TF code);
                 # to lower the sparsity, the raw weights decide which come back.
                 zeros = self.mask.numel() - int(torch.count_nonzero(self.mask))
                 growing = round(self.sparsity * self.mask.numel()) >= zeros
-                new = magnitude_mask(self.weight * self.mask if growing else self.weight, self.sparsity)
+                new = MAGNITUDE_KINDS[self.mask_kind](self.weight * self.mask if growing else self.weight, self.sparsity)
             elif self.mask_kind == "nm":
                 new = nm_mask(self.weight, self.n, self.m)
             else:
-                new = magnitude_mask(self.score, self.sparsity)  # type: ignore[arg-type]
+                new = score_mask(self.score.detach(), self.sparsity, SCORE_KINDS[self.mask_kind])  # type: ignore[union-attr]
             self.mask.copy_(new)
 
     def set_sparsity(self, sparsity: float) -> None:
@@ -102,12 +109,17 @@ class SparseMixin:
 
     def current_mask(self) -> Tensor:
         """The mask used by forward; for scores, differentiable (straight-through) in ``score``."""
-        if self.mask_kind == "score":
-            mask = score_mask(self.score, self.sparsity)  # type: ignore[arg-type]
+        if self.mask_kind in SCORE_KINDS:
+            mask = score_mask(self.score, self.sparsity, SCORE_KINDS[self.mask_kind])  # type: ignore[arg-type]
             with torch.no_grad():  # keep the buffer (nnz, state_dict) in sync with the scores
                 self.mask.copy_(mask)
             return mask
         return self.mask
+
+    @property
+    def oc_block(self) -> int:
+        """Output channels per block of zeros (0: the zeros follow no block pattern)."""
+        return OC_BLOCK if self.mask_kind in ("magnitude_oc4", "score_oc4") else 0
 
     def masked_weight(self) -> Tensor:
         """``weight * mask``; gradients reach the weight (where the mask is 1) and the scores."""

@@ -38,6 +38,7 @@ class LayerSpec:
     batch: int = 1
     blocks: int = 0          # a block-diagonal 1x1 layer (G2G "block"): its number of diagonal blocks
     permuted: bool = False   # ... whose channels are grouped other than by index (a gather to lower it)
+    oc_block: int = 0        # zeros in blocks of this many output channels (a block magnitude mask); 0: any pattern
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
@@ -51,6 +52,7 @@ class LayerSpec:
             object.__setattr__(self, name, int(v))
         object.__setattr__(self, "blocks", int(self.blocks))
         object.__setattr__(self, "permuted", bool(self.permuted))
+        object.__setattr__(self, "oc_block", int(self.oc_block) if self.sparsity > 0 else 0)
         if self.blocks and (self.blocks < 2 or self.cin % self.blocks or self.cout % self.blocks or self.groups != 1
                             or self.kernel != 1):
             raise SparseNASError(f"LayerSpec: blocks={self.blocks} needs a 1x1 layer with groups=1 whose channels "
@@ -64,10 +66,13 @@ class LayerSpec:
 
     def key(self) -> str:
         """Stable readable key, e.g. ``conv2d:c96-576:k1:s1:g1:in8x8:sp0.9:b1`` or
-        ``linear:c1280-10:sp0:b1``; a block-diagonal layer ends in ``:bd4`` (``:bd4p`` when permuted)."""
+        ``linear:c1280-10:sp0:b1``; a block-diagonal layer ends in ``:bd4`` (``:bd4p`` when permuted),
+        a layer with zeros in blocks of 4 output channels in ``:ob4``."""
         sp = f"sp{self.sparsity:g}:b{self.batch}"
         if self.blocks:
             sp += f":bd{self.blocks}{'p' if self.permuted else ''}"
+        if self.oc_block:
+            sp += f":ob{self.oc_block}"
         if self.op == "linear":
             return f"linear:c{self.cin}-{self.cout}:{sp}"
         hw = "x".join(map(str, self.in_hw))
@@ -76,6 +81,8 @@ class LayerSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["in_hw"] = list(self.in_hw)
+        if not self.oc_block:
+            del d["oc_block"]  # profiles written before block masks hold no such field
         return d
 
     @classmethod
@@ -154,7 +161,7 @@ def _spec_of(module: nn.Module, x: Tensor) -> LayerSpec | None:
             "conv2d", module.in_channels, module.out_channels, kernel=_square(module.kernel_size, "kernel", module),
             stride=_square(module.stride, "stride", module), groups=module.groups, in_hw=tuple(x.shape[-2:]),
             sparsity=_weight_sparsity(module), batch=x.shape[0] if x.dim() == 4 else 1,
-            blocks=blocks, permuted=blocks > 0 and _permuted(module),
+            blocks=blocks, permuted=blocks > 0 and _permuted(module), oc_block=getattr(module, "oc_block", 0),
         )
     if isinstance(module, nn.Linear):
         return LayerSpec("linear", module.in_features, module.out_features, sparsity=_weight_sparsity(module),

@@ -1,4 +1,4 @@
-"""Inference runtimes: one module each, registered by name (``torch``, ``onnxruntime``, ``openvino``).
+"""Inference runtimes: one module each, registered by name (``torch``, ``onnxruntime``, ``openvino``, ``mnn``).
 
 A runtime says which kernels it really has for a layer, times them in context, turns a network into
 the artifact a user deploys and runs it (:class:`~sparsenas.runtimes.base.Runtime`). Hardware
@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..registry import GROUPS, Registry, subclass_adopter
 from .base import GROUPED, NATIVE, Chooser, Runtime, RuntimeNotInstalled
 
-__all_modules__ = ("pytorch", "onnxruntime", "openvino")
+__all_modules__ = ("pytorch", "onnxruntime", "openvino", "mnn")
 
 RUNTIMES: Registry = Registry("runtime", __name__, group=GROUPS["runtime"],
                               adopt=subclass_adopter("runtime", Runtime), alias=lambda cls: cls.name)

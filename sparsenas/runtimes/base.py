@@ -7,6 +7,7 @@ of this package registered in :data:`RUNTIMES` (``@RUNTIMES.register("onnxruntim
 """
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,7 @@ class Runtime(ABC):
         return RuntimeNotInstalled(
             f"runtime '{cls.name}' needs the Python package '{package}', which is not installed here. Install it "
             f"with: pip install 'sparsenas[{cls.extra}]' (or pick another runtime with --runtime; available: "
-            "torch, onnxruntime, openvino)")
+            "torch, onnxruntime, openvino, mnn)")
 
     def info(self) -> dict[str, str]:
         return {"name": self.name, "version": self.version()}
@@ -77,6 +78,12 @@ class Runtime(ABC):
         """The implementations this runtime really has for a layer (what the profile times and the
         table chooses among). A runtime without sparse kernels returns ``(NATIVE,)`` for a masked
         layer: its sparsity buys no time there."""
+
+    def table_spec(self, spec: LayerSpec) -> LayerSpec:
+        """The spec under which this runtime's profiles file a layer: a runtime with no kernel for
+        zeros in blocks of output channels (``oc_block``) runs such a layer as any other at its
+        sparsity, so its profiles need no separate entry for it."""
+        return dataclasses.replace(spec, oc_block=0) if spec.oc_block else spec
 
     def timing_spec(self, spec: LayerSpec) -> LayerSpec:
         """The spec whose timing stands for ``spec``: a runtime that ignores zeros in weights times

@@ -15,7 +15,7 @@ from ..ops.g2g import G2GMixin
 EXPAND_GROUPING, PROJECT_GROUPING, HEAD_GROUPING = "index", "interleaved", "index"
 
 
-CONNS = ["magnitude", "g2g", "block"]  # connectivity of the sparse 1x1 convs
+CONNS = ["magnitude", "g2g", "block", "magnitude_oc4"]  # connectivity of the sparse 1x1 convs
 
 
 def block_plan(cin: int, cout: int, density: float) -> int:
@@ -38,7 +38,8 @@ def pointwise(cin: int, cout: int, sparsity: float, conn: str = "magnitude", gro
     """1x1 conv: dense when sparsity is 0 (``conn`` is then ignored); else a magnitude-masked
     SparseConv2d (``conn="magnitude"``), a G2GConv2d at the same density (``conn="g2g"``, Erdos-
     Renyi between ensembles, see :func:`~sparsenas.ops.g2g.g2g_plan`), or a block-diagonal
-    G2GConv2d (``conn="block"``, see :func:`block_plan`)."""
+    G2GConv2d (``conn="block"``, see :func:`block_plan`), or a SparseConv2d pruned in blocks of 4 output
+    channels (``conn="magnitude_oc4"``)."""
     if sparsity <= 0:
         return nn.Conv2d(cin, cout, 1, bias=False)
     if conn not in CONNS:
@@ -49,7 +50,8 @@ def pointwise(cin: int, cout: int, sparsity: float, conn: str = "magnitude", gro
     if conn == "block":  # no edges between ensembles: a grouped conv where the runtime runs that faster
         return G2GConv2d(cin, cout, ensembles=block_plan(cin, cout, 1.0 - sparsity), p_inter=0.0, graph="block",
                          grouping=grouping, seed=seed)
-    return SparseConv2d(cin, cout, 1, bias=False, sparsity=sparsity)
+    mask_kind = "magnitude_oc4" if conn == "magnitude_oc4" else "magnitude"
+    return SparseConv2d(cin, cout, 1, bias=False, sparsity=sparsity, mask_kind=mask_kind)
 
 
 class InvertedResidual(nn.Module):

@@ -19,10 +19,13 @@ Choices, with ``sN`` a stage and ``sNbM`` a block of it:
   density that divides both channel counts, so its sparsity is ``1 - 1/G``). A block-diagonal
   layer is a grouped convolution (the project conv interleaves its channels: a gather on each
   side), which every runtime that reads ONNX runs faster than the dense layer; hardware profiles
-  time both (``LayerSpec.blocks``).
+  time both (``LayerSpec.blocks``); or ``"magnitude_oc4"`` (SparseConv2d pruned by magnitude over
+  blocks of 4 output channels at one input position: the same level, zeros four channels at a time,
+  the form MNN's fastest sparse kernel runs; ``LayerSpec.oc_block``).
 
-Version 2 added the ``conn`` choices, version 3 ``"block"``; older architectures are upgraded
-(version 1: ``"magnitude"`` everywhere, what they built; version 2: unchanged).
+Version 2 added the ``conn`` choices, version 3 ``"block"``, version 4 ``"magnitude_oc4"``; older
+architectures are upgraded (version 1: ``"magnitude"`` everywhere, what they built; versions 2 and 3:
+unchanged).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import itertools
 import math
 
 from ..arch import Arch
+from ..ops.masks import OC_BLOCK
 from ..task import Task
 from . import SPACES
 from ._mbv2_modules import CONNS, MobileNetV2, block_plan  # noqa: F401  (block_plan: part of this space's API)
@@ -42,7 +46,8 @@ EXPANSIONS = [1, 3, 6]
 KERNELS = [3, 5, 7]
 SPARSITIES = [0.0, 0.5, 0.7, 0.8, 0.9, 0.95]
 WIDTHS = [0.5, 0.75, 1.0]
-SUPERNET_CONNS = ("magnitude", "g2g")  # what the sparse_mbv2 supernets mix (block: standalone searches)
+SUPERNET_CONNS = ("magnitude", "g2g")  # what the weight-entangled supernet mixes (block: standalone searches)
+MIXED_CONNS = ("magnitude", "g2g", "magnitude_oc4")  # what the mixed-op (DASS) supernet can mix
 
 
 def make_divisible(c: float, divisor: int = 4) -> int:
@@ -61,9 +66,9 @@ def block_keys() -> list[tuple[int, int]]:
 @SPACES.register("sparse_mbv2")
 class SparseMBV2Space(SearchSpace):
     name = "sparse_mbv2"
-    version = 3
+    version = 4
     description = ("MobileNetV2 for 8x8..32x32 images: per block expansion, kernel and dense/sparse 1x1 "
-                   "convs (magnitude or G2G connectivity); per stage depth and width; downsampling placement")
+                   "convs (magnitude, 4-channel-block magnitude or G2G connectivity); per stage depth and width; downsampling placement")
     default_dataset = "digits"
 
     def check_task(self, task: Task) -> None:
@@ -88,13 +93,13 @@ class SparseMBV2Space(SearchSpace):
 
     def upgrade(self, arch: Arch) -> Arch:
         """Version 1 had no ``conn`` choices (its sparse 1x1 convs were all magnitude-masked);
-        version 2 had no ``"block"`` value, so its architectures are version-3 ones as they are."""
-        if arch.space != self.name or arch.version not in (1, 2):
+        versions 2 and 3 lacked values added since, so their architectures are version-4 ones as they are."""
+        if arch.space != self.name or arch.version not in (1, 2, 3):
             return arch
-        if arch.version == 2:
-            return Arch(self.name, 3, dict(arch.choices))
+        if arch.version in (2, 3):
+            return Arch(self.name, self.version, dict(arch.choices))
         conns = {f"s{s}b{b}_conn": CONNS[0] for s, b in block_keys()} | {"head_conn": CONNS[0]}
-        return Arch(self.name, 3, {**conns, **arch.choices})
+        return Arch(self.name, self.version, {**conns, **arch.choices})
 
     def canonical(self, arch: Arch) -> Arch:
         """Blocks past their stage's depth are not built, and ``conn`` means nothing for a dense
@@ -148,12 +153,14 @@ class SparseMBV2Space(SearchSpace):
             return LayerSpec("conv2d", cin, cout, k, stride, groups, hw, sp)
 
         def block(cin: int, cout: int, hw: tuple[int, int], sp: float, permuted: bool) -> set:
-            """The block-diagonal form of a sparse 1x1 conv (conn "block"), none for a dense one."""
+            """The block-diagonal (conn "block") and 4-channel-block (conn "magnitude_oc4") forms of a
+            sparse 1x1 conv, none for a dense one."""
             if sp == 0:
                 return set()
             g = block_plan(cin, cout, 1.0 - sp)
             permuted = permuted and not cin == cout == g  # one channel per ensemble: interleaving is the identity
-            return {LayerSpec("conv2d", cin, cout, 1, 1, 1, hw, 1.0 - 1.0 / g, blocks=g, permuted=permuted)}
+            return {LayerSpec("conv2d", cin, cout, 1, 1, 1, hw, 1.0 - 1.0 / g, blocks=g, permuted=permuted),
+                    LayerSpec("conv2d", cin, cout, 1, 1, 1, hw, sp, oc_block=OC_BLOCK)}
 
         def down(hw: tuple[int, int], k: int, stride: int) -> tuple[int, int]:
             return tuple((v + 2 * (k // 2) - k) // stride + 1 for v in hw)  # type: ignore[return-value]

@@ -149,7 +149,8 @@ SUPERNET = (
     Option("depth", int, None, "sparse_mbv2: blocks per stage of the supernet (default 1)"),
     Option("width", float, None, "sparse_mbv2: width multiplier of the supernet (default 0.5)"),
     Option("expand", int, None, "sparse_mbv2: expansion ratio of the supernet (default 3)"),
-    Option("conns", list, None, "sparse_mbv2: sparse 1x1 connectivities (default magnitude,g2g)", item=str),
+    Option("conns", list, None, "sparse_mbv2: sparse 1x1 connectivities among magnitude, g2g, magnitude_oc4 "
+           "(default magnitude,g2g)", item=str),
 )
 SUPERNET_OPTIONS = tuple(o.name for o in SUPERNET)
 DASS_OPTIONS = options_of(DassConfig, *SUPERNET)

@@ -251,6 +251,37 @@ def evaluate_trial(ctx: SearchContext, trial: optuna.Trial, strategy: str, evalu
     return tracker.values(result)
 
 
+def reseed_for_trial(sampler: optuna.samplers.BaseSampler, seed: int, number: int) -> None:
+    """Seed the random states of ``sampler`` (and of the samplers it holds) from (seed, trial number).
+
+    Workers started together on one study (``--workers K``, or one `nas search` per machine) hold
+    samplers built from the same seed; the trial number is theirs alone (the storage hands them out
+    atomically), so their trials draw different architectures, and trial N of a search with a given
+    seed draws the same random choices whichever worker runs it. It reaches what samplers draw
+    while a trial runs (random search, the start-up trials of TPE and NSGA-II); a QMC sequence
+    keeps its own scrambling seed."""
+    import numpy as np
+
+    seen: set[int] = set()
+    states: list[np.random.RandomState] = []
+
+    def collect(obj: Any) -> None:
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        for value in vars(obj).values():
+            if isinstance(value, optuna.samplers.BaseSampler):
+                collect(value)
+            elif isinstance(value, np.random.RandomState):
+                states.append(value)
+            elif isinstance(getattr(value, "rng", None), np.random.RandomState):  # Optuna's LazyRandomState
+                states.append(value.rng)
+
+    collect(sampler)
+    for state, child in zip(states, np.random.SeedSequence([seed, number]).spawn(len(states))):
+        state.seed(child.generate_state(1)[0])
+
+
 def _claim(ctx: SearchContext, trial: optuna.Trial) -> None:
     """A place among the target's architectures for a trial about to be COMPLETE, or TrialPruned when
     another worker's trial took the last one (full-fidelity counting)."""
@@ -295,6 +326,7 @@ class SamplerStrategy(Strategy):
                 tracker.study.sampler = optuna.samplers.PartialFixedSampler(dict(fixed), tracker.study.sampler)
 
         def objective(trial: optuna.Trial) -> list[float]:
+            reseed_for_trial(tracker.study.sampler, ctx.seed, trial.number)
             tracker.record_worker(trial)  # at once: on a journal storage, how a killed worker's trial is found
             if tracker.surplus(trial, target):  # another worker started the last trial at the same moment
                 tracker.mark_surplus(trial, target)

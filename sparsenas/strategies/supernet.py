@@ -19,16 +19,15 @@ import json
 import os
 import random
 import sys
-import tempfile
 from typing import Any, Callable
-
-from optuna.trial import FrozenTrial
 
 import numpy as np
 import torch
+from optuna.trial import FrozenTrial
 
 from .. import distributed
 from ..arch import Arch
+from ..atomic import write_atomic
 from ..errors import SparseNASError
 from ..evaluators import Evaluator, TrainingDiverged, TrainResult
 from ..supernets.base import SupernetTrainer, run_epoch, seed_everything
@@ -68,20 +67,8 @@ def checkpoint_path(ctx: SearchContext, name: str = CHECKPOINT_FILE) -> str | No
 
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically: a reader sees the old file or the new, never half of one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".supernet-", suffix=".tmp", dir=folder)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is as readable as the study beside it
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
@@ -94,7 +81,21 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise SparseNASError(f"{path} is not a sparsenas supernet checkpoint (format {FORMAT}); delete it or pass "
                              "another --checkpoint-dir")
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise _unusable(path, f"it lacks {', '.join(missing)}")
+    if not isinstance(state["settings"], dict):
+        raise _unusable(path, "its settings are not a table")
     return state
+
+
+CHECKPOINT_KEYS = ("format", "settings", "epoch", "starts", "history", "trainer", "rng")
+
+
+def _unusable(path: str, why: str) -> SparseNASError:
+    return SparseNASError(f"the supernet checkpoint {path} cannot be resumed: {why} (a damaged file, or not one "
+                          "sparsenas wrote); delete it to start the supernet training again, or pass another "
+                          "--checkpoint-dir")
 
 
 def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -144,9 +145,12 @@ def train_supernet(ctx: SearchContext, trainer: SupernetTrainer,
         raise state
     start, history, starts = 0, [], []
     if state is not None:
-        trainer.load_state_dict(state["trainer"])
-        set_rng_state(state["rng"])
-        start, history, starts = int(state["epoch"]), list(state["history"]), list(state["starts"])
+        try:
+            trainer.load_state_dict(state["trainer"])
+            set_rng_state(state["rng"])
+            start, history, starts = int(state["epoch"]), list(state["history"]), list(state["starts"])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:  # keys or shapes not the trainer's
+            raise _unusable(path or "", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
         say(ctx, f"{trainer.kind}: resuming the supernet from {path} at epoch {start + 1}/{trainer.epochs}"
             if start < trainer.epochs else f"{trainer.kind}: the supernet in {path} is fully trained; going on from it")
     if path is None:

@@ -60,7 +60,8 @@ from torch import Tensor, nn
 
 from ..arch import Arch
 from ..errors import SparseNASError
-from ..ops import SparseConv2d, g2g_layer_mask, g2g_plan, magnitude_mask, recalibrate_bn
+from ..ops import SparseConv2d, g2g_layer_mask, g2g_plan, recalibrate_bn
+from ..ops.sparse import MAGNITUDE_KINDS
 from ..search_spaces._mbv2_modules import EXPAND_GROUPING, HEAD_GROUPING, PROJECT_GROUPING, g2g_seed
 from ..search_spaces.base import SearchSpace
 from ..search_spaces.sparse_mbv2 import (
@@ -285,11 +286,12 @@ class EntangledBlock(nn.Module):
         if conn == "g2g":
             grouping = EXPAND_GROUPING if key == "exp" else PROJECT_GROUPING
             return _cached_g2g(self._masks, key, w, sparsity, grouping, self.seed(key))
+        prune = MAGNITUDE_KINDS["magnitude_oc4" if conn == "magnitude_oc4" else "magnitude"]
         if not self.training:  # evaluation: always the mask of the current weights (exact)
-            return magnitude_mask(w, sparsity)
-        k = (key, tuple(w.shape), sparsity)
+            return prune(w, sparsity)
+        k = (key, tuple(w.shape), sparsity, conn)
         if k not in self._masks:
-            self._masks[k] = magnitude_mask(w, sparsity)
+            self._masks[k] = prune(w, sparsity)
         return self._masks[k]
 
     def child_weights(self, cin: int, cout: int, expand: int, kernel: int, sparsity: float,
@@ -510,13 +512,14 @@ class EntangledMBV2(EntangledAlphas, nn.Module):
         if sparsity > 0 and conn == "g2g":
             w = w * _cached_g2g(self._head_masks, "head", w, sparsity, HEAD_GROUPING, g2g_seed("head"))
         elif sparsity > 0:
+            prune = MAGNITUDE_KINDS["magnitude_oc4" if conn == "magnitude_oc4" else "magnitude"]
             if self.training:
-                key = (tuple(w.shape), sparsity)
+                key = (tuple(w.shape), sparsity, conn)
                 if key not in self._head_masks:
-                    self._head_masks[key] = magnitude_mask(w, sparsity)
+                    self._head_masks[key] = prune(w, sparsity)
                 m = self._head_masks[key]
             else:
-                m = magnitude_mask(w, sparsity)
+                m = prune(w, sparsity)
             w = w * m
         return F.relu6(_bn(self.bn_head, F.conv2d(x, w), HEAD_CHANNELS), inplace=True)
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from ..arch import Arch
 from ..errors import SparseNASError
 from ..ops import SparseMixin, sparse_modules
+from ..ops.sparse import SCORE_KINDS, SCORE_OF
 from ..ops.spec import LayerSpec, trace_named_layers
 from ..search_spaces.base import SearchSpace
 from ..task import Task
@@ -71,7 +72,7 @@ def reset_scores(model: nn.Module) -> None:
     score-masked layer: the top-k of the scores is then the magnitude mask of the weights."""
     with torch.no_grad():
         for m in sparse_modules(model):
-            if m.mask_kind == "score":
+            if m.mask_kind in SCORE_KINDS:
                 w = m.weight.abs()
                 m.score.copy_(w / w.max().clamp_min(1e-12) * math.sqrt(6.0 / m.weight[0].numel()))
 
@@ -79,8 +80,8 @@ def reset_scores(model: nn.Module) -> None:
 def to_score_masks(model: nn.Module) -> None:
     """Turn every magnitude-masked layer of ``model`` into a learned-score (HYDRA) layer."""
     for m in sparse_modules(model):
-        if m.mask_kind == "magnitude":
-            m.mask_kind = "score"
+        if m.mask_kind in SCORE_OF:
+            m.mask_kind = SCORE_OF[m.mask_kind]
             m.score = nn.Parameter(torch.zeros_like(m.weight))
     reset_scores(model)
 
@@ -133,7 +134,7 @@ class MixedSupernet(nn.Module, ABC):
             if m.structural_mask:
                 continue
             m.sparsity = m.target_sparsity if masked else 0.0
-            if m.mask_kind != "score":
+            if m.mask_kind not in SCORE_KINDS:
                 m.update_mask()
 
     def reset_scores(self) -> None:
@@ -344,8 +345,9 @@ def _darts_supernet(space: SearchSpace, task: Task, *, target_sparsity: float = 
 class MBV2MixedSupernet(MixedSupernet):
     """A small MobileNetV2 supernet for sparse_mbv2: each block is a MixedOp over (depthwise kernel x
     1x1-conv op), the op being dense, score-masked SparseConv at the target sparsity (DASS's operation
-    choice) or, with ``"g2g"`` in ``conns``, a G2G conv at the target sparsity (the space's
-    ``conn="g2g"``); the head's 1x1 conv is a MixedOp over the same ops.
+    choice), with ``"magnitude_oc4"`` in ``conns`` the same with scores pruned in blocks of 4 output
+    channels (the space's ``conn="magnitude_oc4"``) or, with ``"g2g"`` in ``conns``, a G2G conv at the
+    target sparsity (the space's ``conn="g2g"``); the head's 1x1 conv is a MixedOp over the same ops.
 
     A G2G candidate's mask is fixed by its structure, so DASS's phases treat it as a fixed-mask op:
     it trains its weights at its sparsity in the warm-up as well (the dense warm-up is for the
@@ -436,10 +438,11 @@ class MBV2MixedSupernet(MixedSupernet):
 
 
 def _op_name(sparsity: float, conn: str) -> str:
-    """Candidate name of a 1x1 op: ``dense``, ``sparse0.9`` (magnitude/score mask), ``g2g0.9``."""
+    """Candidate name of a 1x1 op: ``dense``, ``sparse0.9`` (magnitude/score mask), ``sparse_oc4_0.9``
+    (the same in blocks of 4 output channels), ``g2g0.9``."""
     if sparsity == 0:
         return "dense"
-    return f"{'sparse' if conn == 'magnitude' else conn}{sparsity:g}"
+    return {"magnitude": "sparse", "magnitude_oc4": "sparse_oc4_"}.get(conn, conn) + f"{sparsity:g}"
 
 
 @register_supernet("sparse_mbv2", "mixed")
@@ -447,7 +450,7 @@ def _mbv2_supernet(space: SearchSpace, task: Task, *, target_sparsity: float = 0
                    width: float = 0.5, expand: int = 3, conns: object = ("magnitude", "g2g"),
                    **_: object) -> MBV2MixedSupernet:
     from ..search_spaces.sparse_mbv2 import EXPANSIONS, SPARSITIES, STAGE_MAX_DEPTH, WIDTHS
-    from ..search_spaces.sparse_mbv2 import SUPERNET_CONNS as CONNS
+    from ..search_spaces.sparse_mbv2 import MIXED_CONNS as CONNS
 
     _check_in("target sparsity", target_sparsity, [s for s in SPARSITIES if s > 0], space.name)
     _check_in("depth", depth, list(range(1, max(STAGE_MAX_DEPTH) + 1)), space.name)

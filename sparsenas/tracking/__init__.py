@@ -14,7 +14,8 @@ from __future__ import annotations
 from ..config import DEFAULT_STORAGE
 from .records import (PRE_RUNTIME_STUDIES, StudyRecord, TrialRecord, arch_of, pareto_front, schema, schema_table,
                       study_record, trial_record)
-from .storage import HEARTBEAT_GRACE, HEARTBEAT_INTERVAL, load_study, mask_url, open_storage, serve_storage_proxy
+from .storage import (HEARTBEAT_GRACE, HEARTBEAT_INTERVAL, load_study, mask_url, open_storage, search_fault,
+                      serve_storage_proxy)
 from .overview import study_overview
 from .weights import (artifact_dir_for, artifact_store_for, checkpoint_dir_for, default_artifact_dir, load_weights,
                       storage_artifact_dir)
@@ -27,5 +28,6 @@ OBJECTIVE_NAMES = {"accuracy": "accuracy", "latency": "latency_ms", "size": "mod
 __all__ = ["DEFAULT_STORAGE", "DIRECTIONS", "HEARTBEAT_GRACE", "HEARTBEAT_INTERVAL", "MULTI", "OBJECTIVE_NAMES",
            "PRE_RUNTIME_STUDIES", "SINGLE", "StudyRecord", "StudySpec", "Tracker", "TrialRecord", "arch_of",
            "artifact_dir_for", "artifact_store_for", "checkpoint_dir_for", "default_artifact_dir", "load_study",
-           "load_weights", "mask_url", "open_storage", "pareto_front", "schema", "schema_table", "serve_storage_proxy",
+           "load_weights", "mask_url", "open_storage", "pareto_front", "schema", "schema_table", "search_fault",
+           "serve_storage_proxy",
            "storage_artifact_dir", "study_overview", "study_record", "trial_record"]

@@ -8,7 +8,7 @@ from optuna.trial import TrialState
 
 from ..errors import StorageError
 from .records import pareto_front, study_record
-from .storage import _storage_exists, open_storage
+from .storage import _storage_exists, mask_url, open_storage
 
 
 def study_overview(storage: str) -> list[dict[str, Any]]:
@@ -16,7 +16,7 @@ def study_overview(storage: str) -> list[dict[str, Any]]:
     recorded), trials by state and the best value of each objective. A sqlite or journal file that
     does not exist is an error, not a new empty storage."""
     if not _storage_exists(storage):
-        raise StorageError(f"no storage at {storage!r}: the file does not exist (nothing was created); "
+        raise StorageError(f"no storage at {mask_url(storage)!r}: the file does not exist (nothing was created); "
                            "pass the --storage a search wrote to")
     st = open_storage(storage, heartbeat=False)
     out = []

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
 from typing import Any, Iterator
 
 import optuna
+from optuna.trial import TrialState
 
 from ..errors import SparseNASError, StorageError
 
@@ -21,17 +23,44 @@ def _quiet_experimental() -> Iterator[None]:
 
 
 
+# query parameters whose value is a secret (libpq's password, a token, an API key...), by name parts
+_SECRET_PARAMS = ("pass", "pwd", "secret", "token", "key", "auth", "credential")
+
+
+def _url_secrets(url: str) -> tuple[str | None, list[tuple[int, int]]]:
+    """(the user-info password, the spans of secret query values) of a storage URL."""
+    scheme, rest = url.split("://", 1)
+    netloc, _, tail = rest.partition("/")
+    password = None
+    if "@" in netloc:
+        userinfo = netloc.rsplit("@", 1)[0]
+        if ":" in userinfo:
+            password = userinfo.split(":", 1)[1]
+    spans = []
+    start = url.find("?", len(scheme) + 3 + netloc.rfind("@") + 1)  # the query begins after the user info
+    if start >= 0:
+        pos = start + 1
+        for pair in re.split(r"[&;]", url[start + 1:]):
+            name, eq, value = pair.partition("=")
+            if eq and value and any(p in name.lower() for p in _SECRET_PARAMS):
+                spans.append((pos + len(name) + 1, pos + len(pair)))
+            pos += len(pair) + 1
+    return password, spans
+
+
 def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for messages and stored settings."""
+    """``url`` with its secrets replaced by ``***`` (the password of its user info, and query values
+    such as ``password=``, ``token=``, ``secret=``, ``sslkey=``), for messages and stored settings."""
     if not isinstance(url, str) or "://" not in url:
         return str(url)
+    password, spans = _url_secrets(url)
+    for a, b in reversed(spans):
+        url = url[:a] + "***" + url[b:]
+    if password is None:
+        return url
     scheme, rest = url.split("://", 1)
     netloc, sep, tail = rest.partition("/")
-    if "@" not in netloc:
-        return url
     userinfo, host = netloc.rsplit("@", 1)
-    if ":" not in userinfo:
-        return url
     return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}{sep}{tail}"
 
 
@@ -92,9 +121,7 @@ def open_storage(url: str, *, heartbeat: bool = True, must_exist: bool = False) 
             raise StorageError(f"storage {shown!r} does not exist (no file {os.path.abspath(path)}); pass the "
                                "--storage a search wrote to")
     if scheme == "journal":
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-
-        return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+        return _journal(path, read_only=must_exist)
     url = _with_driver(url)
     try:
         with _quiet_experimental():
@@ -106,17 +133,37 @@ def open_storage(url: str, *, heartbeat: bool = True, must_exist: bool = False) 
                 kwargs["skip_table_creation"] = True
             storage = _retry("open", lambda: optuna.storages.RDBStorage(url, **kwargs))
             if scheme.startswith("sqlite") and path is not None:
-                _fast_sqlite(storage)
+                _fast_sqlite(storage, path)
             return storage
+    except SparseNASError:
+        raise
     except ImportError as e:
         hint = " (install the driver: pip install 'sparsenas[postgres]')" if scheme.startswith("postgres") else ""
         raise StorageError(f"cannot open storage {shown!r}: {_masked(e, url)}{hint}") from None
     except Exception as e:  # SQLAlchemy raises many types for unreachable/invalid databases
+        from ..storage_faults import cause, damaged_sqlite, sqlite_damaged
+
+        if scheme.startswith("sqlite") and path is not None and (bad := cause(e, sqlite_damaged)) is not None:
+            raise damaged_sqlite(path, bad) from None
         first = _masked(e, url).splitlines()[0] if str(e) else ""
         if must_exist:
             raise StorageError(f"cannot read storage {shown!r}: it holds no Optuna studies, or cannot be opened "
                                f"({type(e).__name__}: {first})") from None
         raise StorageError(f"cannot open storage {shown!r}: {type(e).__name__}: {first}") from None
+
+
+def _journal(path: str, *, read_only: bool) -> optuna.storages.BaseStorage:
+    """A journal file's storage, with a torn last record set aside first (storage_faults)."""
+    from optuna.storages.journal import JournalFileOpenLock
+
+    from ..storage_faults import damaged_journal, journal_backend, repair_journal
+
+    lock = JournalFileOpenLock(path)
+    repair_journal(path, lock, read_only=read_only)
+    try:
+        return optuna.storages.JournalStorage(journal_backend(path, lock))
+    except (ValueError, KeyError, TypeError, RecursionError) as e:  # a damaged record before the last one
+        raise damaged_journal(path, e) from None
 
 
 def _grpc_client(url: str, shown: str) -> optuna.storages.BaseStorage:
@@ -157,7 +204,7 @@ def serve_storage_proxy(url: str, *, host: str = "127.0.0.1", port: int = 13000)
             raise StorageError(f"cannot serve on {host}:{port}: {e}; pass another --port or --host") from None
 
 
-def _fast_sqlite(storage: optuna.storages.RDBStorage) -> None:
+def _fast_sqlite(storage: optuna.storages.RDBStorage, path: str) -> None:
     """WAL journal, synchronous=NORMAL: a commit no longer waits for the disk. Optuna commits once per
     suggested parameter and attribute (~110 commits for a sparse_mbv2 trial); with sqlite's default
     (rollback journal, FULL) each took ~19 ms here, about 2 s per trial. WAL keeps the database
@@ -171,7 +218,14 @@ def _fast_sqlite(storage: optuna.storages.RDBStorage) -> None:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
+    def damaged(ctx: Any) -> None:  # a damaged page met by any later query: exit 2, not a traceback
+        from ..storage_faults import damaged_sqlite, sqlite_damaged
+
+        if sqlite_damaged(ctx.original_exception):
+            raise damaged_sqlite(path, ctx.original_exception)
+
     event.listen(storage.engine, "connect", pragmas)
+    event.listen(storage.engine, "handle_error", damaged)
     storage.engine.dispose()  # connections opened before the listener reconnect with it
 
 
@@ -196,11 +250,10 @@ def _masked(e: BaseException, url: str) -> str:
     """An exception's text with the URL's password masked (drivers echo the URL or DSN back)."""
     text = str(e)
     if "://" in url:
-        netloc = url.split("://", 1)[1].partition("/")[0]
-        if "@" in netloc and ":" in netloc.rsplit("@", 1)[0]:
-            password = netloc.rsplit("@", 1)[0].split(":", 1)[1]
-            if password:
-                text = text.replace(password, "***")
+        password, spans = _url_secrets(url)
+        for secret in [password or "", *(url[a:b] for a, b in spans)]:
+            if secret:
+                text = text.replace(secret, "***")
     return text
 
 
@@ -241,3 +294,35 @@ def _storage_exists(url: str) -> bool:
     return True
 
 
+# ---------------------------------------------------------------- a search stopped by the storage
+def search_fault(e: BaseException, storage: str, artifact_dir: str | None = None) -> SparseNASError | None:
+    """What to tell the user when a search stopped on ``e``: a damaged database met mid-search, or a
+    full disk or I/O error (naming where it wrote and what the storage kept); None for anything else
+    (a bug keeps its traceback). Optuna's trial loop can bury both under its own errors."""
+    from ..storage_faults import cause, out_of_space, space_error
+    from .weights import default_artifact_dir
+
+    if (own := cause(e, lambda x: isinstance(x, StorageError))) is not None:
+        return own  # type: ignore[return-value]
+    full = out_of_space(e)
+    if full is None:
+        return None
+    path = _file_path(storage) if isinstance(storage, str) and "://" in storage else None
+    return space_error(full, [path or mask_url(storage), artifact_dir or default_artifact_dir(storage)],
+                       _kept(storage))
+
+
+def _kept(storage: str) -> str:
+    """What ``storage`` holds now, read back after a failed write (reading needs no space)."""
+    try:
+        st = open_storage(storage, heartbeat=False, must_exist=True)
+        counts = []
+        for s in optuna.get_all_study_summaries(st, include_best_trial=False):
+            study = optuna.load_study(study_name=s.study_name, storage=st)
+            counts.append(f"{len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))} finished "
+                          f"trials of study '{s.study_name}'")
+        held = "; ".join(counts) or "no study yet"
+    except Exception:  # a storage that cannot even be read now: say what is known
+        return ("Every trial that finished before this is in the storage; no partial weights file was left under "
+                "its name.")
+    return f"The storage keeps {held} (every trial that finished before this); no partial weights file was left."

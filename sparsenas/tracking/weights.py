@@ -33,10 +33,23 @@ def checkpoint_dir_for(storage_url: str, study_name: str, checkpoint_dir: str | 
     return None if artifacts is None else os.path.join(artifacts[:-len("-artifacts")] + "-checkpoints", safe)
 
 
+class _AtomicFileStore(optuna.artifacts.FileSystemArtifactStore):
+    """Optuna's file artifact store, writing each artifact under a temporary name and renaming it: a
+    write cut short (a full disk) leaves no partial weights file under the artifact's name."""
+
+    def write(self, artifact_id: str, content_body: Any) -> None:
+        import shutil
+
+        from ..atomic import write_atomic
+
+        # Optuna's check that the id stays inside the folder
+        write_atomic(self._get_filepath(artifact_id), lambda f: shutil.copyfileobj(content_body, f))
+
+
 def artifact_store(path: str, *, create: bool = False) -> optuna.artifacts.FileSystemArtifactStore:
     if create:
         os.makedirs(path, exist_ok=True)
-    return optuna.artifacts.FileSystemArtifactStore(path)
+    return _AtomicFileStore(path)
 
 
 def artifact_dir_for(storage_url: str, artifact_dir: str | None = None,
@@ -95,7 +108,16 @@ def load_weights(storage_url: str, study: optuna.Study, trial: FrozenTrial,
         except Exception as e:  # the store raises ArtifactNotFound, OSError...
             raise SparseNASError(f"cannot read the weights of trial {trial.number} (artifact {artifact_id}) from {path}: "
                                  f"{type(e).__name__}: {e}; pass --train to retrain the architecture") from None
-        return torch.load(dst, weights_only=True)
+        try:
+            state = torch.load(dst, weights_only=True)
+        except Exception as e:  # a damaged file in the artifact folder
+            state = e
+        if not isinstance(state, dict):
+            what = f"{type(state).__name__}: {str(state).splitlines()[0] if str(state) else ''}" \
+                if isinstance(state, Exception) else f"it holds a {type(state).__name__}, not a state_dict"
+            raise SparseNASError(f"the weights of trial {trial.number} ({os.path.join(path, artifact_id)}) cannot be "
+                                 f"read ({what}); pass --train to retrain the architecture") from None
+        return state
 
 
 

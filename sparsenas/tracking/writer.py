@@ -55,6 +55,7 @@ class Tracker:
         self.spec = spec
         self.objectives = tuple(spec.objectives)
         self.pruner = pruner
+        self._mine: set[int] = set()  # ids of the trials this tracker started (record_worker)
         self._artifact_dir_known = False
         self._store: optuna.artifacts.FileSystemArtifactStore | None = None
         # with a successive-halving pruner of sparsenas's own, the trial target counts architectures
@@ -253,6 +254,7 @@ class Tracker:
     def record_worker(self, trial: optuna.Trial) -> None:
         """Which process runs ``trial`` (host:pid), so a dead local worker's trial can be failed later."""
         records.write_trial(trial, {"worker": f"{socket.gethostname()}:{os.getpid()}"})
+        self._mine.add(trial._trial_id)
 
     def fail_stale(self) -> None:
         """Fail RUNNING trials whose worker is gone: by heartbeat on RDB storages (Optuna re-queues them,
@@ -266,8 +268,13 @@ class Tracker:
             return
         host = socket.gethostname()
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            who = str(records.trial_record(t).worker or "")
-            if who.rsplit(":", 1)[0] == host and who.rsplit(":", 1)[-1].isdigit() and not _alive(int(who.rsplit(":", 1)[1])):
+            who, _, pid = str(records.trial_record(t).worker or "").rpartition(":")
+            if who != host or not pid.isdigit():
+                continue
+            # this very process, but not this tracker: an earlier search here that stopped on an error
+            # (a full disk) before it could fail its trial
+            gone = t._trial_id not in self._mine if int(pid) == os.getpid() else not _alive(int(pid))
+            if gone:
                 with contextlib.suppress(Exception):  # another worker failed it first
                     records.write_trial_by_id(self.storage, t._trial_id, {"fail_reason": "its worker process died"})
                     self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
