@@ -11,7 +11,8 @@ import numpy as np
 from sparsenas.data import RawData, register_dataset
 
 
-@register_dataset("stripes", "noisy horizontal or vertical stripes: 300 8x8 images, 2 classes")
+@register_dataset("stripes", "noisy horizontal or vertical stripes: 300 8x8 images, 2 classes",
+                  raw_form="0/1 stripes plus N(0, 0.5) noise, float32 (N, 1, 8, 8)", channels="gray")
 def stripes(data_dir, seed: int) -> RawData:
     rng = np.random.default_rng(seed)
     y = rng.permutation(np.arange(300) % 2)

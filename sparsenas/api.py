@@ -1,6 +1,7 @@
 """The Python API: what the CLI calls, and what users call from notebooks."""
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,9 +21,12 @@ RESUME_CHECKED = ("strategy", "epochs", "time_budget", "lr", "batch_size", "seed
 
 @dataclass
 class SearchConfig:
-    space: str = "sparse_mbv2"
-    strategy: str = "tpe"
-    dataset: str | None = None          # None: the space's default dataset
+    """Everything a search runs with: one field per config-file key and `nas search` flag (every key,
+    its default and its help: docs/reference.md, "Search config keys")."""
+
+    space: str | Any = "sparse_mbv2"   # a name, module:Class, or (Python) a SearchSpace subclass or instance
+    strategy: str | Any = "tpe"        # a name, module:Class, or (Python) a Strategy subclass
+    dataset: str | Any | None = None   # a name, module:loader, or (Python) a loader or DatasetSpec; None: the space's default
     data_dir: str | None = None
     input_size: int | None = None
     trials: int = 10
@@ -40,7 +44,7 @@ class SearchConfig:
     objectives: str | None = None       # "accuracy,latency,size" (any subset, accuracy first); overrides objective
     runtime: str = DEFAULT_RUNTIME      # inference runtime whose latency (and weight bytes) the search judges
     max_latency_ms: float | None = None
-    latency: str = "auto"               # "table" (hardware profile), "measured", or "auto": table where the profile covers the space
+    latency: str = "auto"               # "table" (hardware profile + cache), "measured", or "auto": table where there is a profile
     hw: str | None = None               # hardware profile file for the table latency evaluator
     hw_anchor: bool = True              # scale table predictions by this machine's speed now (hwprofiles/anchor.py)
     timeout: float | None = None        # seconds for this run of the search
@@ -59,8 +63,7 @@ class SearchConfig:
         """``space``: the space's own name (a plug-in named ``module:Class`` calls itself something shorter)."""
         size = f"{self.input_size}" if self.input_size else ""
         suffix = "" if self.objective == "multi" else "-acc"
-        how = self.sampler.rsplit(":", 1)[-1] if self.sampler else self.strategy
-        return self.study or f"{space or self.space}-{dataset}{size}-{how}{suffix}"
+        return self.study or f"{space or self.space}-{dataset}{size}-{_ran(self)}{suffix}"
 
 
 def objectives_of(config: SearchConfig) -> tuple[str, ...]:
@@ -91,6 +94,34 @@ def _check(config: SearchConfig) -> None:
         raise SparseNASError(f"unknown device '{config.device}'; allowed: cpu, cuda, cuda:N, auto")
 
 
+def _fields(config: SearchConfig) -> dict[str, Any]:
+    """The fields as they are (``asdict`` would deep-copy a space instance)."""
+    return {f: getattr(config, f) for f in config.__dataclass_fields__}
+
+
+def _named(config: SearchConfig, space: Any) -> SearchConfig:
+    """``config`` with components given as objects replaced by the names they are registered under
+    (their ``module:Qualname`` when they come from outside sparsenas): what the study records."""
+    from .data import DATASETS
+    from .search_spaces import SPACES
+    from .strategies import STRATEGIES
+
+    def name(registry: Any, item: Any) -> Any:
+        if item is None or isinstance(item, str):
+            return item
+        own = registry.name_of(item)
+        return registry.ref_of(own) or own
+
+    names = {"space": name(SPACES, type(space) if not isinstance(config.space, str) else config.space),
+             "strategy": name(STRATEGIES, config.strategy), "dataset": name(DATASETS, config.dataset)}
+    return SearchConfig(**{**_fields(config), **names})
+
+
+def _ran(config: SearchConfig) -> str:
+    """What searches: the sampler when one replaces the strategy's own (``--sampler gp``), else the strategy."""
+    return config.sampler.rsplit(":", 1)[-1] if config.sampler else config.strategy
+
+
 def _device(name: str) -> str:
     import torch
 
@@ -102,15 +133,25 @@ def _device(name: str) -> str:
 
 
 def _latency_kind(config: SearchConfig, space: str, task: Any) -> str:
-    """``auto``: the profile's table when it is calibrated for this space, input shape and class count
-    (the shipped profile covers sparse_mbv2 on digits at 8x8, 16x16 and 32x32), else measuring each network."""
+    """``auto``: the hardware profile's table whenever there is a profile of the runtime (``--hw``, or
+    the one shipped for it); what it lacks for this space and input is timed once on this machine
+    and cached (:mod:`sparsenas.hwprofiles.cache`). Without a profile of the runtime, each network
+    is measured, and the log says so."""
     if config.latency != "auto":
         return config.latency
-    from .hwprofiles import LatencyTable, calibration_key
+    from .hwprofiles import LatencyTable, ProfileError, default_profile_path
+    from .log import logger
 
-    table = LatencyTable.load(config.hw, config.runtime)  # a bad --hw file is an error, not a silent fallback
-    cal = table.data["calibrations"].get(calibration_key(space, task.input_shape))
-    return "table" if cal is not None and cal.get("num_classes") == task.num_classes else "measured"
+    if config.hw is None:
+        try:
+            default_profile_path(config.runtime)
+        except ProfileError as e:
+            logger.warning(f"latency: MEASURING every network end to end in {config.runtime}, not predicting it: {e}. "
+                           "Measured latency moves with this machine's load; pass --latency measured to choose it "
+                           "and silence this warning")
+            return "measured"
+    LatencyTable.load(config.hw, config.runtime)  # a bad --hw file is an error, not a silent fallback
+    return "table"
 
 
 def search(config: SearchConfig | None = None, *, progress: bool = True, **overrides: Any) -> optuna.Study:
@@ -138,6 +179,7 @@ def search(config: SearchConfig | None = None, *, progress: bool = True, **overr
 def _search(config: SearchConfig | None = None, *, progress: bool = True, **overrides: Any) -> optuna.Study:
     from .data import load_dataset
     from .evaluators import LATENCY, Evaluator, TrainBudget
+    from .log import logger
     from .progress import Progress
     from .search_spaces import get_space
     from .strategies import STRATEGIES
@@ -146,9 +188,10 @@ def _search(config: SearchConfig | None = None, *, progress: bool = True, **over
     from .timing import num_threads
     from .tracking import StudySpec, Tracker
 
-    config = SearchConfig(**{**(asdict(config) if config else {}), **overrides})
+    config = SearchConfig(**{**(_fields(config) if config else {}), **overrides})
     _check(config)
     space = get_space(config.space)
+    config = _named(config, space)
     strategy = STRATEGIES.get(config.strategy)()
     options = strategy.resolve_options(config.options)  # unknown or mistyped options: exit 2, nothing written
     objectives = objectives_of(config)
@@ -163,15 +206,29 @@ def _search(config: SearchConfig | None = None, *, progress: bool = True, **over
                                  "worker on a shared --storage")
         distributed.init_from_env(device)
         progress = progress and distributed.is_main()
+    started = time.perf_counter()
     data = load_dataset(config.dataset or space.default_dataset, data_dir=config.data_dir,
                         input_size=config.input_size, seed=config.seed, limit=config.limit)
+    sizes = data.meta["sizes"]
+    # logged once the study is open: a search refused before (bad storage...) says only why
+    set_up = [f"set-up: data {data.task.dataset} {sizes['train']}/{sizes['val']}/{sizes['test']} train/val/test, "
+              f"input {data.task.input_shape}, {data.task.num_classes} classes, loaded in "
+              f"{time.perf_counter() - started:.1f} s"]
     space.check_task(data.task)
+    space.check_network(data.task, config.seed)
     from .runtimes import get_runtime
 
     get_runtime(config.runtime)  # not installed: a clear error naming the extra, before any work
-    latency = LATENCY.get(_latency_kind(config, space.name, data.task))(hw=config.hw, anchor=config.hw_anchor,
-                                                                         runtime=config.runtime)
+    kind = _latency_kind(config, space.name, data.task)
+    latency = LATENCY.get(kind)(hw=config.hw, anchor=config.hw_anchor, runtime=config.runtime)
+    table = getattr(latency, "table", None)
+    set_up.append(f"set-up: latency {kind} in {config.runtime}"
+                  + (f" from profile {table.name}" + (" (a speed anchor is re-timed before the first trial's "
+                                                      "prediction)" if config.hw_anchor else "")
+                     if table is not None else " (each network timed on this machine)"))
     strategy.check(space, data.task, options)
+    if hasattr(latency, "prepare"):  # before workers start: what the profile lacks is timed once, here
+        latency.prepare(space, data.task)
     spec = StudySpec(space.name, space.version, data.task.dataset, data.task.to_dict(), objectives, config.runtime)
     if config.workers > 1 and not isinstance(strategy, SamplerStrategy):
         raise SparseNASError(f"--workers applies to the sampler strategies (random, tpe, nsga2); '{config.strategy}' "
@@ -179,18 +236,21 @@ def _search(config: SearchConfig | None = None, *, progress: bool = True, **over
     recorded = {**asdict(config), "storage": mask_url(config.storage)}
     storage: Any = config.storage if distributed.is_main() else optuna.storages.InMemoryStorage()
     tracker = Tracker(storage, config.study_name(data.task.dataset, space.name), spec, pruner=pruner,
-                      extra_attrs={"strategy": config.strategy, "config": recorded},
+                      extra_attrs={"strategy": config.strategy, "config": recorded,
+                                   "input": data.contract.to_dict()},
                       artifact_dir=config.artifact_dir, resume_anyway=config.resume_anyway,
                       settings={k: recorded[k] for k in RESUME_CHECKED})
+    for line in set_up:
+        logger.info(line)
     if config.workers > 1:
         from .workers import run_workers
 
-        run_workers(config, tracker, progress=progress, label=f"{config.strategy} on {space.name}")
+        run_workers(config, tracker, progress=progress, label=f"{_ran(config)} on {space.name}")
         return tracker.study
     epochs = config.epochs or (10_000 if config.time_budget else DEFAULT_EPOCHS)
     budget = TrainBudget(epochs=epochs, seconds=config.time_budget, batch_size=config.batch_size, lr=config.lr)
     evaluator = Evaluator(space, data, budget, latency, seed=config.seed, device=device)
-    with Progress(config.trials, enabled=progress, label=f"{config.strategy} on {space.name}",
+    with Progress(config.trials, enabled=progress, label=f"{_ran(config)} on {space.name}",
                   objectives=objectives) as bar:
         bar.advance_to(tracker.counts()[0])
         ctx = SearchContext(space=space, task=data.task, data=data, evaluator=evaluator, tracker=tracker,
@@ -292,12 +352,13 @@ def export(storage: str = DEFAULT_STORAGE, study: str | None = None, out: str = 
 def train(arch_path: str, *, dataset: str | None = None, data_dir: str | None = None, input_size: int | None = None,
           epochs: int = 8, batch_size: int = 32, lr: float = 0.05, seed: int = 0, limit: int | None = None,
           out: str | None = None, formats: str = "json,pt,onnx,torchscript", sparse_format: str | None = None,
-          onnx_exporter: str = "dynamo", measure: bool = True, progress: bool = False) -> tuple[Any, dict[str, Any]]:
+          onnx_exporter: str = "dynamo", measure: bool = True, progress: bool = False,
+          graph_input: str = "raw") -> tuple[Any, dict[str, Any]]:
     """Retrain the architecture in ``arch_path`` (arch.json or its folder) from scratch and export it;
     returns (the export, the training figures)."""
     import os
 
-    from .export import normalize_formats, read_arch, retrain, write_export
+    from .export import normalize_formats, read_arch, resolve_plugin, retrain, write_export
     from .progress import Progress
 
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
@@ -305,10 +366,11 @@ def train(arch_path: str, *, dataset: str | None = None, data_dir: str | None = 
             raise SparseNASError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     normalize_formats(formats)  # a bad format fails before training, not after
     arch, task, doc = read_arch(arch_path)
-    dataset = dataset or (task.dataset if task else None)
+    dataset = dataset or (resolve_plugin(doc, "dataset", arch_path) or task.dataset if task else None)
     if dataset is None:
         raise SparseNASError(f"{arch_path} names no dataset; pass --dataset")
-    if input_size is None and task is not None and dataset == task.dataset and len(task.input_shape) == 3:
+    if input_size is None and task is not None and len(task.input_shape) == 3 and dataset in (
+            task.dataset, (doc.get("plugins") or {}).get("dataset")):
         input_size = task.input_shape[-1]
     out = out or (arch_path if os.path.isdir(arch_path) else os.path.dirname(os.path.abspath(arch_path)))
     with Progress(1, enabled=progress, label=f"train {arch.digest()}") as bar:
@@ -322,30 +384,27 @@ def train(arch_path: str, *, dataset: str | None = None, data_dir: str | None = 
             **{k: figures.get(k) for k in ("latency_ms", "latency_source", "measured_latency_ms",
                                            "measured_latency_cpu_ms", "flops", "effective_flops", "kernels")}}
     res = write_export(model, arch, task, out, formats=formats, sparse_format=sparse_format, info=info,
-                       onnx_exporter=onnx_exporter)
+                       onnx_exporter=onnx_exporter, contract=figures.get("contract"), graph_input=graph_input)
     return res, {**figures, "out": out, "digest": arch.digest(), "dataset": task.dataset}
 
 
 def inspect(arch_path: str, *, dataset: str | None = None, data_dir: str | None = None,
             input_size: int | None = None, runtime: str | None = None, hw: str | None = None) -> dict[str, Any]:
-    """An architecture file checked against its space and built for a task: the Arch (in today's
-    version), Task, traced layers with their mask kinds, params, non-zeros and MACs; with ``runtime``,
-    also ``prediction``: each layer's predicted time and kernel in that runtime (from ``hw``'s profile)."""
-    from pathlib import Path
-
-    from .arch import Arch
+    """An architecture file checked against its space and built for a task (the one the file
+    records, unless ``dataset``/``input_size`` say otherwise): the Arch (in today's version), Task,
+    traced layers with their mask kinds, params, non-zeros and MACs; with ``runtime``, also
+    ``prediction``: each layer's predicted time and kernel in that runtime (from ``hw``'s profile)."""
     from .data import load_dataset
     from .evaluators import count_flops, count_params
+    from .export import read_arch, resolve_plugin
     from .ops.spec import trace_named_layers
     from .search_spaces import get_space
 
-    try:
-        text = Path(arch_path).read_text()
-    except OSError as e:
-        raise SparseNASError(f"cannot read architecture file {arch_path}: {e.strerror}") from None
-    arch = Arch.from_json(text)
+    arch, task, doc = read_arch(arch_path)
     space = get_space(arch.space)
-    task = load_dataset(dataset or space.default_dataset, data_dir=data_dir, input_size=input_size).task
+    if task is None or dataset is not None or input_size is not None or data_dir is not None:
+        recorded = (resolve_plugin(doc, "dataset", arch_path) or task.dataset) if task else space.default_dataset
+        task = load_dataset(dataset or recorded, data_dir=data_dir, input_size=input_size).task
     arch = space.validate(arch, task)  # an architecture of an older space version, in today's terms
     model = space.build(arch, task)
     layers = space.layers(arch, task)
@@ -354,25 +413,19 @@ def inspect(arch_path: str, *, dataset: str | None = None, data_dir: str | None 
     params, nnz = count_params(model)
     flops, eff = count_flops(layers)
     return {"arch": arch, "task": task, "layers": layers, "masks": masks, "params": params, "nnz": nnz,
-            "flops": flops, "effective_flops": eff, "prediction": _predict_layers(runtime, hw, space, task, layers)}
+            "flops": flops, "effective_flops": eff, "prediction": _predict_layers(runtime, hw, space, arch, task)}
 
 
-def _predict_layers(runtime: str | None, hw: str | None, space: Any, task: Any, layers: list[Any]) -> Any:
+def _predict_layers(runtime: str | None, hw: str | None, space: Any, arch: Any, task: Any) -> Any:
     """The profile's per-layer prediction in ``runtime`` (None without it); calibrated when the
     profile covers this space and input size, else the plain kernel sum."""
-    from .hwprofiles import LatencyTable, ProfileError
+    from .evaluators.latency import profile_prediction
 
     if runtime is None:
         if hw:
             raise SparseNASError("--hw needs --runtime (the runtime whose per-layer times to show)")
         return None
-    table = LatencyTable.load(hw, runtime)
-    try:
-        return table.predict(layers, space.name, task.input_shape)
-    except ProfileError:
-        if table.missing(layers):
-            raise
-        return table.predict(layers)  # covered kernels, no calibration for this space/input: isolated kernel times
+    return profile_prediction(space, arch, task, runtime, hw)
 
 
 def _profile_jobs(spaces: list[str] | None, dataset: str | None, data_dir: str | None,
@@ -409,6 +462,24 @@ def profile(out: str, *, spaces: list[str] | None = None, dataset: str | None = 
                        seed=seed, cuda=device == "cuda", progress=progress, log=log or (lambda s: None))
     data["spaces"] = [space.name for space, _ in jobs]
     return data
+
+
+def profile_coverage(*, spaces: list[str] | None = None, dataset: str | None = None, data_dir: str | None = None,
+                     input_sizes: list[int] | None = None, hw: str | None = None,
+                     runtime: str | None = None) -> list[dict[str, Any]]:
+    """Whether a hardware profile (``hw``, or the one shipped for ``runtime``; default runtime: the
+    search's) and this machine's profile cache cover each space at each input, and what a search
+    would time and add to the cache first (kernel keys, a calibration). Times nothing."""
+    from .hwprofiles import LatencyTable
+    from .hwprofiles.cache import ProfileCache
+
+    table = LatencyTable.load(hw, runtime=runtime or (None if hw else DEFAULT_RUNTIME))
+    cache = ProfileCache(table, fill=False)
+    out = []
+    for space, task in _profile_jobs(spaces, dataset, data_dir, input_sizes):
+        out.append({"profile": table.name, "profile_path": table.path, "runtime": table.runtime_name,
+                    "dataset": task.dataset, "cache": str(cache.path), **cache.coverage(space, task).to_dict()})
+    return out
 
 
 def validate_profile(path: str, *, spaces: list[str] | None = None, dataset: str | None = None,

@@ -27,6 +27,9 @@ def _freeze(value: Any, key: str) -> Any:
 
 @dataclass(frozen=True)
 class Arch:
+    """One architecture of a search space: the space's name and version and its choices; frozen,
+    JSON round trip (``to_json``/``from_json``), stable ``digest()``."""
+
     space: str
     version: int
     choices: Mapping[str, Any] = field(default_factory=dict)

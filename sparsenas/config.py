@@ -145,22 +145,58 @@ def _table(name: str, items: dict[str, Any], comments: Iterable[str] = ()) -> li
     return lines
 
 
-def config_to_toml(config: Any, option_docs: Iterable[Any] = ()) -> str:
+# SearchConfig fields a user never sets (the worker runner does): not written, not documented
+INTERNAL_FIELDS = ("worker",)
+# values shown in the commented-out hints of unset keys: uncommented, each is a valid setting to edit
+HINTS: dict[str, Any] = {"dataset": "digits", "data_dir": "~/data", "input_size": 16, "epochs": 6, "time_budget": 30.0,
+                         "artifact_dir": "nas-artifacts", "checkpoint_dir": "nas-checkpoints", "study": "my-study",
+                         "objectives": "accuracy,latency,size", "max_latency_ms": 0.1, "hw": "my-cpu.json",
+                         "timeout": 3600.0, "limit": 500, "sampler": "gp", "pruner": "mo-asha"}
+_TYPE_HINTS = {"int": 1, "float": 1.0, "str": "", "bool": False, "list": [], "dict": {}}
+
+
+def hint_value(name: str, kind: str | type, default: Any = None, choices: Iterable[Any] | None = None) -> Any:
+    """A valid value for a commented-out hint: the default, a known example, the first choice, or a
+    value of the right type (``kind``: a type or its name) to edit."""
+    if default is not None:
+        return default
+    if name in HINTS:
+        return HINTS[name]
+    if choices:
+        return next(iter(choices))
+    return _TYPE_HINTS.get(kind if isinstance(kind, str) else kind.__name__, "")
+
+
+def _comment(text: str | None) -> str:
+    return f"  # {' '.join(text.split())}" if text else ""
+
+
+def config_to_toml(config: Any, option_docs: Iterable[Any] = (), field_help: dict[str, str] | None = None) -> str:
     """``config`` (a SearchConfig) as a TOML document :func:`read_config` reads back to an equal
-    config. Fields that are None are left out (TOML has no null; None is their default).
-    ``option_docs``: the strategy's declared :class:`~sparsenas.strategies.options.Option`\\ s; the
-    ones not set are listed as comments with their defaults and help."""
-    values = dataclasses.asdict(config)
-    lines = [f"# nas search --config FILE; flags on the command line override these"]
+    config. Fields that are None (TOML has no null; None is their default) and options not set are
+    written as commented-out hints, each valid TOML once uncommented, with its help.
+    ``option_docs``: the strategy's declared :class:`~sparsenas.strategies.options.Option`\\ s;
+    ``field_help``: field -> help text (the `nas search` flags')."""
+    helps = field_help or {}
+    values = {k: v for k, v in dataclasses.asdict(config).items() if k not in INTERNAL_FIELDS}
+    kinds = {f.name: _kinds(f.type)[0] for f in dataclasses.fields(config)}
+    lines = ["# nas search --config FILE; flags on the command line override these",
+             "# (lines starting with '# key =' are unset keys: uncomment and edit to set them)"]
     for k, v in values.items():
-        if k in TABLES.values() or k in _NAMED.values() or v is None:
+        if k in TABLES.values() or k in _NAMED.values():
             continue
-        lines.append(f"{_key(k)} = {_value(v)}")
+        if v is None:
+            lines.append(f"# {_key(k)} = {_value(hint_value(k, min(kinds[k] - {'Any'})))}{_comment(helps.get(k))}")
+        else:
+            lines.append(f"{_key(k)} = {_value(v)}")
     options = values.get("options") or {}
     unset = [o for o in option_docs if o.name not in options]
-    comments = [f"# {o.name} = {_value(o.default) if o.default is not None else '...'}  # {o.help}" for o in unset]
+    comments = [f"# {o.name} = {_value(hint_value(o.name, o.type, o.default, o.choices))}{_comment(o.help)}"
+                for o in unset]
     lines += _table("options", options, comments)
     for table, field in _NAMED.items():
         if values.get(field) is not None:
             lines += _table(table, {"name": values[field], **(values.get(TABLES[table]) or {})})
+        else:
+            lines += ["", f"# [{table}]{_comment(helps.get(field))}", f"# name = {_value(HINTS[field])}"]
     return "\n".join(lines) + "\n"

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .arch import Arch
+from .data.contract import GRAPH_INPUTS, InputContract, WithRawInput
 from .errors import SparseNASError
 from .ops.kernels import frozen_weight
 from .ops.plain import to_plain
@@ -130,21 +131,21 @@ def load_csr(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------- checks
-def _example_inputs(task: Task, batch: int, seed: int) -> torch.Tensor:
+def _example_inputs(shape: Sequence[int], batch: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, *task.input_shape, generator=g)
+    return torch.randn(batch, *shape, generator=g)
 
 
-def _export_onnx(plain: nn.Module, task: Task, path: Path, exporter: str) -> None:
+def _export_onnx(plain: nn.Module, shape: Sequence[int], path: Path, exporter: str) -> None:
     from .runtimes.onnx_graph import export_onnx
 
     if exporter not in ONNX_EXPORTERS:
         raise ExportError(f"unknown ONNX exporter '{exporter}'; allowed: {', '.join(ONNX_EXPORTERS)}")
-    path.write_bytes(export_onnx(plain, task.input_shape, exporter))
+    path.write_bytes(export_onnx(plain, tuple(shape), exporter))
 
 
-def check_onnx(path: Path, plain: nn.Module, task: Task, *, atol: float = ATOL, batches: Sequence[int] = (1, 5),
-               seed: int = 1) -> float:
+def check_onnx(path: Path, plain: nn.Module, shape: Sequence[int], *, atol: float = ATOL,
+               batches: Sequence[int] = (1, 5), seed: int = 1) -> float:
     """Max |onnxruntime - torch| over random inputs of several batch sizes; raises when above ``atol``."""
     try:
         import onnxruntime as ort
@@ -157,7 +158,7 @@ def check_onnx(path: Path, plain: nn.Module, task: Task, *, atol: float = ATOL, 
     name = session.get_inputs()[0].name
     worst = 0.0
     for i, b in enumerate(batches):
-        x = _example_inputs(task, b, seed + i)
+        x = _example_inputs(shape, b, seed + i)
         with torch.no_grad():
             ref = plain(x).numpy()
         got = session.run(None, {name: x.numpy()})[0]
@@ -185,7 +186,7 @@ def write_mnn(model: nn.Module, input_shape: Sequence[int], graph: nn.Module, sh
     blob = get_runtime("mnn").mnn(model, tuple(input_shape), choose or (lambda spec: "dense"), onnx=exported)
     worst = 0.0
     for i in range(2):
-        x = _example_inputs_shaped(shape, seed + i)
+        x = _example_inputs(shape, 1, seed + i)
         with torch.no_grad():
             ref = graph(x)
         got = torch.from_numpy(run_mnn(blob, x.numpy()))
@@ -198,17 +199,13 @@ def write_mnn(model: nn.Module, input_shape: Sequence[int], graph: nn.Module, sh
     return worst
 
 
-def _example_inputs_shaped(shape: Sequence[int], seed: int) -> torch.Tensor:
-    return torch.randn(1, *shape, generator=torch.Generator().manual_seed(seed))
-
-
-def check_torchscript(path: Path, plain: nn.Module, task: Task, *, atol: float = ATOL, seed: int = 2) -> float:
+def check_torchscript(path: Path, plain: nn.Module, shape: Sequence[int], *, atol: float = ATOL, seed: int = 2) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export, still loads everywhere
         ts = torch.jit.load(str(path))
     worst = 0.0
     for i, b in enumerate((1, 5)):
-        x = _example_inputs(task, b, seed + i)
+        x = _example_inputs(shape, b, seed + i)
         with torch.no_grad():
             worst = max(worst, float((ts(x) - plain(x)).abs().max()))
     if not worst <= atol:
@@ -241,16 +238,24 @@ class ExportedModel:
 def write_export(model: nn.Module, arch: Arch, task: Task, out: str | os.PathLike, *,
                  formats: str | Iterable[str] | None = None, sparse_format: str | None = None,
                  info: dict[str, Any] | None = None, onnx_exporter: str = "legacy", atol: float = ATOL,
-                 runtime: str | None = None, choose: Callable[[Any], str] | None = None) -> ExportedModel:
+                 runtime: str | None = None, choose: Callable[[Any], str] | None = None,
+                 contract: InputContract | None = None, graph_input: str = "raw") -> ExportedModel:
     """Write the export of a built, trained ``model`` into ``out`` (created, or updated file by file).
 
     ``info``: what the card reports beside the model itself (trial, accuracies, latencies, weights
     provenance...). ``runtime`` (default: none recorded) is the runtime the export is for: its
     artifact is always written, with ``choose``'s kernel per layer (the hardware profile's choice, so
     the exported network is the one whose latency was predicted: e.g. a block-diagonal G2G layer as
-    a grouped conv in model.onnx). Raises :class:`ExportError` (and writes nothing) when a check fails.
+    a grouped conv in model.onnx). ``contract``: the data's input contract, recorded in arch.json
+    and the card; with ``graph_input="raw"`` (the default) the ONNX and TorchScript graphs take the
+    dataset's raw values and resize/normalise inside, ``"normalised"`` keeps the network's own input.
+    Raises :class:`ExportError` (and writes nothing) when a check fails.
     """
     formats = normalize_formats(formats)
+    if graph_input not in GRAPH_INPUTS:
+        raise ExportError(f"unknown graph input '{graph_input}'; allowed: {', '.join(GRAPH_INPUTS)}")
+    if contract is None:
+        graph_input = "normalised"  # nothing says how raw data looks: the graph takes what the network takes
     if sparse_format not in (None, "csr"):
         raise ExportError(f"unknown sparse format '{sparse_format}'; allowed: csr")
     info = dict(info or {})
@@ -267,6 +272,9 @@ def write_export(model: nn.Module, arch: Arch, task: Task, out: str | os.PathLik
         if artifact_format not in formats:
             formats = (*formats, artifact_format)
     plain = to_plain(model, task.input_shape, choose)
+    graph, shape = plain, task.input_shape
+    if graph_input == "raw" and contract is not None:
+        graph, shape = WithRawInput(contract, plain).eval(), contract.raw_shape
     layers = layer_sparsity(model)
     anchor = out.parent
     while not anchor.exists():  # the temporary folder must sit on the same disk as the target
@@ -274,8 +282,10 @@ def write_export(model: nn.Module, arch: Arch, task: Task, out: str | os.PathLik
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name or 'export'}.tmp-", dir=anchor))
     result = ExportedModel(str(out), [], info=info)
     try:
-        doc = {**arch.to_dict(), "task": task.to_dict(),
+        doc = {**arch.to_dict(), "task": task.to_dict(), "graph_input": graph_input, **_plugin_refs(arch, task),
+               **({"input": contract.to_dict()} if contract is not None else {}),
                **{k: info[k] for k in ("source", "weights") if k in info}}
+        info["graph_input"], info["contract"] = graph_input, contract
         if rt is not None:
             doc["runtime"] = {**rt.info(), "artifact": rt.artifact,
                               "kernels": rt.kernels_in(model, task.input_shape, choose or (lambda spec: "dense")),
@@ -287,17 +297,17 @@ def write_export(model: nn.Module, arch: Arch, task: Task, out: str | os.PathLik
         if sparse_format == "csr":
             torch.save(_csr_weights(model), tmp / "weights_csr.pt")
         if "onnx" in formats:
-            _export_onnx(plain, task, tmp / "model.onnx", onnx_exporter)
-            result.onnx_max_abs_diff = check_onnx(tmp / "model.onnx", plain, task, atol=atol)
-        if "mnn" in formats:
-            result.mnn_max_abs_diff = write_mnn(model, task.input_shape, plain, task.input_shape, tmp, choose,
+            _export_onnx(graph, shape, tmp / "model.onnx", onnx_exporter)
+            result.onnx_max_abs_diff = check_onnx(tmp / "model.onnx", graph, shape, atol=atol)
+        if "mnn" in formats:  # converted from the same graph, so it takes the same input
+            result.mnn_max_abs_diff = write_mnn(model, task.input_shape, graph, shape, tmp, choose,
                                                 onnx_exporter, atol=atol)
         if "torchscript" in formats:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export, still loads everywhere
-                traced = torch.jit.trace(plain, _example_inputs(task, 2, 0))
+                traced = torch.jit.trace(graph, _example_inputs(shape, 2, 0))
                 torch.jit.save(traced, str(tmp / "model.ts"))
-            result.torchscript_max_abs_diff = check_torchscript(tmp / "model.ts", plain, task, atol=atol)
+            result.torchscript_max_abs_diff = check_torchscript(tmp / "model.ts", graph, shape, atol=atol)
         total_params = sum(p.numel() for n, p in plain.named_parameters())
         nnz = sum(int(torch.count_nonzero(p)) for p in plain.parameters())
         result.params, result.nnz = total_params, nnz
@@ -308,6 +318,39 @@ def write_export(model: nn.Module, arch: Arch, task: Task, out: str | os.PathLik
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
+
+
+def _plugin_refs(arch: Arch, task: Task) -> dict[str, Any]:
+    """``{"plugins": {"space": "module:Class", "dataset": "module:loader"}}`` for the components
+    that come from outside sparsenas: another process imports them by these names (:func:`read_arch`)."""
+    from .data import DATASETS
+    from .search_spaces import SPACES
+
+    refs = {}
+    for kind, registry, name in (("space", SPACES, arch.space), ("dataset", DATASETS, task.dataset)):
+        with contextlib.suppress(SparseNASError):  # not registered here: nothing to record
+            if ref := registry.ref_of(name):
+                refs[kind] = ref
+    return {"plugins": refs} if refs else {}
+
+
+def resolve_plugin(doc: dict[str, Any], kind: str, where: str = "arch.json") -> str | None:
+    """Make the plug-in ``kind`` ("space" or "dataset") an ``arch.json`` document records
+    findable by its own name, importing it by its recorded ``module:Class``; returns that name
+    (None when nothing is recorded). Not importable: a one-paragraph error naming the module."""
+    from .data import DATASETS
+    from .search_spaces import SPACES
+
+    ref = (doc.get("plugins") or {}).get(kind)
+    if not isinstance(ref, str):
+        return None
+    registry = SPACES if kind == "space" else DATASETS
+    try:
+        registry.get(ref)
+    except SparseNASError as e:
+        raise type(e)(f"{where} was made with the plug-in {registry.kind} '{ref}', which cannot be loaded here: "
+                      f"{e}") from None
+    return ref
 
 
 def _move_into(tmp: Path, out: Path) -> None:
@@ -351,12 +394,8 @@ def _card(arch: Arch, task: Task, info: dict[str, Any], layers: list[dict], para
         rows.append(("runtime (artifact)", f"{rt['name']} {rt['version']} ({rt['artifact']})"))
         rows.append(("weights, bytes (smallest encoding the runtime loads / dense)",
                      f"{rt['bytes']:,} / {rt['dense_bytes']:,}"))
-    rows += [(f"latency objective (ms, batch 1{', ' + rt['name'] if rt else ''})", _fmt(info.get("latency_ms"), ".4f") +
-              (f" ({info['latency_source']})" if info.get("latency_source") else "")),
-             ("predicted latency (ms)", _fmt(info.get("predicted_latency_ms"), ".4f")),
-             ("measured latency (ms, wall / thread CPU)", f"{_fmt(info.get('measured_latency_ms'), '.4f')} / "
-                                                          f"{_fmt(info.get('measured_latency_cpu_ms'), '.4f')}"),
-             ("hardware profile", _fmt(info.get("hw_profile"))),
+    rows += _latency_rows(info, rt.get("name") if rt else None)
+    rows += [("hardware profile", _fmt(info.get("hw_profile"))),
              ("parameters (exported network)", f"{params:,}"), ("non-zeros", f"{nnz:,}"),
              ("overall sparsity", f"{1 - nnz / max(1, params):.3f}"),
              ("MACs dense / effective", f"{_fmt(info.get('flops'), ',.0f')} / {_fmt(info.get('effective_flops'), ',.0f')}")]
@@ -367,6 +406,7 @@ def _card(arch: Arch, task: Task, info: dict[str, Any], layers: list[dict], para
     if result.mnn_max_abs_diff is not None:
         rows.append(("MNN vs PyTorch, max abs diff", f"{result.mnn_max_abs_diff:.3g}"))
     lines += [f"| {k} | {v} |" for k, v in rows] + [""]
+    lines += _input_section(info.get("contract"), info.get("graph_input", "normalised"), task)
     lines += ["## Choices", "", "| choice | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in arch.choices.items()] + [""]
     kernels = info.get("kernels") or {}
@@ -378,18 +418,61 @@ def _card(arch: Arch, task: Task, info: dict[str, Any], layers: list[dict], para
     lines += ["", "## Files", ""]
     described = {"arch.json": "architecture + task (`sparsenas.load(DIR)` rebuilds the network)",
                  "model.pt": "state_dict, `torch.load(path, weights_only=True)`; sparse layers keep masks",
-                 "model.onnx": "plain network, checked against onnxruntime", "model.ts": "TorchScript (`torch.jit.load`)",
+                 "model.onnx": "plain network, checked against onnxruntime (its input: see Input)",
+                 "model.ts": "TorchScript (`torch.jit.load`; its input: see Input)",
                  "model.mnn": "MNN model converted from the ONNX graph, the profile's kernel per layer, checked against "
-                              "MNN's runtime",
+                              "MNN's runtime (its input: see Input)",
                  "weights_csr.pt": "sparse layers' masked weights in CSR (`sparsenas.export.load_csr`)",
                  "card.md": "this card"}
     lines += [f"- `{f}`: {described.get(f, '')}" for f in files + ["card.md"] if f in described]
     return "\n".join(lines) + "\n"
 
 
+def _latency_rows(info: dict[str, Any], runtime: str | None) -> list[tuple[str, str]]:
+    """Every latency figure with what it is: the search's (with the speed anchor's factor when the
+    profile's table gave it), measured then, and the profile's prediction now (what `nas inspect
+    --runtime` prints for this file)."""
+    where = f"batch 1, {runtime}" if runtime else "batch 1"
+    speed = info.get("hw_speed")
+    anchored = f" x speed anchor {speed:.3f}" if isinstance(speed, (int, float)) and speed != 1.0 else ""
+    source = str(info.get("latency_source") or "")
+    rows = [(f"latency at search time (ms, {where}; {source or 'source not recorded'}"
+             f"{anchored if source.startswith('table') else ''})", _fmt(info.get("latency_ms"), ".4f"))]
+    if info.get("predicted_latency_ms") is not None and not source.startswith("table"):
+        rows.append((f"profile prediction at search time (ms{anchored})", _fmt(info["predicted_latency_ms"], ".4f")))
+    if info.get("measured_latency_ms") is not None:
+        rows.append((f"measured at search time (ms, {where}, wall / thread CPU)",
+                     f"{_fmt(info.get('measured_latency_ms'), '.4f')} / {_fmt(info.get('measured_latency_cpu_ms'), '.4f')}"))
+    now = info.get("predicted_now")
+    if isinstance(now, dict):
+        how = "calibrated" if now.get("calibration") else "sum of isolated kernels, no calibration for this input"
+        rows.append((f"predicted now by profile {now['profile']} (ms, {now['metric']}, {how}, no speed anchor; "
+                     f"= `nas inspect --runtime {runtime}`)", f"{now['ms']:.4f}"))
+    elif isinstance(now, str):
+        rows.append(("predicted now by the profile", f"- ({now})"))
+    return rows
+
+
+def _input_section(contract: InputContract | None, graph_input: str, task: Task) -> list[str]:
+    lines = ["## Input", ""]
+    if contract is None:
+        return lines + [f"- network input: {tuple(task.input_shape)}, normalised as in training (the data's "
+                        "mean/std were not recorded with this export)", ""]
+    lines += contract.describe()
+    if graph_input == "raw":
+        lines += [f"- `model.onnx` / `model.ts` take the raw input ({'x'.join(map(str, contract.raw_shape))} per "
+                  "sample, values as above) and prepare it inside the graph: feed the dataset's values as they are"]
+    else:
+        lines += ["- `model.onnx` / `model.ts` take the prepared (resized, normalised) input: apply the preparation "
+                  "above first"]
+    lines += ["- PyTorch: `m = sparsenas.load(DIR); m(m.preprocess(raw_batch))`", ""]
+    return lines
+
+
 # ---------------------------------------------------------------- reading back
 def read_arch(path: str | os.PathLike) -> tuple[Arch, Task | None, dict[str, Any]]:
-    """``arch.json`` (or the folder holding it) -> (Arch, Task or None, the whole document)."""
+    """``arch.json`` (or the folder holding it) -> (Arch, Task or None, the whole document). A
+    plug-in space it records (``plugins.space``) is imported, so ``get_space(arch.space)`` finds it."""
     p = Path(path)
     if p.is_dir():
         p = p / "arch.json"
@@ -399,8 +482,12 @@ def read_arch(path: str | os.PathLike) -> tuple[Arch, Task | None, dict[str, Any
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise SparseNASError(f"{p} is not an architecture file: it is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    from .search_spaces import SPACES
+
     arch = Arch.from_json(text)
     doc = json.loads(text)
+    if arch.space not in SPACES:
+        resolve_plugin(doc, "space", str(p))
     task = None
     if "task" in doc:
         try:
@@ -410,15 +497,34 @@ def read_arch(path: str | os.PathLike) -> tuple[Arch, Task | None, dict[str, Any
     return arch, task, doc
 
 
+def read_contract(doc: dict[str, Any]) -> InputContract | None:
+    """The input contract an ``arch.json`` document records (None for exports made before contracts)."""
+    if not isinstance(doc.get("input"), dict):
+        return None
+    try:
+        return InputContract.from_dict(doc["input"])
+    except (KeyError, TypeError, ValueError):
+        raise SparseNASError("malformed 'input' in arch.json: expected the input contract `nas export` writes "
+                             "(dataset, raw_shape, input_shape, mean, std, ...)") from None
+
+
+def _no_contract(x: Any) -> torch.Tensor:
+    raise SparseNASError("this export records no input contract (it predates them): prepare inputs as the search "
+                         "did (resize, then normalise with the training split's mean/std), or re-export it")
+
+
 def load(path: str | os.PathLike, *, plain: bool = False) -> nn.Module:
     """The exported network in eval mode: rebuilt from ``arch.json`` and loaded from ``model.pt``.
 
-    ``plain=True`` returns the plain-PyTorch copy (sparse layers as nn.Conv2d/nn.Linear).
+    ``plain=True`` returns the plain-PyTorch copy (sparse layers as nn.Conv2d/nn.Linear). The network
+    takes prepared inputs; ``model.preprocess(raw)`` prepares raw samples as the dataset provides
+    them (resize, normalise: ``model.input_contract`` says how), so ``model(model.preprocess(x))``.
     """
     from .search_spaces import get_space
 
     folder = Path(path)
-    arch, task, _ = read_arch(folder)
+    arch, task, doc = read_arch(folder)
+    contract = read_contract(doc)
     if task is None:
         raise SparseNASError(f"{folder / 'arch.json'} has no 'task'; it was not written by `nas export`/`nas train`")
     weights = folder / "model.pt"
@@ -437,7 +543,11 @@ def load(path: str | os.PathLike, *, plain: bool = False) -> nn.Module:
     except RuntimeError as e:
         raise SparseNASError(f"model.pt in {folder} does not fit the architecture in arch.json: {str(e).splitlines()[0]}") from None
     model.eval()
-    return to_plain(model) if plain else model
+    model = to_plain(model) if plain else model
+    # plain attributes, not submodules: the state_dict stays that of model.pt
+    model.input_contract = contract
+    model.preprocess = contract.preprocess if contract is not None else _no_contract
+    return model
 
 
 # ---------------------------------------------------------------- from a study
@@ -496,7 +606,7 @@ def trial_info(storage: str, study: Any, t: Any) -> dict[str, Any]:
             "trial": t.number, "accuracy": r.accuracy, "test_accuracy": r.test_accuracy,
             "latency_ms": r.latency_ms, "latency_source": r.latency_source,
             "predicted_latency_ms": r.predicted_latency_ms, "measured_latency_ms": r.measured_latency_ms,
-            "measured_latency_cpu_ms": r.measured_latency_cpu_ms, "hw_profile": hw,
+            "measured_latency_cpu_ms": r.measured_latency_cpu_ms, "hw_profile": hw, "hw_speed": r.hw_speed,
             "flops": r.flops, "effective_flops": r.effective_flops, "kernels": r.kernels}
 
 
@@ -534,11 +644,39 @@ def retrain(arch: Arch, *, dataset: str, data_dir: str | None = None, input_size
     res = ev.result(arch, model, trained, lat)
     figures = {"accuracy": res.accuracy, "test_accuracy": res.test_accuracy, "epochs": trained.epochs,
                "history": trained.history, "dataset": data.task.dataset, "seed": seed,
-               "flops": res.flops, "effective_flops": res.effective_flops}
+               "flops": res.flops, "effective_flops": res.effective_flops, "contract": data.contract}
     if measure:
         figures.update(latency_ms=lat.ms, latency_source="measured", measured_latency_ms=lat.attrs["measured_latency_ms"],
                        measured_latency_cpu_ms=lat.attrs["measured_latency_cpu_ms"], kernels=lat.attrs.get("kernels"))
     return model, data.task, figures
+
+
+def _predicted_now(space: Any, arch: Arch, task: Task, runtime: str, hw: str | None) -> dict[str, Any] | str:
+    """The profile's prediction now (as `nas inspect --runtime` makes it), or why there is none."""
+    from .evaluators.latency import profile_prediction
+
+    try:
+        p = profile_prediction(space, arch, task, runtime, hw)
+    except SparseNASError as e:
+        return str(e).split(";")[0]
+    return {"ms": p.ms, "profile": p.profile, "metric": p.metric, "calibration": p.calibration}
+
+
+def _study_contract(study: Any, config: dict[str, Any]) -> InputContract:
+    """The input contract the search recorded; for studies from before contracts, the one its
+    data settings give again (loading is seeded, so the split and its mean/std are the same)."""
+    from .data import load_dataset
+    from .tracking import study_record
+
+    rec = study_record(study)
+    if isinstance(rec.input, dict):
+        return InputContract.from_dict(rec.input)
+    searched = config.get("dataset")  # a plug-in by its import path, else the dataset's own name
+    data = load_dataset(searched if isinstance(searched, str) and ":" in searched else str(rec.dataset),
+                        data_dir=config.get("data_dir"), input_size=config.get("input_size"),
+                        seed=int(config.get("seed") or 0), limit=config.get("limit"))
+    assert data.contract is not None
+    return data.contract
 
 
 def _study_choice(config: dict[str, Any], runtime: str) -> Callable[[Any], str] | None:
@@ -563,7 +701,7 @@ def _study_choice(config: dict[str, Any], runtime: str) -> Callable[[Any], str] 
 def export_trials(storage: str, study_name: str | None, out: str | os.PathLike, *, trial: int | None = None,
                   best: bool = False, pareto: bool = False, formats: str | Iterable[str] | None = None,
                   sparse_format: str | None = None, train: bool = False, epochs: int | None = None,
-                  artifact_dir: str | None = None, onnx_exporter: str = "legacy",
+                  artifact_dir: str | None = None, onnx_exporter: str = "legacy", graph_input: str = "raw",
                   log: Callable[[str], None] | None = None) -> list[ExportedModel]:
     """Export trials of a study: one folder ``out`` (``--trial``/``--best``) or ``out/trial-N`` per
     front trial (``--pareto``). Weights come from the trial's artifact when it has one; otherwise
@@ -582,6 +720,7 @@ def export_trials(storage: str, study_name: str | None, out: str | os.PathLike, 
         raise SparseNASError(f"study '{study.study_name}' was not made by sparsenas (no 'space'/'task' attrs)")
     task = Task.from_dict(rec.task)
     config = rec.config
+    contract = _study_contract(study, config)
     runtime = rec.timed_in
     choose = _study_choice(config, runtime)
     results = []
@@ -607,8 +746,10 @@ def export_trials(storage: str, study_name: str | None, out: str | os.PathLike, 
                 f"trial {t.number} of study '{study.study_name}' has no saved weights (searches save them as Optuna "
                 "artifacts beside file storages, or in --artifact-dir); pass --train to retrain the architecture "
                 "(with the search's training budget; --epochs to change it)")
+        info["predicted_now"] = _predicted_now(space, arch, task, runtime, config.get("hw"))
         target = Path(out) / f"trial-{t.number}" if pareto else Path(out)
         res = write_export(model, arch, task, target, formats=formats, sparse_format=sparse_format, info=info,
-                           onnx_exporter=onnx_exporter, runtime=runtime, choose=choose)
+                           onnx_exporter=onnx_exporter, runtime=runtime, choose=choose, contract=contract,
+                           graph_input=graph_input)
         results.append(res)
     return results

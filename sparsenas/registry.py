@@ -31,6 +31,12 @@ GROUPS = {"space": "sparsenas.spaces", "dataset": "sparsenas.datasets", "strateg
 Adopt = Callable[[Any, str], T]
 
 
+def _ref(obj: Any) -> str:
+    """``module:Qualname`` of a component (a dataset spec by its loader): how to import it again."""
+    target = obj.load if not isinstance(obj, type) and callable(getattr(obj, "load", None)) else obj
+    return f"{getattr(target, '__module__', '?')}:{getattr(target, '__qualname__', type(target).__name__)}"
+
+
 class Registry(Generic[T]):
     def __init__(self, kind: str, package: str | None = None, *, group: str | None = None,
                  adopt: Adopt | None = None, alias: Callable[[T], str | None] | None = None) -> None:
@@ -66,8 +72,12 @@ class Registry(Generic[T]):
             self._eps = {ep.name: ep for ep in eps}
         return self._eps
 
-    def get(self, name: str) -> T:
+    def get(self, name: "str | Any") -> T:
+        """The component called ``name``; a component object itself (a class, a loader...) is
+        accepted too and registered under :meth:`name_of`."""
         self._load()
+        if not isinstance(name, str):
+            return self.get(self.name_of(name))
         if name in self._items:
             return self._items[name]
         if name in self.entry_points():
@@ -109,6 +119,35 @@ class Registry(Generic[T]):
                                      f"{self.kind}; give it another name")
             self._items[own] = adopted
         return adopted
+
+    def name_of(self, item: "str | Any") -> str:
+        """The name to record for ``item``: a name is itself; a component object (for spaces, a
+        class or an instance, which counts as its class) is registered and named by its own name
+        when that is free or already this object, else by its importable ``module:Qualname``."""
+        if isinstance(item, str):
+            return item
+        self._load()
+        obj = item
+        try:
+            adopted = self._adopt(obj, _ref(obj), f"object {_ref(obj)}") if self._adopt else obj
+        except SparseNASError:
+            if isinstance(item, type) or callable(item):
+                raise
+            obj = type(item)  # an instance of a component class (a space) counts as its class
+            adopted = self._adopt(obj, _ref(obj), f"object {_ref(obj)}") if self._adopt else obj
+        ref = _ref(obj)
+        self._items.setdefault(ref, adopted)
+        own = self._alias(adopted) if self._alias else None
+        if own and self._items.get(own, adopted) is adopted:
+            self._items[own] = adopted
+            return own
+        return ref
+
+    def ref_of(self, name: str) -> str | None:
+        """The importable ``module:Qualname`` of a component that lives outside sparsenas (None for
+        built-ins): what an export records so that another process finds the plug-in again."""
+        ref = _ref(self.get(name))
+        return None if ref.split(":")[0].split(".")[0] == "sparsenas" else ref
 
     def names(self) -> list[str]:
         self._load()

@@ -9,11 +9,12 @@
 - ``alpha.png``: architecture-weight evolution, when the study or its trials carry ``alpha_history``
   (gradient strategies);
 - ``latency.png``: predicted against measured latency, when trials carry both;
-- Optuna's own plots that fit a NAS study (``optuna.visualization.matplotlib``), when the study
-  has the data: ``optuna_importance_<objective>.png`` (which choices matter, per objective),
-  ``optuna_hypervolume.png`` (multi-objective: hypervolume of the front against trials),
-  ``optuna_timeline.png`` (when each trial ran, and its state), ``optuna_intermediate.png``
-  (validation accuracy per epoch of each trial);
+- plots of Optuna's analyses, when the study has the data: ``optuna_importance_<objective>.png``
+  (which choices matter, per objective: Optuna's fANOVA importances, the 15 largest drawn and the
+  rest summed), ``optuna_hypervolume.png`` (multi-objective: hypervolume of the front against
+  trials), ``optuna_timeline.png`` (when each trial ran, and its state), ``optuna_intermediate.png``
+  (validation accuracy per epoch of each trial); every axis says what it shows and every legend
+  sits off the data;
 - ``report.html``: all of the above embedded as base64, with the study summary and front table.
 """
 from __future__ import annotations
@@ -174,6 +175,75 @@ def _lat_ms(lat: Any, axis: str) -> float:
 
 
 # ---------------------------------------------------------------- plots
+def _legend_below(ax: Any, ncol: int = 3) -> None:
+    """The legend under the axes, never on the data."""
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=ncol, frameon=False)
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.savefig(path, bbox_inches="tight")  # "tight" keeps a legend placed outside the axes in the image
+    _plt().close(fig)
+
+
+def objective_label(name: str, runtime: str) -> str:
+    """What an objective's values are, for an axis."""
+    return {"accuracy": "validation accuracy", "latency_ms": f"latency in {runtime} (ms, batch 1)",
+            "model_bytes": f"weights in {runtime}'s smallest encoding (bytes)"}.get(name, name)
+
+
+def _plot_importance(path: Path, importances: dict[str, float], target: str, top: int = 15) -> None:
+    """The ``top`` most important choices as bars, the rest summed in one bar, largest on top."""
+    plt = _plt()
+    items = sorted(importances.items(), key=lambda kv: -kv[1])
+    shown, rest = items[:top], items[top:]
+    if rest:
+        shown.append((f"the other {len(rest)} choices (summed)", sum(v for _, v in rest)))
+    names, vals = [n for n, _ in shown][::-1], [v for _, v in shown][::-1]
+    fig, ax = plt.subplots(figsize=(7.5, 0.3 * len(shown) + 1.4), dpi=120)
+    colours = ["#9aa5b1" if n.startswith("the other") else "#1f77b4" for n in names]
+    ax.barh(names, vals, color=colours)
+    for y, v in enumerate(vals):
+        ax.annotate(f"{v:.2f}", (v, y), textcoords="offset points", xytext=(3, -3), fontsize=7)
+    ax.set_xlabel(f"importance for {target} (fANOVA, share of variance; all choices sum to 1)")
+    ax.set_xlim(0, max(vals) * 1.15 if vals else 1)
+    ax.tick_params(axis="y", labelsize=8)
+    ax.set_title(f"which architecture choices matter for {target}"
+                 + (f" (top {top} of {len(items)})" if rest else ""), fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    _save(fig, path)
+
+
+def _plot_intermediate(path: Path, trials: list[Any], title: str, legend_max: int = 12) -> None:
+    """Validation accuracy after each epoch, one line per trial; a legend only when it stays short."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    drawn = [t for t in trials if t.intermediate_values]
+    cmap = plt.get_cmap("viridis")
+    finals = [float(t.values[0]) for t in drawn]
+    lo, hi = (min(finals), max(finals)) if finals else (0.0, 1.0)
+    for t in drawn:
+        steps = sorted(t.intermediate_values)
+        colour = cmap((float(t.values[0]) - lo) / (hi - lo) if hi > lo else 0.5)
+        ax.plot(steps, [t.intermediate_values[s] for s in steps], marker="o", ms=3, lw=1.2, color=colour,
+                label=f"trial {t.number}")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(title + ("" if len(drawn) <= legend_max else " (colour: final accuracy)"), fontsize=10)
+    ax.grid(alpha=0.3)
+    if len(drawn) <= legend_max:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    _save(fig, path)
+
+
+def _relabel(ax: Any, xlabel: str, ylabel: str, title: str) -> Any:
+    """Name the axes of one of Optuna's plots for what they show here."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    return ax
+
+
 def _plot_pareto(path: Path, points: list[tuple[float, float, int]], front: list[tuple[float, float, int]],
                  baseline: dict[str, Any] | None, title: str, xlabel: str) -> None:
     plt = _plt()
@@ -196,10 +266,8 @@ def _plot_pareto(path: Path, points: list[tuple[float, float, int]], front: list
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.margins(0.08)
-    ax.legend(fontsize=7, loc="best", framealpha=0.85)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _legend_below(ax)
+    _save(fig, path)
 
 
 def _plot_progress(path: Path, trials: list[Any], title: str) -> None:
@@ -213,14 +281,12 @@ def _plot_progress(path: Path, trials: list[Any], title: str) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4), dpi=120)
     ax.scatter(nums, accs, s=16, c="#9aa5b1", label="trial accuracy")
     ax.step(nums, best, where="post", c="#2ca02c", lw=1.6, label="best so far")
-    ax.set_xlabel("trial")
+    ax.set_xlabel("trial number")
     ax.set_ylabel("validation accuracy")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _legend_below(ax)
+    _save(fig, path)
 
 
 def _plot_alpha(path: Path, series: dict[str, list[list[float]]], title: str, limit: int = 16) -> int:
@@ -236,20 +302,22 @@ def _plot_alpha(path: Path, series: dict[str, list[list[float]]], title: str, li
         for j in range(len(rows_[0])):
             ax.plot(range(len(rows_)), [r[j] if j < len(r) else float("nan") for r in rows_], lw=1.2, label=f"op {j}")
         ax.set_title(name, fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylim(0, 1)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=6)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.suptitle(title, fontsize=10)
-    fig.supxlabel("step", fontsize=8)
-    fig.supylabel("softmax(alpha)", fontsize=8)
+    fig.supxlabel("search step", fontsize=8)
+    fig.supylabel("probability of each candidate op (softmax of alpha)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    fig.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0), ncol=min(8, len(labels)),
+               frameon=False)
+    _save(fig, path)
     return len(names)
 
 
-def _plot_latency(path: Path, pairs: list[tuple[float, float]], title: str) -> dict[str, float]:
+def _plot_latency(path: Path, pairs: list[tuple[float, float]], title: str, runtime: str) -> dict[str, float]:
     plt = _plt()
     pred, meas = [p for p, _ in pairs], [m for _, m in pairs]
     err = [abs(p - m) / m for p, m in pairs if m > 0]
@@ -260,14 +328,12 @@ def _plot_latency(path: Path, pairs: list[tuple[float, float]], title: str) -> d
     lo, hi = min(pred + meas), max(pred + meas)
     ax.plot([lo, hi], [lo, hi], c="k", lw=1, label="predicted = measured")
     ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="k", alpha=0.08, label="±10%")
-    ax.set_xlabel("measured latency (ms)")
-    ax.set_ylabel("predicted latency (ms)")
+    ax.set_xlabel(f"measured latency in {runtime} (ms, batch 1)")
+    ax.set_ylabel(f"predicted latency in {runtime} (ms, hardware profile)")
     ax.set_title(f"{title}\nMAPE {mape:.1f}%, {within:.0f}% within ±10% (n={len(pairs)})", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _legend_below(ax, ncol=2)
+    _save(fig, path)
     return {"latency_mape_pct": mape, "latency_within_10pct": within}
 
 
@@ -300,23 +366,24 @@ def make_report(storage: str, study_name: str | None, out: str | os.PathLike, *,
     for t in all_trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
     title = f"{study.study_name}: {len(trials)} completed trials"
-    space = None
+    space, why = None, ""
     for name in dict.fromkeys([rec.space, rec.config.get("space")]):  # own name, then as searched
         try:
             space = get_space(name) if name else None
-        except SparseNASError:
+        except SparseNASError as e:
+            why = str(e)  # the last is the plug-in's import path: it names the module that is missing
             continue
         if space is not None:
             break
     if space is None and rec.space is not None:
-        rep.notes.append(f"space '{rec.space}' is not installed here: no baseline")
+        rep.notes.append(f"space '{rec.space}' cannot be loaded here ({why}): no baseline")
     task = Task.from_dict(rec.task) if rec.task is not None else None
     records = {t.number: trial_record(t) for t in trials}
     source = next((r.latency_source for r in records.values() if r.latency_source), None)
     runtime = study_runtime(rec.config, trials)
-    xlabel = f"latency in {runtime} (ms, batch 1{', ' + source if source else ''})"
+    xlabel = f"latency in {runtime} at search time (ms, batch 1{', ' + source if source else ''})"
     if latency_axis == "cpu":  # thread CPU time: robust to other processes loading the machine
-        xlabel = f"latency in {runtime}, thread CPU time (ms, batch 1, measured)"
+        xlabel = f"latency in {runtime}, thread CPU time at search time (ms, batch 1, measured)"
 
     points = [(lat, float(t.values[0]), t.number) for t in trials if (lat := _latency(t, latency_axis)) is not None]
     front = _front(points)
@@ -360,7 +427,7 @@ def make_report(storage: str, study_name: str | None, out: str | os.PathLike, *,
         if pred is not None and meas is not None:
             pairs.append((pred, meas))
     if pairs:
-        rep.figures.update(_plot_latency(out / "latency.png", pairs, "predicted vs measured latency"))
+        rep.figures.update(_plot_latency(out / "latency.png", pairs, "predicted vs measured latency", runtime))
         rep.files.append("latency.png")
 
     _optuna_plots(study, out, trials, rep)
@@ -397,21 +464,32 @@ def _optuna_plots(study: Any, out: Path, trials: list[Any], rep: Report) -> None
     from .tracking import study_record
 
     objectives = list(study_record(study).objectives)
+    runtime = study_runtime(study_record(study).config, trials)
     plots: list[tuple[str, Callable[[], Any], str]] = []
     if len({tuple(sorted(t.params.items())) for t in trials}) >= 2:
         for i, name in enumerate(objectives):
+            label = objective_label(name, runtime)
             plots.append((f"optuna_importance_{name}.png",
-                          lambda i=i, name=name: ovm.plot_param_importances(
-                              study, target=lambda t: t.values[i], target_name=name),
-                          f"Importance of each architecture choice for {name} (Optuna, fANOVA)."))
+                          lambda i=i, label=label, name=name: _plot_importance(
+                              out / f"optuna_importance_{name}.png",
+                              optuna.importance.get_param_importances(study, target=lambda t: t.values[i]), label),
+                          f"Importance of the architecture choices for {label} (Optuna's fANOVA evaluator; the "
+                          "15 most important, the rest summed)."))
     if len(objectives) > 1:
         worst = [0.0 if d == optuna.study.StudyDirection.MAXIMIZE else
                  1.1 * max(float(t.values[i]) for t in trials) for i, d in enumerate(study.directions)]
-        plots.append(("optuna_hypervolume.png", lambda: ovm.plot_hypervolume_history(study, worst), ""))
+        plots.append(("optuna_hypervolume.png", lambda: _relabel(
+            ovm.plot_hypervolume_history(study, worst), "trial number",
+            "hypervolume (objective space the front dominates)", "hypervolume of the Pareto front after each trial"),
+            ""))
     if any(t.datetime_start is not None for t in study.get_trials(deepcopy=False)):
-        plots.append(("optuna_timeline.png", lambda: ovm.plot_timeline(study), ""))
+        plots.append(("optuna_timeline.png", lambda: _relabel(ovm.plot_timeline(study), "time (local clock)",
+                                                               "trial number", "when each trial ran, and its state"),
+                      ""))
     if any(t.intermediate_values for t in trials):
-        plots.append(("optuna_intermediate.png", lambda: ovm.plot_intermediate_values(study), ""))
+        plots.append(("optuna_intermediate.png",
+                      lambda: _plot_intermediate(out / "optuna_intermediate.png", trials,
+                                                 "validation accuracy after each epoch, per trial"), ""))
     plt = _plt()
     for name, draw, caption in plots:
         try:
@@ -419,12 +497,12 @@ def _optuna_plots(study: Any, out: Path, trials: list[Any], rep: Report) -> None
             with warnings.catch_warnings(), optuna_verbosity(optuna.logging.ERROR), plt.rc_context():
                 warnings.simplefilter("ignore")  # these plots are "experimental" in Optuna's terms
                 ax = draw()
-            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-            fig.set_size_inches(7.5, 4.5)
-            fig.set_dpi(120)
-            fig.tight_layout()
-            fig.savefig(out / name)
-            plt.close(fig)
+            if ax is not None:  # one of Optuna's own plots (ours save themselves)
+                fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+                fig.set_size_inches(7.5, 4.5)
+                fig.set_dpi(120)
+                fig.tight_layout()
+                _save(fig, out / name)
         except Exception as e:  # Optuna refuses some studies (e.g. a single distinct architecture)
             rep.notes.append(f"Optuna plot {name} not drawn: {type(e).__name__}: {e}")
             plt.close("all")
@@ -442,6 +520,7 @@ def _html(study: Any, storage: str, rep: Report, front: list[Any], states: dict[
     from .tracking import study_record, trial_record
 
     rec = study_record(study)
+    runtime = study_runtime(rec.config, front)
     out = Path(rep.out)
     summary = {"storage": storage, "space": rec.space, "dataset": rec.dataset,
                "strategy": rec.strategy, "objectives": ", ".join(rec.objectives),
@@ -472,7 +551,7 @@ figure{{margin:1.5em 0}}img{{max-width:100%}}figcaption{{color:#555;font-size:13
 <body><h1>Search report: {e(study.study_name)}</h1>
 <table>{rows}</table>
 <h2>Pareto front</h2>
-<table><tr><th>trial</th><th>val acc</th><th>test acc</th><th>latency ms</th><th>params</th><th>non-zeros</th><th>export</th></tr>
+<table><tr><th>trial</th><th>val acc</th><th>test acc</th><th>latency ms ({e(runtime)}, at search time)</th><th>params</th><th>non-zeros</th><th>export</th></tr>
 {front_rows}</table>
 {figures}
 <h2>Notes</h2><ul>{notes or '<li>none</li>'}</ul>

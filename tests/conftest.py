@@ -5,6 +5,23 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _profile_cache(tmp_path_factory):
+    """Kernels a search times for its profile go to a cache of this test session, not the user's
+    (also for the `nas` processes tests start: they inherit the environment)."""
+    import os
+
+    from sparsenas.hwprofiles.cache import CACHE_ENV
+
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("sparsenas-cache"))
+    yield
+    if before is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = before
+
+
 @pytest.fixture
 def storage_url(tmp_path):
     return f"sqlite:///{tmp_path / 'nas.db'}"

@@ -37,7 +37,7 @@ def test_malformed_and_missing_arch_files(tmp_path, capsys):
     assert main(["inspect", str(bad)]) == 2
     assert "malformed architecture JSON" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path / "missing.json")]) == 2
-    assert "cannot read architecture file" in capsys.readouterr().err
+    assert "no architecture file at" in capsys.readouterr().err
     wrong = tmp_path / "w.json"
     wrong.write_text(json.dumps({"space": "sparse_mbv2", "version": 1, "choices": {"s1_depth": 9}}))
     assert main(["inspect", str(wrong)]) == 2

@@ -41,6 +41,20 @@ def test_print_config_round_trip(tmp_path):
     assert SearchConfig(**config_from_dict(tomllib.loads(config_to_toml(full)), SearchConfig)) == full
 
 
+@pytest.mark.parametrize("strategy", ["tpe", "dass", "entangled"])
+def test_print_config_hints_are_valid_toml_when_uncommented(strategy):
+    text = _print_config(["--strategy", strategy])
+    assert "worker =" not in text  # internal: set by the worker runner, never by a user
+    for key in ("study", "timeout", "[sampler]"):
+        assert f"# {key}" in text, key
+    # uncomment every hint: the file still parses and every key is one a config may hold, typed right
+    uncommented = "\n".join(line[2:] if line.startswith("# ") and (" = " in line or line.startswith("# [")) else line
+                            for line in text.splitlines())
+    kw = config_from_dict(tomllib.loads(uncommented), SearchConfig)
+    assert {"study", "timeout", "sampler", "dataset"} <= set(kw)
+    STRATEGIES.get(strategy).resolve_options(kw["options"])
+
+
 def test_flags_override_the_file(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text('trials = 30\nepochs = 3\n[options]\nfixed = { s1_depth = 1 }\n[sampler]\nname = "gp"\n'

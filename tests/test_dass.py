@@ -171,8 +171,8 @@ def test_bad_dass_options_are_clear_errors(tmp_path):
 def test_tiny_dass_search_logs_derived_architectures_into_a_real_study(tmp_path):
     storage = f"sqlite:///{tmp_path}/x.db"
     sparsenas.search(space="sparse_darts", strategy="dass", dataset="synthetic", storage=storage, study="tiny",
-                     progress=False, options=dict(search_epochs=1, retrain_epochs=1, retrain_top=2, cells=3,
-                                                  search_cells=2))
+                     progress=False, hw_anchor=False, options=dict(search_epochs=1, retrain_epochs=1, retrain_top=2,
+                                                                   cells=3, search_cells=2))
     study = optuna.load_study(study_name="tiny", storage=storage)  # read back from the file, fresh
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(trials) == 2
@@ -196,15 +196,15 @@ def test_tiny_dass_search_logs_derived_architectures_into_a_real_study(tmp_path)
     assert_best_export_reproduces(storage, "tiny", tmp_path / "found")
     # a second run on the same study does not search again
     sparsenas.search(space="sparse_darts", strategy="dass", dataset="synthetic", storage=storage, study="tiny",
-                     progress=False, options=dict(search_epochs=1, retrain_epochs=1, retrain_top=2, cells=3,
-                                                  search_cells=2))
+                     progress=False, hw_anchor=False, options=dict(search_epochs=1, retrain_epochs=1, retrain_top=2,
+                                                                   cells=3, search_cells=2))
     assert len(optuna.load_study(study_name="tiny", storage=storage).trials) == 2
 
 
 def test_dass_on_sparse_mbv2_logs_an_argmax_architecture(tmp_path):
     storage = f"sqlite:///{tmp_path}/m.db"
     study = sparsenas.search(space="sparse_mbv2", strategy="dass", dataset="synthetic", storage=storage,
-                             progress=False, options=dict(search_epochs=1, retrain_epochs=1, retrain_top=1,
+                             progress=False, hw_anchor=False, options=dict(search_epochs=1, retrain_epochs=1, retrain_top=1,
                                                           batch_size=120, target_sparsity=0.8))
     (trial,) = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     arch = Arch.from_json(trial.user_attrs["arch"])
@@ -217,7 +217,8 @@ def test_dass_on_sparse_mbv2_logs_an_argmax_architecture(tmp_path):
 def test_random_search_can_pin_choices_to_compare_at_the_target_sparsity(tmp_path):
     storage = f"sqlite:///{tmp_path}/r.db"
     study = sparsenas.search(space="sparse_darts", strategy="random", dataset="synthetic", storage=storage,
-                             trials=1, epochs=1, progress=False, options={"fixed": {"sparsity": 0.7, "cells": 3}})
+                             trials=1, epochs=1, progress=False, hw_anchor=False,
+                             options={"fixed": {"sparsity": 0.7, "cells": 3}})
     (trial,) = study.trials
     assert trial.params["sparsity"] == 0.7 and trial.params["cells"] == 3
     with pytest.raises(SparseNASError, match="cannot fix choice"):

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 import sparsenas
-from sparsenas.data import load_dataset
+from sparsenas.data import load_dataset, raw_split
+from sparsenas.data.contract import InputContract
 from sparsenas.evaluators import accuracy
 from sparsenas.export import ExportError, layer_sparsity, load_csr, read_arch, write_export
 from sparsenas.ops import SparseMixin, sparse_modules
@@ -111,10 +112,22 @@ def test_onnx_matches_torch_through_onnxruntime(exported):
     for batch in (1, 7):  # the batch axis is dynamic
         x = torch.randn(batch, 1, 8, 8, generator=torch.Generator().manual_seed(batch))
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-        with torch.no_grad():
-            ref = loaded(x).numpy()
+        with torch.no_grad():  # the graph takes raw values and normalises them inside
+            ref = loaded(loaded.preprocess(x)).numpy()
         assert got.shape == (batch, 4)
         assert np.abs(got - ref).max() <= 1e-4
+
+
+def test_onnx_on_the_raw_test_split_scores_the_trials_test_accuracy(exported, trained_model):
+    ort = pytest.importorskip("onnxruntime")
+    out, _ = exported
+    _, trial = trained_model
+    x, y = raw_split("synthetic", "test", seed=0)  # as the dataset provides it: not normalised
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = float((session.run(None, {"input": x})[0].argmax(1) == y).mean())
+    assert abs(got - trial.user_attrs["test_accuracy"]) <= 0.005
+    doc = json.loads((out / "arch.json").read_text())
+    assert doc["graph_input"] == "raw" and doc["input"]["raw_shape"] == [1, 8, 8] and len(doc["input"]["mean"]) == 1
 
 
 @pytest.mark.slow
@@ -134,8 +147,9 @@ def test_dynamo_onnx_export_matches_torch(study, tmp_path):
     st = load_study(url, STUDY)
     ref_model = get_space("sparse_mbv2").build(arch_of(st.trials[trial]), sparsenas.Task.from_dict(st.user_attrs["task"]))
     ref_model.load_state_dict(load_weights(url, st, st.trials[trial]))
+    prepare = InputContract.from_dict(st.user_attrs["input"]).preprocess  # the graph takes raw values
     with torch.no_grad():
-        assert np.abs(got - ref_model.eval()(x).numpy()).max() <= 1e-4
+        assert np.abs(got - ref_model.eval()(prepare(x)).numpy()).max() <= 1e-4
 
 
 def test_torchscript_loads_and_matches(exported):
@@ -146,7 +160,7 @@ def test_torchscript_loads_and_matches(exported):
     loaded = sparsenas.load(out)
     x = torch.randn(5, 1, 8, 8)
     with torch.no_grad():
-        assert torch.allclose(ts(x), loaded(x), atol=1e-5)
+        assert torch.allclose(ts(x), loaded(loaded.preprocess(x)), atol=1e-5)  # raw input, as ONNX
     assert result["exports"][0]["torchscript_max_abs_diff"] <= 1e-4
 
 
@@ -247,3 +261,4 @@ def test_load_errors_are_clear(tmp_path):
         sparsenas.load(tmp_path)
     rc, _, err = run_cli(["train", str(tmp_path / "missing.json")])
     assert rc == 2 and "no architecture file" in err
+

@@ -37,8 +37,13 @@ def test_studies_lists_what_each_study_searched(tmp_path, monkeypatch):
     assert (multi["space"], multi["dataset"], multi["strategy"]) == ("tiny_mlp", "synthetic", "tpe")
     assert multi["states"] == {"COMPLETE": 2} and set(multi["best"]) == {"accuracy", "latency_ms"}
     assert single["sampler"] == "random" and set(single["best"]) == {"accuracy"}
-    line = next(l for l in out.splitlines() if l.startswith("tiny_mlp-synthetic-tpe: tiny_mlp / synthetic / tpe"))
-    assert "COMPLETE 2; best accuracy" in line and "latency_ms" in line
+    lines = out.splitlines()
+    i = next(i for i, l in enumerate(lines) if l.startswith("tiny_mlp-synthetic-tpe: tiny_mlp / synthetic / tpe"))
+    assert lines[i].endswith("COMPLETE 2")
+    # two objectives: the front, trial by trial; per-objective bests are labelled as such
+    assert lines[i + 1].startswith(f"  Pareto front ({multi['front']} trials): #") and "latency_ms" in lines[i + 1]
+    assert lines[i + 2].startswith("  best per objective (may be different trials): accuracy")
+    assert any(l.startswith("tiny_mlp-synthetic-random-acc: tiny_mlp / synthetic / random sampler") for l in lines)
 
 
 def test_studies_never_creates_a_storage(tmp_path):

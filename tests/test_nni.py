@@ -19,7 +19,7 @@ from _small_study import run_cli
 HAVE_NNI = importlib.util.find_spec("nni") is not None and importlib.util.find_spec("pytorch_lightning") is not None
 needs_nni = pytest.mark.skipif(not HAVE_NNI, reason='NNI is not installed (pip install torch==2.13.0 "sparsenas[nni]")')
 TINY = ["--dataset", "digits", "--input-size", "8", "--limit", "60", "--epochs", "1", "--batch-size", "16",
-        "--no-progress"]
+        "--no-progress", "--no-hw-anchor"]  # latency from the profile as it is: no re-timing of 16 networks first
 
 
 def _keys(url: str, study: str) -> list[set[str]]:
@@ -88,7 +88,7 @@ def test_nni_darts_on_sparse_darts_records_a_trial_like_random(tmp_path):
     url = f"sqlite:///{tmp_path}/nas.db"
     # the random trial pinned to the same network size as the DARTS supernet, so it stays quick
     sparsenas.search(space="sparse_darts", strategy="random", trials=1, study="r", storage=url, dataset="digits",
-                     input_size=8, limit=60, epochs=1, batch_size=16, progress=False,
+                     input_size=8, limit=60, epochs=1, batch_size=16, progress=False, hw_anchor=False,
                      options={"fixed": {"cells": 3, "channels": 8}})
     rc, out, err = run_cli(["search", "--space", "sparse_darts", "--strategy", "nni:darts", "--cells", "3",
                             "--channels", "8", "--study", "d", "--storage", url, *TINY])

@@ -29,9 +29,19 @@ def _search_args(space: str, dataset: str, db: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_example_space_and_dataset_by_module_attr(tmp_path):
-    r = _nas(_search_args("tiny_space:TinyMLP", "tiny_dataset:stripes", tmp_path / "a.db"), [EXAMPLES], tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(EXAMPLES)])}
+    with open(tmp_path / "log", "w") as log:  # `nas search ... > log`: stdout is a file, not a terminal
+        r = subprocess.run([sys.executable, "-m", "sparsenas", *_search_args("tiny_space:TinyMLP", "tiny_dataset:stripes",
+                                                                             tmp_path / "a.db")],
+                           env=env, cwd=tmp_path, stdout=log, stderr=subprocess.PIPE, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    res = json.loads(r.stdout.strip().splitlines()[-1])
+    out = (tmp_path / "log").read_text()
+    # off a terminal nothing is cut or wrapped: the table's header whole, the export command on one line
+    assert "latency ms (onnxruntime)" in out and "…" not in out
+    export = next(line for line in out.splitlines() if line.startswith("Export an architecture:"))
+    assert export.endswith("--out found/") and f"--storage sqlite:///{tmp_path / 'a.db'} --study tiny_mlp-stripes-tpe" in export
+    assert "set-up: data stripes" in r.stderr and "set-up: latency measured in onnxruntime" in r.stderr
+    res = json.loads(out.strip().splitlines()[-1])
     # studies are named by the space's and the dataset's own names, not the import paths
     assert res["study"] == "tiny_mlp-stripes-tpe" and res["states"] == {"COMPLETE": 2}
     assert 0.0 <= res["front"][0]["accuracy"] <= 1.0
@@ -39,7 +49,32 @@ def test_example_space_and_dataset_by_module_attr(tmp_path):
     r = _nas(["export", "--storage", f"sqlite:///{tmp_path / 'a.db'}", "--best", "--out", str(tmp_path / "found"),
               "--format", "json,pt"], [EXAMPLES], tmp_path)
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "found" / "arch.json").read_text())["space"] == "tiny_mlp"
+    doc = json.loads((tmp_path / "found" / "arch.json").read_text())
+    assert doc["space"] == "tiny_mlp" and doc["plugins"] == {"space": "tiny_space:TinyMLP",
+                                                              "dataset": "tiny_dataset:stripes"}
+    # the export alone, in a fresh process: load (with the input contract), inspect and retrain it
+    found, retrained = tmp_path / "found", tmp_path / "re"
+    script = textwrap.dedent(f"""
+        import sys
+        import sparsenas
+        from sparsenas.cli import main
+        from sparsenas.data import raw_split
+        m = sparsenas.load({str(found)!r})
+        x, y = raw_split("tiny_dataset:stripes", "test")
+        print("ACC", float((m(m.preprocess(x)).argmax(1).numpy() == y).mean()))
+        sys.exit(main(["inspect", {str(found / "arch.json")!r}, "--json"])
+                 or main(["train", {str(found)!r}, "--epochs", "1", "--out", {str(retrained)!r}, "--format",
+                          "json,pt", "--no-measure", "--no-progress"]))
+        """)
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(EXAMPLES)])})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    acc = float(next(line for line in lines if line.startswith("ACC")).split()[1])
+    assert abs(acc - res["front"][0]["test_accuracy"]) <= 0.005  # --best: the front's first trial
+    inspected = json.loads(next(line for line in lines if line.startswith('{"arch"')))
+    assert inspected["arch"]["space"] == "tiny_mlp" and inspected["task"]["dataset"] == "stripes"
+    assert json.loads((retrained / "arch.json").read_text())["plugins"]["space"] == "tiny_space:TinyMLP"
 
 
 @pytest.mark.slow

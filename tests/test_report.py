@@ -21,7 +21,9 @@ def enriched(tmp_path_factory):
     architecture as a trial, a trial with predicted and measured latency, and an alpha history."""
     _, db = small_study(tmp_path_factory)
     copy = tmp_path_factory.mktemp("report") / "r.db"
-    shutil.copy(db, copy)
+    for suffix in ("", "-wal", "-shm"):  # a WAL database: its last commits may be in the -wal file still
+        if db.with_name(db.name + suffix).exists():
+            shutil.copy(db.with_name(db.name + suffix), copy.with_name(copy.name + suffix))
     url = f"sqlite:///{copy}"
     st = optuna.load_study(study_name=STUDY, storage=url)
     t0 = st.trials[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import DEFAULT_STORAGE, print_json
+from .common import DEFAULT_STORAGE, add_graph_input, print_json
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +29,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="folder of the search's artifacts (default: recorded in the study, or beside a file storage)")
     p.add_argument("--onnx-exporter", choices=["legacy", "dynamo"], default="legacy",
                    help="torch.onnx exporter: legacy (TorchScript based, default: the graph hardware profiles time) or dynamo (torch.export based)")
+    add_graph_input(p)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     p.set_defaults(func=cmd_export)
 
@@ -42,7 +43,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     results = export(args.storage, args.study, args.out, trial=args.trial, best=args.best, pareto=args.pareto,
                             formats=args.format, sparse_format=args.sparse_format, train=args.train,
                             epochs=args.epochs, artifact_dir=args.artifact_dir, onnx_exporter=args.onnx_exporter,
-                            log=lambda m: print(m, file=sys.stderr))
+                            graph_input=args.graph_input, log=lambda m: print(m, file=sys.stderr))
     for r in results:
         checks = []
         if r.onnx_max_abs_diff is not None:
@@ -53,6 +54,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             checks.append(f"MNN max|diff| {r.mnn_max_abs_diff:.2g}")
         print(f"exported trial {r.info.get('trial')} to {r.out}/: {r.params:,} params, {r.nnz:,} non-zeros"
               + (f"; {', '.join(checks)}" if checks else ""))
+        contract = r.info.get("contract")
+        if contract is not None and r.info.get("graph_input") == "raw" and {"model.onnx", "model.ts", "model.mnn"} & set(r.files):
+            print(f"  {'/'.join(f for f in r.files if f in ('model.onnx', 'model.ts', 'model.mnn'))} take {contract.dataset} as it comes: {tuple(contract.raw_shape)} per sample, "
+                  f"{contract.raw_form}; they resize and normalise inside (card.md, Input)")
     if args.json:
         print_json({"exports": [r.to_dict() for r in results]})
     return 0

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import print_json
+from .common import console, print_json
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +22,6 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from ..api import inspect
@@ -42,12 +41,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if pred:
             row += [pred.kernels[i], f"{pred.layer_ms[i] * 1000:.2f}"]
         table.add_row(*row)
-    Console().print(table)
+    console().print(table)
     params, nnz, flops, eff = r["params"], r["nnz"], r["flops"], r["effective_flops"]
     print(f"params {params:,}  non-zeros {nnz:,}  MACs {flops:,}  effective MACs {int(eff):,}")
     if pred:
         cal = f"calibrated network latency {pred.ms:.4f} ms" if pred.calibration else "no calibration for this input"
-        print(f"{args.runtime}: sum of isolated kernels {pred.plain_sum_ms:.4f} ms, {cal} ({pred.metric})")
+        print(f"{args.runtime}: sum of isolated kernels {pred.plain_sum_ms:.4f} ms, {cal} ({pred.metric}; profile "
+              f"{pred.profile} as it stands, no speed anchor: a search scales it by this machine's speed then)")
     if args.json:
         print_json({"arch": arch.to_dict(), "digest": arch.digest(), "task": task.to_dict(), "params": params,
                     "nnz": nnz, "flops": flops, "effective_flops": eff,

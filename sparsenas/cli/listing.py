@@ -29,6 +29,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_studies)
 
 
+_FRONT_SHOWN = 5
+
+
 def _listing(items: dict[str, str], as_json: bool) -> int:
     width = max(map(len, items), default=0)
     for name, desc in items.items():
@@ -63,11 +66,22 @@ def cmd_studies(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no studies in {mask_url(args.storage)}")
     for r in rows:
-        how = r["strategy"] + (f" ({r['sampler']})" if r.get("sampler") else "") if r["strategy"] else "-"
+        # the sampler that ran: --sampler replaces the strategy's own
+        how = f"{r['sampler']} sampler" if r.get("sampler") else (r["strategy"] or "-")
         states = ", ".join(f"{k} {v}" for k, v in sorted(r["states"].items())) or "no trials"
-        best = ", ".join(f"{k} {fmt(v, '.4g')}" for k, v in r["best"].items()) or "-"
         runtime = f" on {r['runtime']}" if r.get("runtime") else ""
-        print(f"{r['study']}: {r['space'] or '?'} / {r['dataset'] or '?'} / {how}{runtime}; {states}; best {best}")
+        print(f"{r['study']}: {r['space'] or '?'} / {r['dataset'] or '?'} / {how}{runtime}; {states}")
+        front = r.get("front_trials") or []
+        if len(r["best"]) > 1:  # several objectives: the trade-off is the front, not each one's best
+            shown = "; ".join(f"#{t['trial']} " + ", ".join(f"{k} {fmt(v, '.4g')}" for k, v in t.items() if k != "trial")
+                              for t in front[:_FRONT_SHOWN])
+            more = f"; ... {len(front) - _FRONT_SHOWN} more" if len(front) > _FRONT_SHOWN else ""
+            print(f"  Pareto front ({len(front)} trials): {shown or '-'}{more}")
+            print("  best per objective (may be different trials): "
+                  + ", ".join(f"{k} {fmt(v, '.4g')}" for k, v in r["best"].items()))
+        else:
+            best = ", ".join(f"{k} {fmt(v, '.4g')}" for k, v in r["best"].items()) or "-"
+            print(f"  best: {best}" + (f" (trial {front[0]['trial']})" if front else ""))
     if args.json:
         print_json({"storage": args.storage, "studies": rows})
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import SparseNASError
-from .common import print_json
+from .common import console as stdout_console, print_json
 
 
 def _positive_int(s: str) -> int:
@@ -46,6 +46,13 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cuda: also time dense vs 2:4 semi-structured kernels on the GPU")
     p.add_argument("--seed", type=int, default=0)
+    c = p.add_argument_group("coverage")
+    c.add_argument("--check", action="store_true",
+                   help="say whether a profile (--profile, default: the one shipped for --runtime) covers a search "
+                        "of --space on --dataset at --input-size, and what the search would time first; times "
+                        "nothing. Exit code 0: covered, 1: not covered")
+    c.add_argument("--profile", "--hw", dest="profile", default=None, metavar="FILE",
+                   help="with --check: the profile to check (default: the shipped one)")
     v = p.add_argument_group("validation")
     v.add_argument("--validate", default=None, metavar="FILE", help="check this profile instead of writing one")
     v.add_argument("--n", type=_positive_int, default=50, help="random architectures to measure (default 50)")
@@ -57,6 +64,14 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    if args.check:
+        if args.out is not None or args.validate is not None:
+            raise SparseNASError("--check says what a profile lacks and times nothing: give it without --out and "
+                                 "--validate (the profile to check goes in --profile FILE)")
+        return _check(args)
+    if args.profile is not None:
+        raise SparseNASError("--profile FILE names the profile for --check; to write a profile use --out FILE, to "
+                             "check its predictions --validate FILE")
     if args.validate is None and args.out is None:
         raise SparseNASError("nas profile needs --out FILE (the profile to write), or --validate FILE (a profile to "
                              "check against networks measured end to end)")
@@ -76,7 +91,7 @@ def _profile(args: argparse.Namespace) -> int:
                    calibration_networks=args.calibration_networks, network_repeats=args.network_repeats,
                    seed=args.seed, device=args.device, runtime=args.runtime, progress=not args.no_progress,
                    log=lambda s: console.print(s))
-    out = Console()
+    out = stdout_console()
     rt = data["runtime"]
     out.print(f"wrote {args.out}: {len(data['entries'])} kernels of runtime {rt['name']} {rt['version']} on "
               f"{data['machine']['cpu_model']} ({data['machine']['cores']} cores, {data['timing']['threads']} thread)")
@@ -103,7 +118,7 @@ def _validate(args: argparse.Namespace) -> int:
 
     from ..api import validate_profile
 
-    console = Console()
+    console = stdout_console()
     reports = validate_profile(args.validate, spaces=args.space, dataset=args.dataset, data_dir=args.data_dir,
                                input_sizes=args.input_size, n=args.n, seed=args.seed,
                                network_repeats=args.network_repeats, plot=args.plot, runtime=args.runtime,
@@ -126,3 +141,32 @@ def _validate(args: argparse.Namespace) -> int:
         print_json({"profile": args.validate, "reports": [{k: v for k, v in r.items() if k not in ("networks", "rows")}
                                                           for r in reports]})
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ..api import profile_coverage
+
+    reports = profile_coverage(spaces=args.space, dataset=args.dataset, data_dir=args.data_dir,
+                               input_sizes=args.input_size, hw=args.profile, runtime=args.runtime)
+    out = Console(highlight=False, soft_wrap=True)
+    for r in reports:
+        where = (f"{r['space']} on {r['dataset']} {'x'.join(map(str, r['input_shape']))} "
+                 f"({r['num_classes']} classes)")
+        head = f"{r['profile']} ({r['runtime']})"
+        if r["covered"]:
+            cache = f", {r['from_cache']} of them from this machine's cache" if r["from_cache"] else ""
+            out.print(f"{head} covers {where}: {r['kernels']:,} kernels{cache}, calibration from the {r['calibration']}")
+            continue
+        shown = ", ".join(r["missing_keys"][:8]) + (f" (and {r['missing'] - 8} more)" if r["missing"] > 8 else "")
+        if r["calibration"] is None:
+            todo = (f"time the {r['missing']} of its {r['kernels']:,} kernels the profile lacks ({shown}) and fit "
+                    "a calibration (random networks measured end to end: a minute or more) before its first trial")
+        else:
+            todo = (f"time, as its networks meet them, up to {r['missing']} of its {r['kernels']:,} kernels ({shown})")
+        out.print(f"{head} does not cover {where}: a search would {todo}, once on this machine, and keep them "
+                  f"in {r['cache']}")
+    if args.json:
+        print_json({"covered": all(r["covered"] for r in reports), "reports": reports})
+    return 0 if all(r["covered"] for r in reports) else 1

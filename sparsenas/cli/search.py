@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import DEFAULT_STORAGE, fmt, positive_float, print_json
+from .common import DEFAULT_STORAGE, console, fmt, positive_float, print_json
 
 
 EPILOG = """examples:
@@ -61,8 +61,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                         "model.onnx), torch (PyTorch eager with CSR kernels), openvino or mnn (MNN, sparse 1x1 kernels); "
                         "`nas runtimes` lists them")
     p.add_argument("--latency",
-                   help="table: predict from the hardware profile; measured: time each network here; auto (default): "
-                        "table when the profile covers the space and input size, else measured")
+                   help="table: predict from the hardware profile (what it lacks for this space and input is timed "
+                        "once here and cached; `nas profile --check` says what); measured: time each network here; "
+                        "auto (default): table whenever there is a profile of the runtime, else measured (with a warning)")
     p.add_argument("--hw", metavar="PROFILE.json",
                    help="hardware profile for the table (default: the one shipped for 2-core x86 CPUs; "
                         "make your own with `nas profile`)")
@@ -92,6 +93,14 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-q", "--quiet", action="count", help="fewer log lines (warnings and errors only)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     p.set_defaults(func=cmd_search)
+
+
+def field_help() -> dict[str, str]:
+    """SearchConfig field -> the help of its `nas search` flag (the one place each key is described)."""
+    parser = argparse.ArgumentParser(prog="nas")
+    add(parser.add_subparsers())
+    actions = parser._subparsers._group_actions[0].choices["search"]._actions  # type: ignore[union-attr]
+    return {a.dest: (a.help or "").replace("%%", "%") for a in actions if a.help and a.help != argparse.SUPPRESS}
 
 
 # flag dest -> option name, for the strategies' options (filled by add_strategy_options)
@@ -167,7 +176,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
         cls = STRATEGIES.get(config.strategy)
         cls.resolve_options(config.options)  # an option the strategy does not take is an error here too
-        print(config_to_toml(config, cls.options), end="")
+        print(config_to_toml(config, cls.options, field_help()), end="")
         return 0
     study = search(config, progress=not getattr(args, "no_progress", False))
     from .. import distributed
@@ -178,7 +187,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _print_front(study: Any, storage: str, as_json: bool) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from ..api import mask_url, pareto_front, study_record, trial_record
@@ -192,7 +200,7 @@ def _print_front(study: Any, storage: str, as_json: bool) -> int:
     rows = [{"trial": r.number, "accuracy": r.accuracy, "latency_ms": r.latency_ms, "runtime": r.runtime or runtime,
              "model_bytes": r.model_bytes, "test_accuracy": r.test_accuracy, "params": r.params, "nnz": r.nnz,
              "effective_flops": r.effective_flops} for r in front]
-    console = Console()
+    out = console()
     table = Table(title=f"study '{study.study_name}': best architectures ({', '.join(f'{k} {v}' for k, v in states.items())})")
     for col in ("trial", "val acc", "test acc", f"latency ms ({runtime})", "params", "non-zeros", "eff. MFLOPs"):
         table.add_column(col, justify="right")
@@ -200,12 +208,12 @@ def _print_front(study: Any, storage: str, as_json: bool) -> int:
         table.add_row(str(r["trial"]), f"{r['accuracy']:.4f}", fmt(r["test_accuracy"], ".4f"),
                       fmt(r["latency_ms"], ".3f"), fmt(r["params"], ","), fmt(r["nnz"], ","),
                       fmt((r["effective_flops"] or 0) / 1e6, ".2f"))
-    console.print(table)
+    out.print(table)
     if rows:
-        console.print(f"Open the dashboard:  nas dashboard --storage {storage}")
-        console.print(f"Export an architecture:  nas export --storage {storage} --study {study.study_name} "
+        out.print(f"Open the dashboard:  nas dashboard --storage {storage}")
+        out.print(f"Export an architecture:  nas export --storage {storage} --study {study.study_name} "
                       f"--trial {rows[0]['trial']} --out found/")
-        console.print(f"Plot the search:  nas report --storage {storage} --study {study.study_name} --out report/")
+        out.print(f"Plot the search:  nas report --storage {storage} --study {study.study_name} --out report/")
     if as_json:
         print_json({"study": study.study_name, "storage": storage, "states": states, "front": rows})
     return 0

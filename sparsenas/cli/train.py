@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import positive_float, print_json
+from .common import add_graph_input, positive_float, print_json
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +24,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="json,pt,onnx,torchscript", help="comma-separated: json, pt, onnx, torchscript")
     p.add_argument("--sparse-format", choices=["csr"], default=None)
     p.add_argument("--onnx-exporter", choices=["legacy", "dynamo"], default="legacy")
+    add_graph_input(p)
     p.add_argument("--no-measure", action="store_true", help="do not measure latency on this machine")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
@@ -36,7 +37,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     res, figures = train(args.arch, dataset=args.dataset, data_dir=args.data_dir, input_size=args.input_size,
                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, limit=args.limit,
                          out=args.out, formats=args.format, sparse_format=args.sparse_format,
-                         onnx_exporter=args.onnx_exporter, measure=not args.no_measure, progress=not args.no_progress)
+                         onnx_exporter=args.onnx_exporter, measure=not args.no_measure, progress=not args.no_progress,
+                         graph_input=args.graph_input)
     lat = figures.get("measured_latency_ms")
     print(f"trained {figures['digest']} for {figures['epochs']} epochs on {figures['dataset']}: val acc "
           f"{figures['accuracy']:.4f}, test acc {figures['test_accuracy']:.4f}"

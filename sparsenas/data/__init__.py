@@ -6,8 +6,10 @@ on a function returning :class:`RawData`; splitting, resizing and normalising ha
 """
 from __future__ import annotations
 
-from .base import DATASETS, DataSplits, DatasetSpec, RawData, list_datasets, load_dataset, register_dataset
+from .base import (DATASETS, DataSplits, DatasetSpec, RawData, list_datasets, load_dataset, raw_split,
+                   register_dataset)
 
 __all_modules__ = ("digits", "mnist1d", "synthetic", "cifar", "mnist")
 
-__all__ = ["DATASETS", "DataSplits", "DatasetSpec", "RawData", "list_datasets", "load_dataset", "register_dataset"]
+__all__ = ["DATASETS", "DataSplits", "DatasetSpec", "RawData", "list_datasets", "load_dataset", "raw_split",
+           "register_dataset"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -13,6 +13,9 @@ from ..errors import DatasetError
 from ..registry import GROUPS, Registry
 from ..task import Task
 from .splits import channel_stats, normalise, resize, split_indices
+
+if TYPE_CHECKING:
+    from .contract import InputContract
 
 
 @dataclass
@@ -39,6 +42,11 @@ class DatasetSpec:
     default_size: int | None = None  # spatial size when input_size is not given; None = native
     needs_data_dir: bool = False
     hint: str = ""  # which files are expected and how to point at them
+    # the raw form (recorded in every export's input contract, data/contract.py): what the loader's
+    # values are, in words; the channels' meaning; their range (None: the training split's min/max)
+    raw_form: str = ""
+    channels: str = "unspecified"
+    value_range: tuple[float, float] | None = None
 
 
 def _adopt(obj: object, key: str, where: str) -> DatasetSpec:
@@ -60,9 +68,13 @@ DATASETS: Registry[DatasetSpec] = Registry("dataset", "sparsenas.data", group=GR
 
 
 def register_dataset(name: str, description: str, *, default_size: int | None = None,
-                     needs_data_dir: bool = False, hint: str = "") -> Callable[[Loader], Loader]:
+                     needs_data_dir: bool = False, hint: str = "", raw_form: str = "", channels: str = "unspecified",
+                     value_range: tuple[float, float] | None = None) -> Callable[[Loader], Loader]:
+    """Register a loader ``(data_dir, seed) -> RawData``. ``raw_form``, ``channels`` ("gray", "RGB",
+    "signal") and ``value_range`` declare what its raw values are: exported models take exactly those."""
     def deco(fn: Loader) -> Loader:
-        DATASETS.register(name)(DatasetSpec(name, description, fn, default_size, needs_data_dir, hint))
+        DATASETS.register(name)(DatasetSpec(name, description, fn, default_size, needs_data_dir, hint, raw_form,
+                                            channels, tuple(value_range) if value_range else None))
         return fn
 
     return deco
@@ -111,6 +123,7 @@ class DataSplits:
     test: TensorDataset
     classes: list[str]
     meta: dict = field(default_factory=dict)
+    contract: "InputContract | None" = None  # how raw samples become these tensors (data/contract.py)
 
     def loader(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
         if split not in SPLITS:
@@ -125,15 +138,8 @@ def _tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
                          torch.tensor(y, dtype=torch.int64))
 
 
-def load_dataset(name: str, *, data_dir: str | Path | None = None, input_size: int | None = None, seed: int = 0,
-                 val_fraction: float = 0.2, test_fraction: float = 0.2, limit: int | None = None) -> DataSplits:
-    """Load dataset ``name`` as seeded, stratified, train-normalised splits.
-
-    Datasets with an official test split use it as ``test`` and carve ``val`` from the official
-    train part (``test_fraction`` is then unused); the others are split three ways. ``limit`` caps
-    the training samples only, so val/test do not change with it.
-    """
-    spec = DATASETS.get(name)
+def _check_args(name: str, input_size: int | None, limit: int | None, val_fraction: float,
+                test_fraction: float) -> None:
     if input_size is not None and input_size < 1:
         raise DatasetError(f"dataset '{name}': input_size must be a positive number of pixels, got {input_size}")
     if limit is not None and limit < 1:
@@ -141,27 +147,72 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, input_size: i
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise DatasetError(f"dataset '{name}': val_fraction ({val_fraction}) and test_fraction ({test_fraction}) "
                            "must each be in [0, 1) and sum to less than 1")
-    if spec.needs_data_dir and data_dir is None:
-        raise dataset_error(name, "it is read from files on disk and no data folder was given")
-    raw = spec.load(Path(data_dir).expanduser() if data_dir is not None else None, seed)
 
+
+def _raw_splits(spec: DatasetSpec, data_dir: str | Path | None, seed: int, val_fraction: float,
+                test_fraction: float, limit: int | None) -> tuple[RawData, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(raw data, raw inputs per split, labels per split): the split before any resize or normalisation."""
+    if spec.needs_data_dir and data_dir is None:
+        raise dataset_error(spec.name, "it is read from files on disk and no data folder was given")
+    raw = spec.load(Path(data_dir).expanduser() if data_dir is not None else None, seed)
     official = raw.x_test is not None
     tr, va, te = split_indices(raw.y, val_fraction, 0.0 if official else test_fraction, seed)
     tr = tr[:limit]
     x_test, y_test = (raw.x_test, raw.y_test) if official else (raw.x[te], raw.y[te])
-    size = input_size if input_size is not None else spec.default_size
-    xs = {"train": resize(raw.x[tr], size), "val": resize(raw.x[va], size), "test": resize(x_test, size)}
+    xs = {"train": raw.x[tr], "val": raw.x[va], "test": x_test}
     ys = {"train": raw.y[tr], "val": raw.y[va], "test": y_test}
     if len(ys["train"]) == 0:
-        raise dataset_error(name, "the training split is empty; use more data or smaller val/test fractions")
+        raise dataset_error(spec.name, "the training split is empty; use more data or smaller val/test fractions")
+    return raw, xs, ys
+
+
+def raw_split(name: str, split: str = "test", *, data_dir: str | Path | None = None, seed: int = 0,
+              val_fraction: float = 0.2, test_fraction: float = 0.2, limit: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, labels) of one split exactly as the dataset provides them: before resizing and
+    normalisation, i.e. what an exported model with raw graph input takes. Same split as
+    :func:`load_dataset` with the same arguments."""
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split '{split}'; available: {', '.join(SPLITS)}")
+    spec = DATASETS.get(name)
+    _check_args(name, None, limit, val_fraction, test_fraction)
+    _, xs, ys = _raw_splits(spec, data_dir, seed, val_fraction, test_fraction, limit)
+    return xs[split], ys[split]
+
+
+def load_dataset(name: str, *, data_dir: str | Path | None = None, input_size: int | None = None, seed: int = 0,
+                 val_fraction: float = 0.2, test_fraction: float = 0.2, limit: int | None = None) -> DataSplits:
+    """Load dataset ``name`` as seeded, stratified, train-normalised splits.
+
+    Datasets with an official test split use it as ``test`` and carve ``val`` from the official
+    train part (``test_fraction`` is then unused); the others are split three ways. ``limit`` caps
+    the training samples only, so val/test do not change with it. ``.contract`` says how raw
+    samples become the tensors of the splits (the input contract exports carry).
+    """
+    from .contract import InputContract
+
+    spec = DATASETS.get(name)
+    _check_args(name, input_size, limit, val_fraction, test_fraction)
+    raw, raw_xs, ys = _raw_splits(spec, data_dir, seed, val_fraction, test_fraction, limit)
+    size = input_size if input_size is not None else spec.default_size
+    xs = {k: resize(raw_xs[k], size) for k in SPLITS}
     mean, std = channel_stats(xs["train"])
     sets = {k: _tensors(normalise(xs[k], mean, std), ys[k]) for k in SPLITS}
+    official = raw.x_test is not None
     meta = {"source": raw.source, "sizes": {k: len(ys[k]) for k in SPLITS}, "mean": mean.tolist(),
             "std": std.tolist(), "seed": seed, "input_size": size, "limit": limit,
             "test_split": "official" if official else "held-out", "val_fraction": val_fraction,
             "test_fraction": None if official else test_fraction}
     task = Task(spec.name, tuple(int(d) for d in xs["train"].shape[1:]), len(raw.classes))
-    return DataSplits(task, sets["train"], sets["val"], sets["test"], list(raw.classes), meta)
+    observed = (float(raw_xs["train"].min()), float(raw_xs["train"].max()))
+    resized = xs["train"].shape[2:] != raw_xs["train"].shape[2:]
+    contract = InputContract(
+        spec.name, tuple(int(d) for d in raw_xs["train"].shape[1:]), task.input_shape, spec.channels,
+        spec.raw_form or raw.source, spec.value_range or observed, "declared" if spec.value_range else "observed",
+        size if resized else None,
+        ("bilinear, align_corners=False" if len(task.input_shape) == 3 else "linear, align_corners=False")
+        if resized else None, tuple(float(m) for m in mean), tuple(float(s) for s in std))
+    return DataSplits(task, sets["train"], sets["val"], sets["test"], list(raw.classes), meta, contract)
 
 
 def list_datasets() -> dict[str, str]:

@@ -13,6 +13,9 @@ import numpy as np
 from .base import RawData, dataset_error, locate_files, register_dataset
 
 
+_RAW = "uint8 pixels / 255 in the pickles' channel order (R, G, B), float32 (N, 3, 32, 32)"
+
+
 @dataclass(frozen=True)
 class _Layout:
     folder: str
@@ -132,14 +135,16 @@ def _load(name: str, data_dir: Path) -> RawData:
 
 
 @register_dataset("cifar10", "CIFAR-10: 32x32 colour images, 10 classes, official 50000/10000 train/test "
-                  "(read from --data-dir)", needs_data_dir=True, hint=_hint("cifar10"))
+                  "(read from --data-dir)", needs_data_dir=True, hint=_hint("cifar10"), raw_form=_RAW, channels="RGB",
+                  value_range=(0.0, 1.0))
 def load_cifar10(data_dir: Path | None, seed: int) -> RawData:
     assert data_dir is not None
     return _load("cifar10", data_dir)
 
 
 @register_dataset("cifar100", "CIFAR-100: 32x32 colour images, 100 fine classes, official 50000/10000 "
-                  "train/test (read from --data-dir)", needs_data_dir=True, hint=_hint("cifar100"))
+                  "train/test (read from --data-dir)", needs_data_dir=True, hint=_hint("cifar100"), raw_form=_RAW, channels="RGB",
+                  value_range=(0.0, 1.0))
 def load_cifar100(data_dir: Path | None, seed: int) -> RawData:
     assert data_dir is not None
     return _load("cifar100", data_dir)

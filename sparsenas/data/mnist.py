@@ -10,6 +10,7 @@ import numpy as np
 from .base import RawData, dataset_error, locate_files, register_dataset
 
 _FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_RAW = "IDX uint8 pixels / 255, float32 (N, 1, 28, 28)"
 _IMAGES, _LABELS = 0x803, 0x801  # IDX magic: unsigned bytes, 3 resp. 1 dimensions
 _FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 _CLASSES = {
@@ -68,14 +69,16 @@ def _load(name: str, data_dir: Path) -> RawData:
 
 
 @register_dataset("mnist", "MNIST: 28x28 handwritten digits, 10 classes, official 60000/10000 train/test "
-                  "(IDX files read from --data-dir)", needs_data_dir=True, hint=_hint("mnist"))
+                  "(IDX files read from --data-dir)", needs_data_dir=True, hint=_hint("mnist"), raw_form=_RAW,
+                  channels="gray", value_range=(0.0, 1.0))
 def load_mnist(data_dir: Path | None, seed: int) -> RawData:
     assert data_dir is not None
     return _load("mnist", data_dir)
 
 
 @register_dataset("fashion_mnist", "Fashion-MNIST: 28x28 clothing images, 10 classes, official 60000/10000 "
-                  "train/test (IDX files read from --data-dir)", needs_data_dir=True, hint=_hint("fashion_mnist"))
+                  "train/test (IDX files read from --data-dir)", needs_data_dir=True, hint=_hint("fashion_mnist"),
+                  raw_form=_RAW, channels="gray", value_range=(0.0, 1.0))
 def load_fashion_mnist(data_dir: Path | None, seed: int) -> RawData:
     assert data_dir is not None
     return _load("fashion_mnist", data_dir)

@@ -35,7 +35,8 @@ def _generate(gen_seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 
 
 @register_dataset("mnist1d", "MNIST-1D: 5000 length-40 sequences, 10 classes, official 4000/1000 train/test "
-                  "(generated locally by the mnist1d package)")
+                  "(generated locally by the mnist1d package)",
+                  raw_form="mnist1d make_dataset()['x'] as generated (seed 42), float32 (N, 1, 40)", channels="signal")
 def load_mnist1d(data_dir: Path | None, seed: int) -> RawData:
     x, y, x_test, y_test = _generate(CANONICAL_SEED)
     return RawData(x, y, [str(i) for i in range(10)], f"mnist1d.data.make_dataset (seed {CANONICAL_SEED})",

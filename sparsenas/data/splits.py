@@ -29,13 +29,21 @@ def split_indices(y: np.ndarray, val_fraction: float, test_fraction: float,
     return ranked[n_test + n_val:], ranked[n_test:n_test + n_val], ranked[:n_test]
 
 
+def resize_tensor(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize (N, C, H, W) bilinearly to (size, size), or (N, C, L) linearly to length ``size``
+    (align_corners=False). The one resize of both the training pipeline and the exported graphs'
+    input step (data/contract.py), so both see the same pixels; a sequence is resized as a 1-row
+    image, which ONNX Resize runs everywhere (a 3-D linear Resize is not in every runtime)."""
+    if x.ndim == 3:
+        return F.interpolate(x.unsqueeze(2), size=(1, size), mode="bilinear", align_corners=False).squeeze(2)
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
 def resize(x: np.ndarray, size: int | None, chunk: int = 4096) -> np.ndarray:
-    """Resize (N, C, H, W) bilinearly to (size, size), or (N, C, L) linearly to length ``size``."""
+    """:func:`resize_tensor` on a numpy array, in chunks; ``None`` or the same size: unchanged."""
     if size is None or x.shape[2:] == (size,) * (x.ndim - 2):
         return x
-    mode = {3: "linear", 4: "bilinear"}[x.ndim]
-    out = [F.interpolate(torch.tensor(x[i:i + chunk]), size=(size,) * (x.ndim - 2),
-                         mode=mode, align_corners=False).numpy() for i in range(0, len(x), chunk)]
+    out = [resize_tensor(torch.tensor(x[i:i + chunk]), size).numpy() for i in range(0, len(x), chunk)]
     return np.concatenate(out) if out else np.zeros(x.shape[:2] + (size,) * (x.ndim - 2), np.float32)
 
 

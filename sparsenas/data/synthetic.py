@@ -11,7 +11,8 @@ _CENTRES = {"top-left": (2, 2), "top-right": (2, 5), "bottom-left": (5, 2), "bot
 
 
 @register_dataset("synthetic", "synthetic Gaussian blobs: 400 8x8 images, 4 classes (blob position); "
-                  "seed-determined, for tests")
+                  "seed-determined, for tests",
+                  raw_form="Gaussian blob (peak 1) plus N(0, 0.3) noise, float32 (N, 1, 8, 8)", channels="gray")
 def load_synthetic(data_dir: Path | None, seed: int, n: int = 400, size: int = 8) -> RawData:
     rng = np.random.default_rng(seed)
     y = rng.permutation(np.arange(n) % len(_CENTRES))

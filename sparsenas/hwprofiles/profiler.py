@@ -35,7 +35,7 @@ from .profile import (FEATURES, ProfileError, calibration_key, machine_info, new
                       read_profile, write_json_atomic)
 from .table import LatencyTable
 
-__all__ = ["KernelTimer", "fit_networks", "refit", "profile_space", "run_profile", "fit_calibration", "partial_path", "cuda_semi_structured"]
+__all__ = ["KernelTimer", "time_specs", "fit_networks", "refit", "profile_space", "run_profile", "fit_calibration", "partial_path", "cuda_semi_structured"]
 
 SAVE_EVERY_S = 10.0
 # "layers" is left out: it is the sum of the per-implementation counts. The kernel sum is split by
@@ -171,9 +171,33 @@ def profile_space(data: dict[str, Any], space: Any, task: Task, *, timer: Kernel
     todo = [s for s in specs if s.key() not in data["entries"]]
     bar = progress.add_task(f"{space.name} {task.input_shape}: kernels", total=len(specs),
                             completed=len(specs) - len(todo)) if progress else None
+
+    def step() -> None:
+        saver.maybe()
+        if bar is not None:
+            progress.advance(bar)
+
+    time_specs(data, todo, timer, cuda, step)
+    saver.now()
+    key = calibration_key(space.name, task.input_shape)
+    if key not in data["calibrations"] and calibration_networks > 0:
+        data["calibrations"][key] = _calibrate(data, space, task, calibration_networks, calibration_repeats, seed,
+                                               progress, timer, cuda)
+        saver.now()
+    data["profiled"] = [p for p in data["profiled"] if p.get("key") != key] + [{
+        "key": key, "space": space.name, "input_shape": list(task.input_shape), "num_classes": task.num_classes,
+        "dataset": task.dataset, "kernels": len(specs), "timed_now": len(todo),
+        "seconds": round(time.monotonic() - t0, 1), "date": now(), "load_avg_end": machine_info(1)["load_avg"]}]
+    return data
+
+
+def time_specs(data: dict[str, Any], specs: Iterable[LayerSpec], timer: KernelTimer, cuda: bool = False,
+               step: Callable[[], None] = lambda: None) -> None:
+    """Time ``specs`` (at nominal sparsity) with each implementation the timer's runtime has for them
+    and add them to ``data``'s entries; layers the runtime times alike are timed once."""
     rt = timer.runtime
     timed: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}  # one timing per layer the runtime tells apart
-    for spec in todo:
+    for spec in specs:
         impl_names = rt.impls(spec)
         same = (rt.timing_spec(spec).key(), impl_names)
         if same not in timed:
@@ -183,26 +207,17 @@ def profile_space(data: dict[str, Any], space: Any, task: Task, *, timer: Kernel
         if cuda:
             impls.update(cuda_semi_structured(spec))
         data["entries"][spec.key()] = {"spec": spec.to_dict(), "impls": impls}
-        saver.maybe()
-        if bar is not None:
-            progress.advance(bar)
-    saver.now()
-    key = calibration_key(space.name, task.input_shape)
-    if key not in data["calibrations"] and calibration_networks > 0:
-        data["calibrations"][key] = _calibrate(data, space, task, calibration_networks, calibration_repeats, seed,
-                                               progress)
-        saver.now()
-    data["profiled"] = [p for p in data["profiled"] if p.get("key") != key] + [{
-        "key": key, "space": space.name, "input_shape": list(task.input_shape), "num_classes": task.num_classes,
-        "dataset": task.dataset, "kernels": len(specs), "timed_now": len(todo),
-        "seconds": round(time.monotonic() - t0, 1), "date": now(), "load_avg_end": machine_info(1)["load_avg"]}]
-    return data
+        step()
 
 
 def _calibrate(data: dict[str, Any], space: Any, task: Task, n: int, repeats: int, seed: int,
-               progress: Any) -> dict[str, Any]:
+               progress: Any, timer: KernelTimer | None = None, cuda: bool = False) -> dict[str, Any]:
     table = LatencyTable(data, "<profile in progress>")
     archs = sample_archs(space, task, n, seed=10_000 + seed)
+    if timer is not None:  # a space whose kernel list is sampled (kernel_specs) may have missed one these run
+        missed = {table.snap(s).key(): table.snap(s) for a in archs for s in space.layers(a, task)
+                  if table.timings(s) is None}
+        time_specs(data, sorted(missed.values(), key=lambda s: s.key()), timer, cuda)
     bar = progress.add_task(f"{space.name} {task.input_shape}: build {n} networks", total=n) if progress else None
     nets = []
     for a in archs:

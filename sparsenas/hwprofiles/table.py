@@ -156,12 +156,15 @@ class LatencyTable:
         """``spec`` with its measured zero fraction (e.g. 0.7995) replaced by the nearest profiled level
         (and filed as the runtime files it, see :meth:`~sparsenas.runtimes.Runtime.table_spec`)."""
         spec = self.runtime.table_spec(spec)
-        if not self.levels or spec.sparsity in self.levels or spec.blocks:  # a block layer's sparsity is exact
+        if not self.levels or spec.blocks or spec.key() in self.entries:  # a block layer's sparsity is exact
             return spec
-        level = min(self.levels, key=lambda v: abs(v - spec.sparsity))
-        if abs(level - spec.sparsity) > SNAP_TOLERANCE:
+        # the nearest level at which this layer was profiled: one profile holds several spaces, and a
+        # space with free densities (g2g_mlp) brings levels (0.675) next to another's (0.7)
+        near = sorted((abs(v - spec.sparsity), v) for v in self.levels if abs(v - spec.sparsity) <= SNAP_TOLERANCE)
+        if not near:
             return spec
-        return dataclasses.replace(spec, sparsity=level)
+        snapped = [dataclasses.replace(spec, sparsity=v) for _, v in near]
+        return next((s for s in snapped if s.key() in self.entries), snapped[0])
 
     def timings(self, spec: LayerSpec) -> dict[str, float] | None:
         """``{impl: median ms}`` for the implementations ``to_inference`` can give this layer, or None."""

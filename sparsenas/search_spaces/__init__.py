@@ -12,6 +12,10 @@ SPACES: Registry = Registry("search space", __name__, group=GROUPS["space"],
                             adopt=subclass_adopter("search space", SearchSpace), alias=lambda cls: cls.name)
 
 
-def get_space(name: str):
-    """An instance of the registered space ``name``."""
+def get_space(name: "str | type[SearchSpace] | SearchSpace") -> SearchSpace:
+    """An instance of the space ``name`` (a registered name, a SearchSpace subclass, or an instance,
+    returned as it is)."""
+    if isinstance(name, SearchSpace):
+        SPACES.name_of(name)
+        return name
     return SPACES.get(name)()

@@ -40,6 +40,31 @@ class SearchSpace(ABC):
     def check_task(self, task: Task) -> None:
         """Raise SparseNASError when the space cannot serve ``task`` (wrong input rank, size...)."""
 
+    def check_network(self, task: Task, seed: int = 0) -> None:
+        """Build one sampled architecture and run a batch of 2 zero inputs through it: a space whose
+        networks fail or return another shape than (batch, classes) is stopped here, before any
+        trial, with the shape it should return (a plug-in's bug would otherwise fail every trial)."""
+        import torch
+
+        arch = self.sample(random.Random(seed), task)
+        expected = (2, task.num_classes)
+        where = f"space '{self.name}' ({type(self).__module__}.{type(self).__qualname__})"
+        try:
+            model = self.build(arch, task).eval()
+            with torch.no_grad():
+                out = model(torch.zeros(2, *task.input_shape))
+        except SparseNASError:
+            raise
+        except Exception as e:  # the plug-in's network, not ours: say where, without a traceback
+            raise SparseNASError(f"{where}: build() then forward on an input of shape {(2, *task.input_shape)} "
+                                 f"failed with {type(e).__name__}: {e}; the network must map (batch, "
+                                 f"*{tuple(task.input_shape)}) to logits of shape (batch, {task.num_classes})") from None
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        if shape != expected:
+            raise SparseNASError(f"{where}: the network from build() returns {shape} for an input of shape "
+                                 f"{(2, *task.input_shape)}; expected logits of shape {expected} = (batch, "
+                                 f"num_classes of '{task.dataset}')")
+
     def require_images(self, task: Task, min_hw: int = 4, why: str = "") -> None:
         """The check every image space shares: (C, H, W) input of at least ``min_hw`` pixels a side."""
         if len(task.input_shape) != 3:

@@ -293,7 +293,8 @@ def _claim(ctx: SearchContext, trial: optuna.Trial) -> None:
 
 
 class SamplerStrategy(Strategy):
-    options = (Option("fixed", dict, None, "pin some choices and sample the rest, e.g. s2b1_sparsity=0.8,s1_depth=1"),)
+    options = (Option("fixed", dict, None, "pin some choices and sample the rest, e.g. --fixed s2b1_sparsity=0.8,s1_depth=1 "
+                                           "(in a config file: { s2b1_sparsity = 0.8, s1_depth = 1 })"),)
 
     @abstractmethod
     def make_sampler(self, seed: int, ctx: SearchContext) -> optuna.samplers.BaseSampler:

@@ -33,10 +33,11 @@ def study_overview(storage: str) -> list[dict[str, Any]]:
             vals = [t.values[i] for t in done if len(t.values) > i]
             if vals:
                 best[name] = max(vals) if direction == optuna.study.StudyDirection.MAXIMIZE else min(vals)
+        front = pareto_front(study) if done else []
         out.append({"study": rec.name, "space": rec.space, "dataset": rec.dataset, "strategy": rec.strategy,
                     "sampler": rec.config.get("sampler"), "runtime": rec.runtime, "trials": len(trials),
-                    "states": states, "best": best,
-                    "front": len(pareto_front(study)) if done else 0})
+                    "states": states, "best": best, "front": len(front),
+                    "front_trials": [{"trial": t.number, **dict(zip(rec.objectives, t.values))} for t in front]})
     return out
 
 

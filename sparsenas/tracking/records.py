@@ -192,6 +192,8 @@ class StudyRecord:
     balanced_estimates_logged: bool | None = attr("balanced_estimates_logged", "every estimate is a trial",
                                                   by="balanced")
     balanced_model_steps: list | None = attr("balanced_model_steps", "SGD steps each model received", by="balanced")
+    input: dict | None = attr("input", "the data's input contract (sparsenas.data.contract), when recorded",
+                              by="api")
     nni: dict | None = attr("nni", "what NNI did: strategy, engine, time, derived architectures", by="nni:*")
 
     @property
