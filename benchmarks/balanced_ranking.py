@@ -29,7 +29,7 @@ from sparsenas.data import load_dataset
 from sparsenas.evaluators import TrainBudget, train
 from sparsenas.search_spaces import get_space
 from sparsenas.search_spaces.pooling_resnet20 import placements
-from sparsenas.supernets.balanced import BalancedMixture, train_mixture
+from sparsenas.supernets.balanced import BalancedMixture, pooling_path_supernet, train_mixture
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     for m in (1, 4):
         t1 = time.perf_counter()
         torch.manual_seed(args.seed)
-        mix = BalancedMixture(lambda: space.path_supernet(task), paths, m)
+        mix = BalancedMixture(lambda: pooling_path_supernet(space, task), paths, m)
         with console.status(f"training M={m} supernet(s) for {e_search} epochs"):
             rep = train_mixture(mix, data, epochs=e_search, batch_size=32, lr=0.1, seed=args.seed)
             x, y = data.val.tensors

@@ -33,7 +33,7 @@ from sparsenas.api import search
 from sparsenas.data import load_dataset
 from sparsenas.evaluators import TrainBudget, train
 from sparsenas.search_spaces import get_space
-from sparsenas.tracking import arch_of
+from sparsenas.tracking import arch_of, trial_record
 
 
 def _tau(a: list[float], b: list[float]) -> dict[str, float | None]:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                        options=opts)
         search_s = time.perf_counter() - t0
         done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-        retrained = [t for t in done if t.user_attrs.get("phase") == "retrained"]
+        retrained = [t for t in done if trial_record(t).stage == "retrained"]
         attrs = dict(study.user_attrs)
     data = load_dataset("mnist1d", seed=args.seed)  # the split the search used
     space, task = get_space("g2g_mlp"), data.task

@@ -36,7 +36,7 @@ import sparsenas
 from sparsenas.evaluators import Evaluator
 from sparsenas.search_spaces import get_space
 from sparsenas.strategies.samplers import SamplerStrategy
-from sparsenas import tracking
+from sparsenas.tracking import records
 from sparsenas.tracking import Tracker
 
 SETTINGS = dict(space="sparse_mbv2", dataset="digits", input_size=8, strategy="random", epochs=1, limit=600,
@@ -47,7 +47,7 @@ PARTS = [("training", Evaluator, "train"), ("network build", Evaluator, "build")
          ("latency prediction", Evaluator, "latency"), ("cost counting", Evaluator, "result"),
          ("recording arch", Tracker, "record_arch"), ("recording latency", Tracker, "record_latency"),
          ("recording epochs", Tracker, "record_epoch"), ("recording result", Tracker, "record_result"),
-         ("weight upload", Tracker, "save_weights"), ("batched storage writes", tracking, "_write_buffered"),
+         ("weight upload", Tracker, "save_weights"), ("batched storage writes", records, "write_buffered"),
          ("trial creation (ask)", optuna.Study, "ask"), ("tell", optuna_optimize, "_tell_with_warning"),
          ("worker record", Tracker, "record_worker"), ("target checks", Tracker, "surplus"),
          ("duplicate check", Tracker, "twin"), ("waiting for a slot", Tracker, "wait_for_slot"),

@@ -13,7 +13,7 @@ from .runtimes import DEFAULT_RUNTIME
 from .tracking import DEFAULT_STORAGE, MULTI, OBJECTIVE_NAMES, SINGLE, checkpoint_dir_for, mask_url
 
 
-from .config import DEFAULT_EPOCHS  # noqa: E402  (defined once; export.py reads it from here too)
+from .config import DEFAULT_EPOCHS  # noqa: E402  (defined once)
 # what a resumed study must keep (tracking.Tracker._check_settings); trials, timeout, workers, threads,
 # device and progress may change between runs
 RESUME_CHECKED = ("strategy", "epochs", "time_budget", "lr", "batch_size", "seed", "limit", "options")
@@ -326,6 +326,13 @@ def trial_record(trial: Any) -> Any:
     from .tracking import trial_record as record
 
     return record(trial)
+
+
+def study_record(study: Any) -> Any:
+    """What a study records about its search as typed fields (:class:`sparsenas.tracking.StudyRecord`)."""
+    from .tracking import study_record as record
+
+    return record(study)
 
 
 def report(storage: str = DEFAULT_STORAGE, study: str | None = None, out: str = "report", **kwargs: Any) -> Any:

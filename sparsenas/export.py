@@ -600,22 +600,22 @@ def trial_info(storage: str, study: Any, t: Any) -> dict[str, Any]:
     """What the card reports about a trial, from its user attrs and the study's."""
     from .tracking import mask_url, study_record, trial_record
 
-    a, r, s = t.user_attrs, trial_record(t), study_record(study)
+    r, s = trial_record(t), study_record(study)
     source = r.latency_source or ""
-    hw = a.get("hw_profile") or a.get("profile") or s.config.get("hw") or (source.split(":", 1)[1] if ":" in source else None)
+    hw = r.hw_profile or s.config.get("hw") or (source.split(":", 1)[1] if ":" in source else None)
     return {"source": {"storage": mask_url(storage), "study": study.study_name, "trial": t.number,
                        "strategy": r.strategy or s.strategy},
             "trial": t.number, "accuracy": r.accuracy, "test_accuracy": r.test_accuracy,
-            "latency_ms": a.get("latency_ms"), "latency_source": r.latency_source,
+            "latency_ms": r.latency_ms, "latency_source": r.latency_source,
             "predicted_latency_ms": r.predicted_latency_ms, "measured_latency_ms": r.measured_latency_ms,
-            "measured_latency_cpu_ms": r.measured_latency_cpu_ms, "hw_profile": hw, "hw_speed": a.get("hw_speed"),
-            "flops": a.get("flops"), "effective_flops": a.get("effective_flops"), "kernels": a.get("kernels")}
+            "measured_latency_cpu_ms": r.measured_latency_cpu_ms, "hw_profile": hw, "hw_speed": r.hw_speed,
+            "flops": r.flops, "effective_flops": r.effective_flops, "kernels": r.kernels}
 
 
 def search_budget(config: dict[str, Any], epochs: int | None = None) -> dict[str, Any]:
     """The training budget of a search (its ``config`` study attr) as :func:`retrain` keywords;
     ``epochs`` replaces it by a plain epoch count."""
-    from .api import DEFAULT_EPOCHS
+    from .config import DEFAULT_EPOCHS
 
     seconds = None if epochs else config.get("time_budget")
     n = epochs or config.get("epochs") or (10_000 if seconds else DEFAULT_EPOCHS)
@@ -709,7 +709,7 @@ def export_trials(storage: str, study_name: str | None, out: str | os.PathLike, 
     front trial (``--pareto``). Weights come from the trial's artifact when it has one; otherwise
     ``train=True`` retrains the architecture with the search's budget (``epochs`` overrides it)."""
     from .search_spaces import get_space
-    from .tracking import arch_of, load_study, load_weights
+    from .tracking import arch_of, load_study, load_weights, study_record, trial_record
 
     formats = normalize_formats(formats)
     if onnx_exporter not in ONNX_EXPORTERS:
@@ -717,13 +717,13 @@ def export_trials(storage: str, study_name: str | None, out: str | os.PathLike, 
     study = load_study(storage, study_name)
     trials = select_trials(study, trial=trial, best=best, pareto=pareto)
     _load_plug_ins(study)
-    sa = study.user_attrs
-    if "task" not in sa or "space" not in sa:
+    rec = study_record(study)
+    if rec.task is None or rec.space is None:
         raise SparseNASError(f"study '{study.study_name}' was not made by sparsenas (no 'space'/'task' attrs)")
-    task = Task.from_dict(sa["task"])
-    config = sa.get("config") or {}
+    task = Task.from_dict(rec.task)
+    config = rec.config
     contract = _study_contract(study, config)
-    runtime = sa.get("runtime", "torch")  # studies from before runtimes were timed in torch
+    runtime = rec.timed_in
     choose = _study_choice(config, runtime)
     results = []
     for t in trials:
@@ -734,13 +734,13 @@ def export_trials(storage: str, study_name: str | None, out: str | os.PathLike, 
         if state is not None:
             model = space.build(arch, task)
             model.load_state_dict(state)
-            info["weights"] = f"trained in the search (Optuna artifact {t.user_attrs.get('weights_artifact')} of trial {t.number})"
+            info["weights"] = f"trained in the search (Optuna artifact {trial_record(t).weights_artifact} of trial {t.number})"
         elif train:
             budget = search_budget(config, epochs)
             if log:
                 what = f"{budget['seconds']} s" if budget["seconds"] else f"{budget['epochs']} epochs"
-                log(f"trial {t.number} has no saved weights; retraining it for {what} on {sa.get('dataset')}")
-            model, task2, figures = retrain(arch, dataset=str(sa.get("dataset")), measure=False, **budget)
+                log(f"trial {t.number} has no saved weights; retraining it for {what} on {rec.dataset}")
+            model, task2, figures = retrain(arch, dataset=str(rec.dataset), measure=False, **budget)
             info["retrained"] = figures
             info["weights"] = f"retrained from scratch for {figures['epochs']} epochs on {task2.dataset} (seed {figures['seed']})"
         else:

@@ -59,10 +59,12 @@ def _plt():
 def study_runtime(config: dict[str, Any], trials: Any = ()) -> str:
     """The runtime a study's latencies belong to: its trials', its config's, or torch (studies from
     before runtimes were timed in PyTorch eager)."""
+    from .tracking import PRE_RUNTIME_STUDIES, trial_record
+
     for t in trials:
-        if t.user_attrs.get("runtime"):
-            return str(t.user_attrs["runtime"])
-    return str(config.get("runtime") or "torch")
+        if runtime := trial_record(t).runtime:
+            return str(runtime)
+    return str(config.get("runtime") or PRE_RUNTIME_STUDIES)
 
 
 def _latency(t: Any, axis: str = "objective") -> float | None:
@@ -126,6 +128,7 @@ def _baseline(study: Any, space: Any, task: Any, mode: str, trials: list[Any],
               log: Callable[[str], None] | None, axis: str = "objective") -> dict[str, Any] | None:
     """The reference architecture's point (or latency), as the mode allows; None when there is none."""
     from .evaluators import LATENCY
+    from .tracking import study_record, trial_record
 
     if mode == "none" or not hasattr(space, "default_arch"):
         return None
@@ -133,12 +136,13 @@ def _baseline(study: Any, space: Any, task: Any, mode: str, trials: list[Any],
     doc = (type(space).default_arch.__doc__ or "").strip().split(":")[0].split(".")[0]
     label = f"{doc} ({space.name} default_arch)" if doc else f"{space.name} default_arch"
     for t in trials:
-        if t.user_attrs.get("arch_digest") == arch.digest() and _latency(t, axis) is not None:
+        if trial_record(t).arch_digest == arch.digest() and _latency(t, axis) is not None:
             return {"label": label, "how": f"trial {t.number} of the study", "trial": t.number,
                     "accuracy": float(t.values[0]), "latency_ms": _latency(t, axis)}
-    config = study.user_attrs.get("config") or {}
+    rec = study_record(study)
+    config = rec.config
     # the evaluator the trials were judged by ("auto" resolves per search): their latency_source says
-    sources = {str(t.user_attrs.get("latency_source") or "") for t in trials}
+    sources = {str(trial_record(t).latency_source or "") for t in trials}
     kind = "table" if any(x.startswith("table") for x in sources) else "measured"
     latency_of = LATENCY.get(kind)(hw=config.get("hw"), runtime=study_runtime(config, trials))
     if mode == "train":
@@ -148,7 +152,7 @@ def _baseline(study: Any, space: Any, task: Any, mode: str, trials: list[Any],
         if log:
             log(f"training the baseline ({label}) with the search's budget ({budget['epochs']} epochs"
                 + (f", {budget['seconds']} s" if budget["seconds"] else "") + ")")
-        model, task, fig = retrain(arch, dataset=str(study.user_attrs.get("dataset")), measure=False, **budget)
+        model, task, fig = retrain(arch, dataset=str(rec.dataset), measure=False, **budget)
         lat = latency_of(arch, model, task)
         return {"label": label, "how": f"trained here with the search's budget ({fig['epochs']} epochs)",
                 "accuracy": float(fig["accuracy"]), "test_accuracy": fig["test_accuracy"], "latency_ms": _lat_ms(lat, axis),
@@ -341,14 +345,14 @@ def make_report(storage: str, study_name: str | None, out: str | os.PathLike, *,
 
     from .search_spaces import get_space
     from .task import Task
-    from .tracking import load_study, trial_record
+    from .tracking import load_study, study_record, trial_record
 
     if latency_axis not in ("objective", "cpu"):
         raise SparseNASError(f"unknown latency axis '{latency_axis}'; allowed: objective, cpu")
     if baseline not in BASELINE_MODES:
         raise SparseNASError(f"unknown baseline mode '{baseline}'; allowed: {', '.join(BASELINE_MODES)}")
     study = load_study(storage, study_name)
-    sa = study.user_attrs
+    rec = study_record(study)
     all_trials = study.get_trials(deepcopy=False)
     trials = [t for t in all_trials if t.state == TrialState.COMPLETE and t.values]
     if not trials:
@@ -363,7 +367,7 @@ def make_report(storage: str, study_name: str | None, out: str | os.PathLike, *,
         states[t.state.name] = states.get(t.state.name, 0) + 1
     title = f"{study.study_name}: {len(trials)} completed trials"
     space, why = None, ""
-    for name in dict.fromkeys([sa.get("space"), (sa.get("config") or {}).get("space")]):  # own name, then as searched
+    for name in dict.fromkeys([rec.space, rec.config.get("space")]):  # own name, then as searched
         try:
             space = get_space(name) if name else None
         except SparseNASError as e:
@@ -371,12 +375,12 @@ def make_report(storage: str, study_name: str | None, out: str | os.PathLike, *,
             continue
         if space is not None:
             break
-    if space is None and "space" in sa:
-        rep.notes.append(f"space '{sa['space']}' cannot be loaded here ({why}): no baseline")
-    task = Task.from_dict(sa["task"]) if "task" in sa else None
+    if space is None and rec.space is not None:
+        rep.notes.append(f"space '{rec.space}' cannot be loaded here ({why}): no baseline")
+    task = Task.from_dict(rec.task) if rec.task is not None else None
     records = {t.number: trial_record(t) for t in trials}
     source = next((r.latency_source for r in records.values() if r.latency_source), None)
-    runtime = study_runtime(study.user_attrs.get("config") or {}, trials)
+    runtime = study_runtime(rec.config, trials)
     xlabel = f"latency in {runtime} at search time (ms, batch 1{', ' + source if source else ''})"
     if latency_axis == "cpu":  # thread CPU time: robust to other processes loading the machine
         xlabel = f"latency in {runtime}, thread CPU time at search time (ms, batch 1, measured)"
@@ -402,12 +406,12 @@ def make_report(storage: str, study_name: str | None, out: str | os.PathLike, *,
     _plot_progress(out / "progress.png", trials, f"{study.study_name}: search progress")
     rep.files.append("progress.png")
 
-    history = sa.get("alpha_history")
+    history = rec.alpha_history
     hist_from = "study"
     if history is None:
         for t in all_trials:
-            if t.user_attrs.get("alpha_history") is not None:
-                history, hist_from = t.user_attrs["alpha_history"], f"trial {t.number}"
+            if (trial_history := trial_record(t).alpha_history) is not None:
+                history, hist_from = trial_history, f"trial {t.number}"
                 break
     series = alpha_series(history) if history is not None else {}
     if series:
@@ -457,8 +461,10 @@ def _optuna_plots(study: Any, out: Path, trials: list[Any], rep: Report) -> None
 
     from .log import optuna_verbosity
 
-    objectives = list(study.user_attrs.get("objectives") or [f"value{i}" for i in range(len(study.directions))])
-    runtime = study_runtime(study.user_attrs.get("config") or {}, trials)
+    from .tracking import study_record
+
+    objectives = list(study_record(study).objectives)
+    runtime = study_runtime(study_record(study).config, trials)
     plots: list[tuple[str, Callable[[], Any], str]] = []
     if len({tuple(sorted(t.params.items())) for t in trials}) >= 2:
         for i, name in enumerate(objectives):
@@ -511,18 +517,18 @@ def _img(path: Path) -> str:
 
 def _html(study: Any, storage: str, rep: Report, front: list[Any], states: dict[str, int]) -> str:
     e = html.escape
-    sa = study.user_attrs
-    runtime = study_runtime(sa.get("config") or {}, front)
+    from .tracking import study_record, trial_record
+
+    rec = study_record(study)
+    runtime = study_runtime(rec.config, front)
     out = Path(rep.out)
-    summary = {"storage": storage, "space": sa.get("space"), "dataset": sa.get("dataset"),
-               "strategy": sa.get("strategy"), "objectives": ", ".join(sa.get("objectives") or []),
+    summary = {"storage": storage, "space": rec.space, "dataset": rec.dataset,
+               "strategy": rec.strategy, "objectives": ", ".join(rec.objectives),
                "trials": ", ".join(f"{k} {v}" for k, v in states.items())}
     rows = "".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in summary.items())
 
     def cell(v: Any, spec: str) -> str:
         return "-" if v is None else format(v, spec)
-
-    from .tracking import trial_record
 
     front_rows = "".join(
         f"<tr><td>{t.number}</td><td>{t.values[0]:.4f}</td><td>{cell((r := trial_record(t)).test_accuracy, '.4f')}</td>"

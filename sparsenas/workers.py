@@ -5,7 +5,7 @@ the same search and the trial target is the study's total (tracking.Tracker.surp
 end with the same number of trials as one. This module only starts them, shows one progress bar by
 polling the study, and reports a worker that failed.
 
-Workers are fresh interpreters (``python -m sparsenas.workers``, settings in the environment), not
+Workers are fresh interpreters (``python -m sparsenas.workers_main``, settings in the environment), not
 multiprocessing children: those re-import the caller's main module, which re-runs a script or
 notebook cell that calls ``sparsenas.search(workers=K)`` without an ``if __name__ == "__main__"``
 guard.
@@ -48,7 +48,7 @@ def run_workers(config: "SearchConfig", tracker: "Tracker", *, progress: bool = 
         with _sigterm_as_interrupt():
             # the settings travel in the environment, not the command line: `ps` shows every user the command
             # line, and the storage URL may hold a password
-            procs += [subprocess.Popen([sys.executable, "-m", "sparsenas.workers", f"worker-{i}"],
+            procs += [subprocess.Popen([sys.executable, "-m", "sparsenas.workers_main", f"worker-{i}"],
                                        env={**env, CONFIG_ENV: json.dumps(asdict(replace(
                                            config, workers=1, worker=i, threads=threads)))},
                                        stdout=subprocess.DEVNULL)
@@ -117,28 +117,3 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != int(parent):  # the parent died before prctl took effect
         raise KeyboardInterrupt
-
-
-def _worker_main(argv: list[str]) -> int:
-    from .api import SearchConfig, search
-
-    config = SearchConfig(**json.loads(os.environ[CONFIG_ENV]))
-    try:
-        with _sigterm_as_interrupt():
-            _die_with_parent()
-            return _run_worker(config, search)
-    except KeyboardInterrupt:
-        return 130
-
-
-def _run_worker(config: "SearchConfig", search: Any) -> int:
-    try:
-        search(config, progress=False)
-    except SparseNASError as e:
-        print(f"nas search worker {config.worker}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1:]))

@@ -10,7 +10,7 @@ from sparsenas.errors import SparseNASError
 from sparsenas.search_spaces import get_space
 from sparsenas.search_spaces.pooling_resnet20 import placements, positions
 from sparsenas.supernets.balanced import (
-    BalancedMixture, balance_correction, balanced_probs, kl_to_uniform, train_mixture,
+    BalancedMixture, balance_correction, balanced_probs, kl_to_uniform, pooling_path_supernet, train_mixture,
 )
 from sparsenas.task import Task
 
@@ -41,7 +41,7 @@ def test_every_placement_builds_with_the_right_output_resolution(size):
 def test_downsampling_sits_before_the_chosen_blocks_in_standalone_and_supernet():
     space = get_space("pooling_resnet20")
     task = Task("digits", (1, 8, 8), 10)
-    supernet = space.path_supernet(task)
+    supernet = pooling_path_supernet(space, task)
     seen = []
     hooks = [b.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[-1])) for b in supernet.net_blocks()]
     for p in placements():
@@ -99,7 +99,7 @@ def test_mixture_training_updates_affinities_and_spreads_steps():
     space = get_space("pooling_resnet20")
     paths = [space.default_arch(data.task).replace(placement=p, downsample="max") for p in placements()[:6]]
     torch.manual_seed(0)
-    mix = BalancedMixture(lambda: space.path_supernet(data.task), paths, 2)
+    mix = BalancedMixture(lambda: pooling_path_supernet(space, data.task), paths, 2)
     report = train_mixture(mix, data, epochs=3, batch_size=32, seed=0)
     assert report.steps == 12 and sum(report.model_steps) == 12 and min(report.model_steps) >= 2
     assert (mix.W != 1).any()  # validation accuracies moved the affinities

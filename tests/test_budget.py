@@ -13,9 +13,11 @@ from torch.utils.data import TensorDataset
 import sparsenas
 from sparsenas.errors import SparseNASError
 from sparsenas.strategies.budget import Deadline, EpochCost, epochs_within, probe_epochs
-from sparsenas.strategies.dass import PLAN_ATTR as DASS_PLAN, DassTrainer
+from sparsenas.strategies.dass import PLAN_ATTR as DASS_PLAN
+from sparsenas.supernets.dass_trainer import DassTrainer
 from sparsenas.strategies.entangled import PLAN_ATTR as ENTANGLED_PLAN
 from sparsenas.supernets.base import SupernetTrainer, epoch_batches, step_limit
+from sparsenas.tracking import trial_record
 
 
 class SleepyTrainer(SupernetTrainer):
@@ -111,7 +113,7 @@ def test_dass_under_a_timeout_sizes_its_epochs_retrains_more_and_a_resume_keeps_
     plan = killed.user_attrs[DASS_PLAN]
     assert plan["search_epochs"] >= 2 and plan["early_epochs"] >= 1 and plan["budget_s"] == 6.0 and plan["epoch_s"] > 0
     early = {t.user_attrs["arch_digest"] for t in killed.trials}
-    assert len(early) == 4 and {t.user_attrs["supernet_round"] for t in killed.trials} == {"early"}
+    assert len(early) == 4 and {trial_record(t).stage for t in killed.trials} == {"early"}
     # another timeout on the re-run: the stored plan (not a new probe) decides, so the checkpoints resume
     study = sparsenas.search(storage=storage, study="d", timeout=30, options=options, **DASS_KW)
     folder = db.parent / "d-checkpoints" / "d"
@@ -122,8 +124,8 @@ def test_dass_under_a_timeout_sizes_its_epochs_retrains_more_and_a_resume_keeps_
     assert summary["config"]["search_epochs"] == plan["search_epochs"]
     assert [r["round"] for r in summary["rounds"]] == ["early", "main"]
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    assert trials[0].user_attrs["derivation"] == "argmax" and trials[0].user_attrs["supernet_round"] == "early"
-    main = [t for t in trials if t.user_attrs["supernet_round"] == "main"]
+    assert trials[0].user_attrs["derivation"] == "argmax" and trial_record(trials[0]).stage == "early"
+    main = [t for t in trials if trial_record(t).stage == "main"]
     assert len(main) >= 2 and main[0].user_attrs["derivation"] == "argmax"  # more than the early round's, budget allowing
     assert len({t.user_attrs["arch_digest"] for t in trials}) == len(trials)  # nothing retrained twice
     assert study.user_attrs["dass_finished"]
@@ -157,12 +159,12 @@ def test_entangled_under_a_timeout_sizes_both_phases_and_retrains_the_derived_ar
     # the defaults' ratio of gradient to sandwich epochs (g2g_mlp: 10 to 30) is kept roughly
     assert plan["sandwich_epochs"] >= plan["search_epochs"]
     retrained = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-                 if t.user_attrs["phase"] == "retrained"]
+                 if trial_record(t).stage == "retrained"]
     assert retrained and retrained[0].user_attrs["arch_digest"] == \
         sparsenas.arch.Arch.from_json(study.user_attrs["entangled_derived_arch"]).digest()
     # with time left after the sample and the front (each retraining takes ~0.1 s here), the other inherited
     # estimates are retrained too, once each
-    inherited = {t.user_attrs["arch_digest"] for t in study.trials if t.user_attrs.get("phase") == "inherited"}
+    inherited = {t.user_attrs["arch_digest"] for t in study.trials if trial_record(t).stage == "inherited"}
     keys = [t.user_attrs["arch_digest"] for t in retrained]
     assert len(set(keys)) == len(keys) and set(keys) <= inherited
     assert set(keys) == inherited

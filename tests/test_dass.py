@@ -13,9 +13,12 @@ from sparsenas.errors import SparseNASError
 from sparsenas.ops import sparse_modules
 from sparsenas.search_spaces import get_space
 from sparsenas.search_spaces._darts_modules import EDGES, PRIMITIVES, SparseSpec, make_op
-from sparsenas.strategies.dass import DassConfig, dass_search
+from sparsenas.strategies.dass import DassConfig
+from sparsenas.supernets.dass_trainer import dass_search
 from sparsenas.supernets.mixed import MixedOp, build_mixed_supernet
 from sparsenas.task import Task
+
+from _exported import assert_best_export_reproduces
 
 TASK8 = Task("synthetic", (1, 8, 8), 4)
 
@@ -189,6 +192,8 @@ def test_tiny_dass_search_logs_derived_architectures_into_a_real_study(tmp_path)
     assert len(digests) == 2
     assert [t.user_attrs["derivation"] for t in trials][0] == "argmax"
     assert json.dumps(study.user_attrs["dass_alpha_history"]) and study.user_attrs["dass_search"]["steps"] == 4
+    # the retrained networks were saved with their trials: the best exports without --train, as it scored
+    assert_best_export_reproduces(storage, "tiny", tmp_path / "found")
     # a second run on the same study does not search again
     sparsenas.search(space="sparse_darts", strategy="dass", dataset="synthetic", storage=storage, study="tiny",
                      progress=False, hw_anchor=False, options=dict(search_epochs=1, retrain_epochs=1, retrain_top=2,

@@ -11,6 +11,9 @@ from sparsenas.search_spaces._mbv2_modules import EXPAND_GROUPING, PROJECT_GROUP
 from sparsenas.search_spaces.sparse_mbv2 import EXPANSIONS, KERNELS, SPARSITIES
 from sparsenas.supernets.entangled import EntangledMBV2, centre, entangled_supernet
 from sparsenas.task import Task
+from sparsenas.tracking import trial_record
+
+from _exported import assert_best_export_reproduces
 
 TASK = Task("synthetic", (1, 8, 8), 4)
 
@@ -186,7 +189,7 @@ def test_bad_space_and_placement_are_clear(space):
         EntangledMBV2(space, TASK, mixing="gumbel")
 
 
-def test_entangled_search_logs_trials_front_and_kendall_tau(storage_url):
+def test_entangled_search_logs_trials_front_and_kendall_tau(storage_url, tmp_path):
     import optuna
 
     from sparsenas.api import search
@@ -198,8 +201,8 @@ def test_entangled_search_logs_trials_front_and_kendall_tau(storage_url):
                             "retrain_top": 2, "tau_archs": 3, "calib_batches": 1,
                             "finetune_steps": 2})
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    inherited = [t for t in trials if t.user_attrs["phase"] == "inherited"]
-    retrained = [t for t in trials if t.user_attrs["phase"] == "retrained"]
+    inherited = [t for t in trials if trial_record(t).stage == "inherited"]
+    retrained = [t for t in trials if trial_record(t).stage == "retrained"]
     assert len(inherited) == 5 and len(retrained) == 3  # max(trials, tau_archs + 2) distinct archs
     assert sum(t.user_attrs["derived"] for t in inherited) == 1
     assert all(t.user_attrs["finetune_steps"] == 2 and "inherited_accuracy_raw" in t.user_attrs for t in inherited)
@@ -209,6 +212,8 @@ def test_entangled_search_logs_trials_front_and_kendall_tau(storage_url):
         assert t.user_attrs["inherited_accuracy"] == src.values[0] and t.params == src.params
     assert study.user_attrs["kendall_tau_n"] == 3 and "kendall_tau" in study.user_attrs
     assert study.user_attrs["entangled_derived_arch"] and pareto_front(study)
+    # every logged network was saved with its trial: the best exports without --train, as it scored
+    assert_best_export_reproduces(storage_url, "ent", tmp_path / "found")
     with pytest.raises(SparseNASError, match="does not take"):
         search(space="sparse_mbv2", strategy="entangled", dataset="synthetic", storage=storage_url, study="bad",
                progress=False, options={"search_epoch": 1})

@@ -9,9 +9,11 @@ from sparsenas.errors import SparseNASError
 from sparsenas.ops.g2g import G2GLinear
 from sparsenas.search_spaces import get_space
 from sparsenas.search_spaces.g2g_mlp import WIDTHS, layer_groupings
-from sparsenas.supernets.entangled import ENTANGLED, entangled_supernet
+from sparsenas.supernets.entangled import entangled_supernet
 from sparsenas.supernets.entangled_mlp import CONN_DECISIONS, EntangledG2GMLP
+from sparsenas.supernets.registry import spaces_with
 from sparsenas.task import Task
+from sparsenas.tracking import trial_record
 
 TASK = Task("mnist1d", (1, 40), 10)
 
@@ -150,7 +152,7 @@ def test_extract_round_trip(space, dst):
 
 
 def test_registry_and_bad_input(space):
-    assert {"sparse_mbv2", "g2g_mlp"} <= set(ENTANGLED.names())
+    assert {"sparse_mbv2", "g2g_mlp"} <= set(spaces_with("entangled"))
     assert isinstance(entangled_supernet(space, TASK), EntangledG2GMLP)
     with pytest.raises(SparseNASError, match="supernet of g2g_mlp"):
         EntangledG2GMLP(get_space("sparse_mbv2"), Task("digits", (1, 16, 16), 10))
@@ -171,8 +173,8 @@ def test_entangled_search_on_g2g_mlp(storage_url):
                    options={"search_epochs": 1, "sandwich_epochs": 1, "sandwich_random": 1, "retrain_epochs": 1,
                             "retrain_top": 2, "tau_archs": 3, "finetune_steps": 2})
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    inherited = [t for t in trials if t.user_attrs["phase"] == "inherited"]
-    retrained = [t for t in trials if t.user_attrs["phase"] == "retrained"]
+    inherited = [t for t in trials if trial_record(t).stage == "inherited"]
+    retrained = [t for t in trials if trial_record(t).stage == "retrained"]
     assert len(inherited) == 5 and len(retrained) == 3
     assert all(t.params["dst"] == "off" for t in trials)  # DST is not searched over inherited weights
     assert sum(t.user_attrs["derived"] for t in inherited) == 1

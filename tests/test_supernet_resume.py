@@ -14,8 +14,8 @@ import torch
 import sparsenas
 from sparsenas.errors import SparseNASError
 from sparsenas.strategies import balanced as balanced_strategy  # noqa: F401 (registers it)
-from sparsenas.strategies.dass import DassTrainer
-from sparsenas.strategies.entangled import EntangledTrainer
+from sparsenas.supernets.dass_trainer import DassTrainer
+from sparsenas.supernets.entangled_trainer import EntangledTrainer
 from sparsenas.supernets.balanced import BalancedTrainer
 
 ROOT = Path(__file__).resolve().parents[1]

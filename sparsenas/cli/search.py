@@ -189,18 +189,18 @@ def cmd_search(args: argparse.Namespace) -> int:
 def _print_front(study: Any, storage: str, as_json: bool) -> int:
     from rich.table import Table
 
-    from ..api import mask_url, pareto_front, trial_record
+    from ..api import mask_url, pareto_front, study_record, trial_record
 
     storage = mask_url(storage)  # never print a password
     front = [trial_record(t) for t in pareto_front(study)]
+    runtime = study_record(study).timed_in
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    rows = [{"trial": r.number, "accuracy": r.accuracy, "latency_ms": r.latency_ms, "runtime": r.runtime or "torch",
+    rows = [{"trial": r.number, "accuracy": r.accuracy, "latency_ms": r.latency_ms, "runtime": r.runtime or runtime,
              "model_bytes": r.model_bytes, "test_accuracy": r.test_accuracy, "params": r.params, "nnz": r.nnz,
              "effective_flops": r.effective_flops} for r in front]
     out = console()
-    runtime = study.user_attrs.get("runtime", "torch")
     table = Table(title=f"study '{study.study_name}': best architectures ({', '.join(f'{k} {v}' for k, v in states.items())})")
     for col in ("trial", "val acc", "test acc", f"latency ms ({runtime})", "params", "non-zeros", "eff. MFLOPs"):
         table.add_column(col, justify="right")

@@ -1,7 +1,9 @@
 """Evaluators: accuracy (training), latency (measured or table), cost (params, nnz, FLOPs)."""
 from __future__ import annotations
 
-from typing import Callable
+import copy
+import dataclasses
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -13,10 +15,10 @@ from ..search_spaces.base import SearchSpace
 from .cost import count_flops, count_params
 from .latency import LATENCY, LatencyEvaluator, LatencyResult, MeasuredLatency, measure_latency
 from .result import EvalResult
-from .training import TrainBudget, TrainingDiverged, TrainResult, accuracy, train
+from .training import TrainBudget, TrainingDiverged, TrainResult, accuracy, cosine, sgd, train
 
 __all__ = ["Evaluator", "EvalResult", "TrainBudget", "TrainingDiverged", "TrainResult", "LATENCY",
-           "LatencyEvaluator", "LatencyResult", "MeasuredLatency", "measure_latency", "train", "accuracy",
+           "LatencyEvaluator", "LatencyResult", "MeasuredLatency", "measure_latency", "train", "accuracy", "cosine", "sgd",
            "count_params", "count_flops"]
 
 
@@ -28,6 +30,12 @@ class Evaluator:
                  latency: LatencyEvaluator, *, seed: int = 0, device: str = "cpu") -> None:
         self.space, self.data, self.task = space, data, data.task
         self.budget, self.latency_of, self.seed, self.device = budget, latency, seed, device
+
+    def with_budget(self, **changes: Any) -> "Evaluator":
+        """A copy training with the budget's fields in ``changes`` replaced (a retraining's epochs...)."""
+        evaluator = copy.copy(self)
+        evaluator.budget = dataclasses.replace(self.budget, **changes)
+        return evaluator
 
     def build(self, arch: Arch) -> nn.Module:
         torch.manual_seed(self.seed)  # same arch + seed -> same initial weights

@@ -49,10 +49,8 @@ def measure_latency(model: nn.Module, task: Task, *, runtime: Runtime | str = "t
     torch's own timing of each sparse layer, the runtime's native op elsewhere); median of
     ``repeats`` calls with thread CPU time beside wall time (2 threads under load spread 48-146%
     per call), and the 10th percentiles that hardware profiles predict (``predicted_metric``)."""
-    from ..ops import measured_choice
-
     rt = get_runtime(runtime) if isinstance(runtime, str) else runtime
-    choose = choose or (measured_choice if rt.name == "torch" else (lambda spec: "dense"))
+    choose = choose or rt.default_choice()
     run = rt.prepare(model.cpu().eval(), task.input_shape, choose)
     with torch.inference_mode():
         t = time_callable(run, warmup=warmup, repeats=repeats, threads=1)

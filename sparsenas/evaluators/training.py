@@ -3,6 +3,9 @@
 Learning rate and pruning follow one progress value p in [0, 1] (steps done / steps planned, or
 seconds spent / seconds allowed, whichever is further), so an epoch budget and a time budget
 share one code path.
+
+Also the training kit every trainer uses (the supernets' too): the :func:`cosine` schedule, the
+:func:`sgd` optimizer with its weight-decay groups, :func:`accuracy`, and :class:`TrainingDiverged`.
 """
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import itertools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -46,6 +49,21 @@ class TrainResult:
     seconds: float = 0.0
 
 
+def cosine(progress: float) -> float:
+    """The cosine schedule's factor at ``progress`` (0 -> 1, capped at 1): from 1 down to 0."""
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def sgd(params: Iterable[nn.Parameter | tuple[str, nn.Parameter]], lr: float, weight_decay: float) -> torch.optim.SGD:
+    """Nesterov SGD (momentum 0.9) with weight decay on weight matrices and kernels only: not on
+    biases, normalisation, or learned mask scores (parameters named ``*score``)."""
+    named = [p if isinstance(p, tuple) else ("", p) for p in params]
+    decay = [p for n, p in named if p.ndim > 1 and not n.endswith("score")]
+    rest = [p for n, p in named if p.ndim <= 1 or n.endswith("score")]
+    return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
+                           lr=lr, momentum=0.9, nesterov=True)
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, dataset, device: torch.device, batch_size: int = 256) -> float:
     was_training = model.training
@@ -66,7 +84,7 @@ def _calibration_batches(loader, device: torch.device, batches: int = 8):
 def _lr_factor(p: float, warmup: float) -> float:
     if p < warmup:
         return 0.1 + 0.9 * p / warmup
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (p - warmup) / (1 - warmup))))
+    return cosine((p - warmup) / (1 - warmup))
 
 
 def train(model: nn.Module, data: DataSplits, budget: TrainBudget, *, seed: int = 0,
@@ -77,10 +95,7 @@ def train(model: nn.Module, data: DataSplits, budget: TrainBudget, *, seed: int 
     torch.manual_seed(seed)
     device = torch.device(device)
     model.to(device).train()
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and not n.endswith("score")]
-    rest = [p for n, p in model.named_parameters() if p.ndim <= 1 or n.endswith("score")]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": budget.weight_decay},
-                           {"params": rest, "weight_decay": 0.0}], lr=budget.lr, momentum=0.9, nesterov=True)
+    opt = sgd(model.named_parameters(), budget.lr, budget.weight_decay)
     loader = data.loader("train", budget.batch_size, shuffle=True, seed=seed)
     total_steps = max(1, budget.epochs * len(loader))
     # masks are recomputed 20 times over the ramp: every step would cost ~40% more time per step

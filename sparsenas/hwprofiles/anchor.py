@@ -13,7 +13,7 @@ never among them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -21,7 +21,9 @@ from ..arch import Arch
 from ..task import Task
 from ..timing import Timing
 from .measure import Network, build_network, measure_networks
-from .table import LatencyTable
+
+if TYPE_CHECKING:  # the table calls this module (LatencyTable.anchor); this module only reads a table
+    from .table import LatencyTable
 
 __all__ = ["Anchor", "anchor_networks", "speed_factor", "measure_anchor"]
 

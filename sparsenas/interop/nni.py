@@ -8,7 +8,7 @@ Two ways a space becomes an NNI model space:
   ``nni.choice(name, values)``, and freezing a sample builds the network with our ``build()``.
   NNI's multi-trial strategies (Random, RegularizedEvolution) search it; each sample is evaluated by
   a callback we pass, in this process (NNI's sequential engine, no trial processes).
-- :func:`layer_choice_space` (spaces registered in ``LAYER_CHOICE_SPACES``): the operations are NNI
+- a LayerChoice form (kind ``layer-choice`` of :mod:`sparsenas.supernets.registry`): the operations are NNI
   ``LayerChoice``s and the cell inputs ``InputChoice``s, which NNI's one-shot strategies (DARTS,
   RandomOneShot) turn into a supernet. Only sparse_darts has one: NNI mixes whole modules, and the
   other spaces' choices change the shapes inside our sparse layers (expansion, kernel, sparsity,
@@ -20,10 +20,12 @@ import datetime
 import logging
 import time
 import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ..arch import Arch
 from ..errors import SparseNASError
+from ..supernets.registry import find_supernet, register_supernet, spaces_with
 
 if TYPE_CHECKING:
     from torch import nn
@@ -231,26 +233,34 @@ def _darts_fixed(space: "SearchSpace", task: "Task", options: Mapping[str, Any])
     return fixed
 
 
-# space name -> (fixed choices from options, LayerChoice model space, sample -> Arch)
-LAYER_CHOICE_SPACES: dict[str, tuple[Callable, Callable, Callable]] = {
-    "sparse_darts": (_darts_fixed, _darts_layer_choice_space, _darts_arch),
-}
+@dataclass(frozen=True)
+class LayerChoiceForm:
+    """A space as NNI LayerChoices: the choices fixed by options, the model space, a sample -> Arch."""
+
+    fixed: Callable[["SearchSpace", "Task", Mapping[str, Any]], dict[str, Any]]
+    model_space: Callable[["SearchSpace", "Task", Mapping[str, Any]], Any]
+    to_arch: Callable[["SearchSpace", Mapping[str, Any], Mapping[str, Any]], Arch]
+
+
+register_supernet("sparse_darts", "layer-choice")(LayerChoiceForm(_darts_fixed, _darts_layer_choice_space, _darts_arch))
 ONE_SHOT = ("darts", "random-one-shot")
 
 
 def check_one_shot(space: "SearchSpace", task: "Task", options: Mapping[str, Any]) -> dict[str, Any]:
     """The fixed choices of ``space``'s LayerChoice form; SparseNASError when it has none."""
-    if space.name not in LAYER_CHOICE_SPACES:
+    form = find_supernet(space.name, "layer-choice")
+    if form is None:
         names = ", ".join(space.choices(task))
         if len(names) > 200:
             names = names[:200] + "..."
         raise SparseNASError(
             f"NNI's one-shot strategies cannot search space '{space.name}': they need the space's operations as NNI "
-            f"LayerChoices of whole modules, and sparsenas expresses only {', '.join(LAYER_CHOICE_SPACES)} that way. "
+            "LayerChoices of whole modules, and sparsenas expresses only "
+            f"{', '.join(spaces_with('layer-choice'))} that way. "
             f"The choices of '{space.name}' ({names}) change shapes and masks inside our sparse layers, which NNI's "
             "mixed ops (dense Conv2d/Linear/BatchNorm only) cannot share weights across. Use nni:random or "
             "nni:evolution on this space, or our supernet strategies (dass, entangled, balanced)")
-    return LAYER_CHOICE_SPACES[space.name][0](space, task, options)
+    return form.fixed(space, task, options)
 
 
 def run_one_shot(kind: str, space: "SearchSpace", data: "DataSplits", fixed: Mapping[str, Any], *, epochs: int,
@@ -273,10 +283,12 @@ def run_one_shot(kind: str, space: "SearchSpace", data: "DataSplits", fixed: Map
     from nni.nas.space import RawFormatModelSpace
     from nni.nas.strategy import DARTS, RandomOneShot
 
-    _, make_space, to_arch = LAYER_CHOICE_SPACES[space.name]
+    from ..evaluators import accuracy
+
+    form = find_supernet(space.name, "layer-choice")
     task = data.task
     pl.seed_everything(seed, verbose=False)
-    model_space = make_space(space, task, fixed)
+    model_space = form.model_space(space, task, fixed)
     g = torch.Generator().manual_seed(seed)
     evaluator = Classification(
         learning_rate=lr, weight_decay=3e-4, optimizer=torch.optim.SGD, num_classes=task.num_classes,
@@ -297,7 +309,7 @@ def run_one_shot(kind: str, space: "SearchSpace", data: "DataSplits", fixed: Map
     if kind == "darts":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            archs.append(("nni-darts-argmax", to_arch(space, fixed, module.export()), None))
+            archs.append(("nni-darts-argmax", form.to_arch(space, fixed, module.export()), None))
     else:
         net = strategy.supernet.eval()
         seen: set[str] = set()
@@ -306,11 +318,11 @@ def run_one_shot(kind: str, space: "SearchSpace", data: "DataSplits", fixed: Map
             if len(scored) >= candidates:
                 break
             sample = module.resample()
-            arch = to_arch(space, fixed, sample)
+            arch = form.to_arch(space, fixed, sample)
             if arch.digest() in seen:
                 continue
             seen.add(arch.digest())
-            scored.append((_accuracy(net, data, batch_size), arch))
+            scored.append((accuracy(net, data.val, torch.device("cpu"), batch_size * 4), arch))
         scored.sort(key=lambda s: -s[0])
         archs = [(f"nni-spos-rank{r}", a, acc) for r, (acc, a) in enumerate(scored)]
     trainer = getattr(evaluator, "trainer", None)
@@ -319,13 +331,3 @@ def run_one_shot(kind: str, space: "SearchSpace", data: "DataSplits", fixed: Map
             "epochs": epochs if seconds is None else None, "max_seconds": seconds,
             "epochs_run": getattr(trainer, "current_epoch", None), "steps_run": getattr(trainer, "global_step", None)}
 
-
-def _accuracy(net: "nn.Module", data: "DataSplits", batch_size: int) -> float:
-    import torch
-
-    correct = total = 0
-    with torch.no_grad():
-        for x, y in data.loader("val", batch_size * 4):
-            correct += int((net(x).argmax(1) == y).sum())
-            total += len(y)
-    return correct / max(1, total)

@@ -113,6 +113,10 @@ class Runtime(ABC):
     def weight_bytes(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser) -> dict[str, int]:
         """``{"bytes": smallest encoding this runtime loads, "dense_bytes": all weights dense}``."""
 
+    def default_choice(self) -> Chooser:
+        """The kernel of each layer when no hardware profile chooses: the runtime's native op."""
+        return lambda spec: "dense"
+
     def kernels_in(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser) -> dict[str, str]:
         """``{layer name: impl}`` as the artifact runs them, in the profile's terms (for records and
         the check that the exported network is the predicted one)."""
@@ -134,11 +138,6 @@ def subtract(t: Timing, base: Timing) -> Timing:
     return Timing(wall_ms=d(t.wall_ms, base.wall_ms), cpu_ms=d(t.cpu_ms, base.cpu_ms), wall_iqr_ms=t.wall_iqr_ms,
                   cpu_iqr_ms=t.cpu_iqr_ms, repeats=t.repeats, threads=t.threads,
                   wall_p10_ms=d(t.wall_p10_ms, base.wall_p10_ms), cpu_p10_ms=d(t.cpu_p10_ms, base.cpu_p10_ms))
-
-
-def dense_weight_bytes(model: nn.Module) -> int:
-    """Bytes of every parameter and buffer stored densely (float32 and what else they are)."""
-    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
 def coo_bytes(t: torch.Tensor, index_bytes: int = 8) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..ops.inference import kernel_inputs, to_inference
+from ..ops.inference import kernel_inputs, measured_choice, to_inference
 from ..ops.kernels import KERNELS, kernel_impl
 from ..ops.plain import GroupedPointwise
 from ..ops.spec import LayerSpec
@@ -53,6 +53,10 @@ class TorchRuntime(Runtime):
     @classmethod
     def version(cls) -> str:
         return str(torch.__version__)
+
+    def default_choice(self) -> Chooser:
+        """Torch's own timing of each sparse layer (it has several real kernels to pick from)."""
+        return measured_choice
 
     def impls(self, spec: LayerSpec) -> tuple[str, ...]:
         base = tuple(KERNELS) if spec.sparse_capable and spec.sparsity > 0 else (NATIVE,)

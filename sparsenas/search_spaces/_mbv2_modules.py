@@ -9,11 +9,22 @@ from torch import nn
 from ..ops import G2GConv2d, SparseConv2d, g2g_plan, update_masks
 from ..errors import SparseNASError
 from ..ops.g2g import G2GMixin
-from .sparse_mbv2 import CONNS, block_plan
 
 # G2GNet's "mixer": the expand conv groups channels by index, the project conv interleaves them, so
 # that information crosses ensembles from one 1x1 conv to the next
 EXPAND_GROUPING, PROJECT_GROUPING, HEAD_GROUPING = "index", "interleaved", "index"
+
+
+CONNS = ["magnitude", "g2g", "block", "magnitude_oc4"]  # connectivity of the sparse 1x1 convs
+
+
+def block_plan(cin: int, cout: int, density: float) -> int:
+    """Ensembles G of a block-diagonal 1x1 conv at ``density``: the largest power of two with
+    ``1/G >= density`` that divides both channel counts (at least 2: channels are multiples of 4)."""
+    g = 2
+    while 2 * g * density <= 1.0 + 1e-9 and cin % (2 * g) == 0 and cout % (2 * g) == 0:
+        g *= 2
+    return g
 
 
 def g2g_seed(layer: str) -> int:
@@ -27,8 +38,8 @@ def pointwise(cin: int, cout: int, sparsity: float, conn: str = "magnitude", gro
     """1x1 conv: dense when sparsity is 0 (``conn`` is then ignored); else a magnitude-masked
     SparseConv2d (``conn="magnitude"``), a G2GConv2d at the same density (``conn="g2g"``, Erdos-
     Renyi between ensembles, see :func:`~sparsenas.ops.g2g.g2g_plan`), or a block-diagonal
-    G2GConv2d (``conn="block"``, see :func:`~sparsenas.search_spaces.sparse_mbv2.block_plan`), or a
-    SparseConv2d pruned in blocks of 4 output channels (``conn="magnitude_oc4"``)."""
+    G2GConv2d (``conn="block"``, see :func:`block_plan`), or a SparseConv2d pruned in blocks of 4 output
+    channels (``conn="magnitude_oc4"``)."""
     if sparsity <= 0:
         return nn.Conv2d(cin, cout, 1, bias=False)
     if conn not in CONNS:

@@ -8,11 +8,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..arch import Arch
-from .pooling_resnet20 import positions
 
 # Channels of the stem (layer 0) and of the 9 basic blocks; they do not move with the downsamplings
 # (as in the balanced-mixture paper), so every placement has the same parameters.
 CHANNELS = (16, 16, 16, 16, 32, 32, 32, 64, 64, 64)
+
+
+def positions(placement: str) -> tuple[int, int]:
+    """Blocks (1..9) that the two downsamplings precede: ``"4-3-3"`` -> (4, 7)."""
+    b1, b2, _ = (int(v) for v in placement.split("-"))
+    return b1, b1 + b2
 
 
 def _bn(c: int, batch_stats: bool) -> nn.BatchNorm2d:

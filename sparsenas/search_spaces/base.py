@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..arch import Arch
 from ..errors import InvalidArch, SparseNASError
@@ -28,7 +28,6 @@ class SearchSpace(ABC):
     version: ClassVar[int] = 1
     description: ClassVar[str] = ""
     default_dataset: ClassVar[str] = "digits"
-    supernets: ClassVar[Mapping[str, type]] = {}
 
     @abstractmethod
     def choices(self, task: Task) -> dict[str, list]:

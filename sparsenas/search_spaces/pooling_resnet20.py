@@ -19,6 +19,7 @@ import itertools
 from ..arch import Arch
 from ..task import Task
 from . import SPACES
+from ._pooling_modules import PoolingResNet, positions
 from .base import SearchSpace
 
 NUM_BLOCKS = 9
@@ -28,12 +29,6 @@ DOWNSAMPLE_TYPES = ["max", "avg", "conv"]
 def placements() -> list[str]:
     """All 36 placements as ``b1-b2-b3``, ordered by the positions of the two downsamplings."""
     return [f"{p1}-{p2 - p1}-{NUM_BLOCKS + 1 - p2}" for p1, p2 in itertools.combinations(range(1, NUM_BLOCKS + 1), 2)]
-
-
-def positions(placement: str) -> tuple[int, int]:
-    """Blocks (1..9) that the two downsamplings precede: ``"4-3-3"`` -> (4, 7)."""
-    b1, b2, _ = (int(v) for v in placement.split("-"))
-    return b1, b1 + b2
 
 
 @SPACES.register("pooling_resnet20")
@@ -56,15 +51,5 @@ class PoolingResNet20Space(SearchSpace):
         return Arch(self.name, self.version, {"placement": "4-3-3", "downsample": "conv"})
 
     def build(self, arch: Arch, task: Task):
-        from ._pooling_modules import PoolingResNet
-
         self.validate(arch, task)
         return PoolingResNet(task.input_shape[0], task.num_classes, positions(arch["placement"]), arch["downsample"])
-
-    def path_supernet(self, task: Task):
-        """A single-path supernet over all architectures of the space (shared weights, BatchNorm on
-        batch statistics); ``forward(x, arch)`` runs ``arch``'s path. Used by the balanced strategy."""
-        from ._pooling_modules import PoolingSupernet
-
-        self.check_task(task)
-        return PoolingSupernet(task.input_shape[0], task.num_classes)

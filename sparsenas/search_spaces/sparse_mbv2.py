@@ -36,6 +36,7 @@ from ..arch import Arch
 from ..ops.masks import OC_BLOCK
 from ..task import Task
 from . import SPACES
+from ._mbv2_modules import CONNS, MobileNetV2, block_plan  # noqa: F401  (block_plan: part of this space's API)
 from .base import SearchSpace
 
 STAGE_CHANNELS = (16, 24, 32, 64, 96)
@@ -45,18 +46,8 @@ EXPANSIONS = [1, 3, 6]
 KERNELS = [3, 5, 7]
 SPARSITIES = [0.0, 0.5, 0.7, 0.8, 0.9, 0.95]
 WIDTHS = [0.5, 0.75, 1.0]
-CONNS = ["magnitude", "g2g", "block", "magnitude_oc4"]  # connectivity of the sparse 1x1 convs
 SUPERNET_CONNS = ("magnitude", "g2g")  # what the weight-entangled supernet mixes (block: standalone searches)
 MIXED_CONNS = ("magnitude", "g2g", "magnitude_oc4")  # what the mixed-op (DASS) supernet can mix
-
-
-def block_plan(cin: int, cout: int, density: float) -> int:
-    """Ensembles G of a block-diagonal 1x1 conv at ``density``: the largest power of two with
-    ``1/G >= density`` that divides both channel counts (at least 2: channels are multiples of 4)."""
-    g = 2
-    while 2 * g * density <= 1.0 + 1e-9 and cin % (2 * g) == 0 and cout % (2 * g) == 0:
-        g *= 2
-    return g
 
 
 def make_divisible(c: float, divisor: int = 4) -> int:
@@ -136,8 +127,6 @@ class SparseMBV2Space(SearchSpace):
         return Arch(self.name, self.version, picks)
 
     def build(self, arch: Arch, task: Task):
-        from ._mbv2_modules import MobileNetV2
-
         ch = self.validate(arch, task).choices
         down = set(ch["downsample"].split("+"))
         stages = []

@@ -11,25 +11,26 @@ the paper's 36 max-pool placements).
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import time
 from typing import Any
 
 from ..arch import Arch
 from ..errors import SparseNASError
-from ..evaluators import Evaluator, TrainResult
+from ..evaluators import TrainResult
+from ..tracking import trial_record
 from ..search_spaces.base import SearchSpace
 from ..task import Task
 from .. import distributed
 from ..supernets.balanced import BalancedMixture, BalancedTrainer
+from ..supernets.registry import find_supernet, spaces_with
 from . import STRATEGIES
 from .base import SearchContext, Strategy
-from .supernet import train_supernet
+from .budget import Deadline
+from .supernet import retrain_and_log, train_supernet
 from .options import Option
 
 MAX_PATHS = 1000
-ESTIMATES_DONE = "balanced_estimates_logged"
 
 
 def all_archs(ctx: SearchContext, fix: dict | None = None) -> list[Arch]:
@@ -69,9 +70,10 @@ class BalancedStrategy(Strategy):
     )
 
     def check(self, space: SearchSpace, task: Task, options: dict[str, Any]) -> None:
-        if not callable(getattr(space, "path_supernet", None)):
+        if find_supernet(space.name, "path") is None:
             raise SparseNASError(f"strategy 'balanced' needs a space with a single-path weight-sharing supernet "
-                                 f"(pooling_resnet20); space '{space.name}' has none. Use random, tpe or nsga2 for it")
+                                 f"({', '.join(spaces_with('path'))}); space '{space.name}' has none. Use random, tpe "
+                                 "or nsga2 for it")
         if space.size(task) > MAX_PATHS:
             raise SparseNASError(f"strategy 'balanced' scores every architecture and takes spaces of at most "
                                  f"{MAX_PATHS}; space '{space.name}' has {space.size(task)}")
@@ -85,39 +87,35 @@ class BalancedStrategy(Strategy):
         retrain_epochs = _option(ctx, "retrain_epochs", evaluator.budget.epochs)
         paths = all_archs(ctx, ctx.options.get("fix"))
         choices = space.choices(ctx.task)
-        start = time.perf_counter()
+        deadline = Deadline(time.perf_counter(), ctx.timeout)
 
-        estimated = [t for t in tracker.finished() if t.user_attrs.get("stage") == "estimate"]
-        if distributed.broadcast(bool(tracker.study.user_attrs.get(ESTIMATES_DONE) and estimated)):
-            ranked = sorted(estimated, key=lambda t: -t.values[0])
-            ranking = [Arch.from_json(t.user_attrs["arch"]) for t in ranked]
+        finished = [trial_record(t) for t in tracker.finished()]
+        estimated = [r for r in finished if r.stage == "estimate"]
+        if distributed.broadcast(bool(tracker.read_study().balanced_estimates_logged and estimated)):
+            ranked = sorted(estimated, key=lambda r: -r.values[0])
+            ranking = [r.arch for r in ranked]
             ctx.progress.log(f"balanced: resuming, {len(ranking)} supernet estimates already in the study")
         else:
             ranking = self._search(ctx, paths, choices, num_models, search_epochs)
         if not distributed.is_main():  # the other ranks only train; rank 0 scores, retrains and logs
             return
-        done = {t.user_attrs.get("arch_digest") for t in tracker.finished() if t.user_attrs.get("stage") == "retrained"}
-        retrain = Evaluator(space, ctx.data, dataclasses.replace(evaluator.budget, epochs=retrain_epochs),
-                            evaluator.latency_of, seed=ctx.seed, device=ctx.device)
+        done = {r.arch_digest for r in finished if r.stage == "retrained"}
+        retrain = evaluator.with_budget(epochs=retrain_epochs)
         for arch in ranking[:retrain_top]:
             if arch.digest() in done:
                 continue
-            if ctx.timeout is not None and time.perf_counter() - start > ctx.timeout:
+            if deadline.passed():
                 ctx.progress.log("balanced: --timeout reached, no more retraining")
                 break
-            ctx.progress.trial_started(len(tracker.study.trials), f"retrain {arch.digest()}")
-            model = retrain.build(arch)
-            lat = retrain.latency(arch, model)
-            trained = retrain.train(model, on_step=ctx.progress.trial_progress)
-            ft = tracker.log_arch(arch, choices, retrain.result(arch, model, trained, lat), strategy=self.name,
-                                  stage="retrained", supernets=num_models)
-            ctx.progress.trial_finished(ft)
+            retrain_and_log(ctx, retrain, arch, strategy=self.name, what=f"retrain {arch.digest()}",
+                            stage="retrained", supernets=num_models)
 
     def _search(self, ctx: SearchContext, paths: list[Arch], choices: dict, num_models: int,
                 search_epochs: int) -> list[Arch]:
         space, evaluator, tracker, task = ctx.space, ctx.evaluator, ctx.tracker, ctx.task
         ctx.progress.trial_started(len(tracker.study.trials), f"{num_models} supernets x {len(paths)} paths")
-        trainer = BalancedTrainer(lambda: BalancedMixture(lambda: space.path_supernet(task), paths, num_models),
+        build = find_supernet(space.name, "path")
+        trainer = BalancedTrainer(lambda: BalancedMixture(lambda: build(space, task), paths, num_models),
                                   ctx.data, epochs=search_epochs, batch_size=evaluator.budget.batch_size,
                                   lr=max(evaluator.budget.lr, 0.1), seed=ctx.seed, device=ctx.device,
                                   on_step=ctx.progress.trial_progress,
@@ -145,6 +143,6 @@ class BalancedStrategy(Strategy):
                                   assigned=report.assignment[a])
             ctx.progress.trial_finished(ft)
             logged.append((float(scores[a, m]), a))
-        tracker.set_study_attr(ESTIMATES_DONE, True)
+        tracker.set_study_attr("balanced_estimates_logged", True)
         tracker.set_study_attr("balanced_model_steps", report.model_steps)
         return [paths[a] for _, a in sorted(logged, key=lambda t: (-t[0], t[1]))]

@@ -69,7 +69,7 @@ def epochs_within(seconds: float, cost: EpochCost, least: int = 1) -> int:
 def stored_plan(ctx: SearchContext, key: str, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """The plan stored on the study under ``key`` or, on a first run, ``make()`` (rank 0's, on every
     rank under torchrun) stored there."""
-    plan = ctx.tracker.study.user_attrs.get(key) if distributed.is_main() else None
+    plan = getattr(ctx.tracker.read_study(), key) if distributed.is_main() else None
     if plan is None:
         plan = make()  # every rank probes (the collectives of a DDP step need all of them) ...
         plan = distributed.broadcast(plan if distributed.is_main() else None)  # ... and follows rank 0
@@ -97,6 +97,14 @@ class Deadline:
         if self.timeout is None or self.last is None:
             return True
         return time.perf_counter() + self.last <= self.start + self.timeout
+
+    def spent(self) -> float:
+        """The share of the budget spent so far, at most 1 (0 without a budget)."""
+        return min(1.0, (time.perf_counter() - self.start) / self.timeout) if self.timeout else 0.0
+
+    def passed(self) -> bool:
+        """Whether the budget is spent."""
+        return self.timeout is not None and time.perf_counter() > self.start + self.timeout
 
     @contextlib.contextmanager
     def timed(self) -> Iterator[None]:

@@ -36,55 +36,60 @@ runs at ``threads`` (default 1) torch threads. Every option above is a ``nas sea
 """
 from __future__ import annotations
 
-import contextlib
-import copy
 import itertools
 import math
-import random
 import sys
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Iterator
+from typing import Any
 
 import optuna
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..arch import Arch
 from ..errors import SparseNASError
-from ..evaluators import TrainingDiverged, TrainResult, accuracy
+from ..evaluators import TrainResult, accuracy
 from ..ops import recalibrate_bn
 from ..search_spaces.base import SearchSpace
-from ..supernets.entangled import ENTANGLED, MIXINGS, entangled_supernet
+from ..supernets.entangled import MIXINGS
+from ..supernets.entangled_trainer import EntangledTrainer
+from ..supernets.registry import find_supernet
 from ..task import Task
 from ..timing import num_threads
-from .. import distributed
 from . import STRATEGIES
 from .base import SearchContext, Strategy
-from ..supernets.base import SupernetTrainer, cycle_batches, epoch_batches, epoch_seed, shard_loss
 from .budget import Deadline, budget_seconds, check_share, is_set, probe_epochs, stored_plan
-from .supernet import train_supernet
-from .options import Option
+from .options import options_of, resolve_options, setting
+from .supernet import retrain_and_log, train_supernet
 
 PLAN_ATTR = "entangled_budget_plan"
 
 
 @dataclass(frozen=True)
 class EntangledOptions:
-    search_epochs: int = 2
-    sandwich_epochs: int = 2
-    sandwich_random: int = 2
-    retrain_epochs: int = 3
-    retrain_top: int = 3
-    tau_archs: int = 10
-    calib_batches: int = 4
-    finetune_steps: int = 10      # SGD steps on an extracted child before its validation (0: raw inheritance)
-    mask_every: int = 20          # steps between magnitude-mask refreshes (the trainer refreshes every 50)
-    arch_lr: float = 6e-3
-    grad_clip: float = 50.0       # weight-gradient norm clip: cuts rare spikes, not the usual steps (see _clip)
-    mixing: str = "softmax"
-    budget_share: float = 0.4     # under --timeout: the share phases 1-2 are sized to
-    threads: int = 1              # torch threads for this search (see EntangledStrategy.run)
+    search_epochs: int = setting(2, "epochs of gradient search on the supernet (default {default}; g2g_mlp 10)",
+                                 decided_at_run_time=True)
+    sandwich_epochs: int = setting(2, "epochs of sandwich training (largest + smallest + random children; default "
+                                   "{default}; g2g_mlp 30)", decided_at_run_time=True)
+    sandwich_random: int = setting(2, "random children per sandwich step")
+    retrain_epochs: int = setting(3, "standalone training epochs of the retrained architectures (default {default}; "
+                                  "g2g_mlp 20)", decided_at_run_time=True)
+    retrain_top: int = setting(3, "best architectures of the inherited front to retrain")
+    tau_archs: int = setting(10, "architectures retrained in all, for Kendall's tau of the ranking")
+    calib_batches: int = setting(4, "training batches to recalibrate BatchNorm of an extracted child")
+    finetune_steps: int = setting(10, "SGD steps on an extracted child before validating it (0: raw)")
+    # the trainer refreshes masks every 50 steps by default; the supernet search more often
+    mask_every: int = setting(20, "steps between magnitude-mask refreshes")
+    arch_lr: float = setting(6e-3, "Adam learning rate of the architecture weights")
+    # cuts rare spikes, not the usual steps (see EntangledTrainer._clip)
+    grad_clip: float = setting(50.0, "norm the supernet's weight gradient is clipped to (per step)")
+    mixing: str = setting("softmax", "how candidate weights are mixed: softmax(alpha), or Dirichlet samples (DrNAS)",
+                          choices=MIXINGS)
+    budget_share: float = setting(0.4, "with --timeout and no epoch counts: the share of the budget phases 1-2 are "
+                                  "sized to (the rest: inherited search, then retraining)")
+    threads: int = setting(1, "torch threads for the search (config file only)")  # see EntangledStrategy.run
 
     @classmethod
     def from_ctx(cls, ctx: SearchContext) -> "EntangledOptions":
@@ -93,18 +98,10 @@ class EntangledOptions:
     @classmethod
     def from_options(cls, options: dict[str, Any], space: str) -> "EntangledOptions":
         """The options for a search of ``space``; unknown keys and bad values raise one clear SparseNASError."""
-        opts = {k: v for k, v in options.items() if v is not None}
-        known = set(cls.__dataclass_fields__)
-        # flags of other supernet strategies reach every strategy from the CLI; they do not apply here
-        ignored = {"target_sparsity", "latency_weight", "supernets"}
-        unknown = set(opts) - known - ignored
-        if unknown:
-            raise SparseNASError(f"strategy 'entangled' does not take option(s) {', '.join(sorted(unknown))}; "
-                                 f"it takes: {', '.join(sorted(known))}")
+        opts = resolve_options("entangled", options_of(cls), options)
         # the space's supernet may set its own defaults (an MLP epoch takes a second, an MBV2 one minutes)
-        supernet_cls = ENTANGLED.get(space) if space in ENTANGLED else None
-        space_defaults = getattr(supernet_cls, "default_options", {})
-        o = cls(**{**space_defaults, **{k: v for k, v in opts.items() if k in known}})
+        space_defaults = getattr(find_supernet(space, "entangled"), "default_options", {})
+        o = cls(**{**space_defaults, **opts})
         for name in ("search_epochs", "calib_batches", "mask_every", "threads"):
             if int(getattr(o, name)) < 1:
                 raise SparseNASError(f"entangled: {name.replace('_', '-')} must be at least 1, got {getattr(o, name)}")
@@ -121,192 +118,13 @@ class EntangledOptions:
         return o
 
 
-def _lr(base: float, progress: float) -> float:
-    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _weight_optimizer(params: list[torch.nn.Parameter], lr: float, wd: float) -> torch.optim.Optimizer:
-    decay = [p for p in params if p.ndim > 1]
-    rest = [p for p in params if p.ndim <= 1]
-    return torch.optim.SGD([{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}],
-                           lr=lr, momentum=0.9, nesterov=True)
-
-
-def _finite(loss: torch.Tensor, what: str) -> None:
-    if not torch.isfinite(loss):
-        raise SparseNASError(f"entangled: the supernet's loss became {loss.item()} during {what}; lower --lr "
-                             "(or the options arch_lr, grad_clip) and run again")
-
-
-class EntangledTrainer(SupernetTrainer):
-    """Phases 1-2 (gradient search, then sandwich training) as one :class:`SupernetTrainer`: epochs
-    ``0 .. search_epochs-1`` are gradient epochs, the rest sandwich epochs. Masks are refreshed at
-    the start of every epoch and every ``mask_every`` steps within it, so a resumed epoch draws
-    them from the same weights."""
-
-    kind = "entangled"
-
-    def __init__(self, ctx: SearchContext, opts: EntangledOptions) -> None:
-        self.ctx, self.opts = ctx, opts
-        self.epochs = opts.search_epochs + opts.sandwich_epochs
-        self.derived: Arch | None = None
-        self.seconds = {"gradient_search_s": 0.0, "sandwich_s": 0.0}
-        self._shown: str | None = None  # the phase the progress display names
-
-    def settings(self) -> dict[str, Any]:
-        budget = self.ctx.evaluator.budget
-        keys = ("search_epochs", "sandwich_epochs", "sandwich_random", "mask_every", "arch_lr", "grad_clip", "mixing")
-        return {"options": {k: getattr(self.opts, k) for k in keys}, "space": self.ctx.space.name,
-                "task": self.ctx.task.to_dict(), "train_rows": len(self.ctx.data.train),
-                "batch_size": budget.batch_size, "lr": budget.lr, "weight_decay": budget.weight_decay}
-
-    def build(self) -> None:
-        ctx, budget = self.ctx, self.ctx.evaluator.budget
-        self.supernet = entangled_supernet(ctx.space, ctx.task, mixing=self.opts.mixing).to(ctx.device)
-        self.supernet.set_mixed().train()
-        self.alphas = self.supernet.arch_parameters()
-        self.w_opt = _weight_optimizer(self.supernet.weight_parameters(), budget.lr, budget.weight_decay)
-        self.a_opt = torch.optim.Adam(self.alphas, lr=self.opts.arch_lr, betas=(0.5, 0.999), weight_decay=1e-3)
-        # the sandwich phase starts a fresh optimizer (no momentum carried over from the gradient phase)
-        self.s_opt = _weight_optimizer(self.supernet.weight_parameters(), budget.lr, budget.weight_decay)
-        self.ddp = distributed.wrap(self.supernet)  # weight steps; the alphas' gradients are averaged by hand
-        self.steps_per_epoch = math.ceil(len(ctx.data.train) / budget.batch_size)
-
-    def _batches(self, epoch: int, phase_epoch: int, phase_epochs: int, opt: torch.optim.Optimizer,
-                 stream: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-        """The epoch's training batches, with what both phases do around a step: masks refreshed every
-        ``mask_every`` steps (from the epoch's start), the weight lr on its cosine, progress shown."""
-        ctx = self.ctx
-        base_lr = ctx.evaluator.budget.lr
-        total = max(1, phase_epochs * self.steps_per_epoch)
-        batches = epoch_batches(ctx.data.train, ctx.evaluator.budget.batch_size, ctx.seed, epoch, stream, ctx.device)
-        for i, (x, y, n) in enumerate(batches):
-            step = phase_epoch * self.steps_per_epoch + i
-            if i % self.opts.mask_every == 0:
-                self.supernet.refresh_masks()
-            for g in opt.param_groups:
-                g["lr"] = _lr(base_lr, step / total)
-            yield x, y, n
-            ctx.progress.trial_progress((step + 1) / total)
-
-    def train_epoch(self, epoch: int) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        opts = self.opts
-        phase = "gradient" if epoch < opts.search_epochs else "sandwich"
-        if phase != self._shown:  # a new phase, or the first epoch of a resumed run
-            self._shown = phase
-            self.ctx.progress.trial_started(0, f"supernet gradient search, {opts.search_epochs} epochs"
-                                            if phase == "gradient" else
-                                            f"sandwich training of the supernet, {opts.sandwich_epochs} epochs")
-        if phase == "gradient":
-            self._gradient_epoch(epoch)
-            self.seconds["gradient_search_s"] += time.perf_counter() - t0
-            if epoch == opts.search_epochs - 1:
-                self.derived = self.supernet.derive()
-            return {"phase": "gradient", "alphas": self.supernet.alpha_summary()}
-        self._sandwich_epoch(epoch)
-        self.seconds["sandwich_s"] += time.perf_counter() - t0
-        return {"phase": "sandwich"}
-
-    def _gradient_epoch(self, epoch: int) -> None:
-        ctx, supernet, alphas = self.ctx, self.supernet, self.alphas
-        supernet.set_mixed().train()
-        val = cycle_batches(ctx.data.val, ctx.evaluator.budget.batch_size, ctx.seed, epoch, 1, ctx.device)
-        for x, y, n in self._batches(epoch, epoch, self.opts.search_epochs, self.w_opt, 0):
-            xv, yv, nv = next(val)
-            # architecture step (first-order DARTS): gradients of the validation loss w.r.t. alpha only
-            loss_v = shard_loss(supernet(xv), yv, nv)
-            _finite(loss_v, "the architecture step")
-            grads = torch.autograd.grad(loss_v, alphas)
-            for a, g in zip(alphas, grads):
-                a.grad = g
-            distributed.average_grads(alphas)
-            self.a_opt.step()
-            # weight step on the training batch
-            loss = shard_loss(self.ddp(x), y, n)
-            _finite(loss, "the weight step")
-            self.w_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self._clip()
-            self.w_opt.step()
-
-    def _sandwich_epoch(self, epoch: int) -> None:
-        ctx, supernet, opts = self.ctx, self.supernet, self.opts
-        phase_epoch = epoch - opts.search_epochs
-        rng = random.Random(epoch_seed(ctx.seed, epoch, 3))
-        # weight-free decisions that gradient mode fixes (sparse_mbv2's downsampling placement) are
-        # drawn per step for the extremes; spaces without one pass None
-        placements = supernet.choices.get("downsample") or [None]
-        supernet.train()
-        for x, y, n in self._batches(epoch, phase_epoch, opts.sandwich_epochs, self.s_opt, 2):
-            children = [supernet.extreme(True, rng.choice(placements)), supernet.extreme(False, rng.choice(placements))]
-            children += [supernet.sample(rng) for _ in range(opts.sandwich_random)]
-            self.s_opt.zero_grad(set_to_none=True)
-            for i, arch in enumerate(children):
-                supernet.set_arch(arch)
-                # DDP averages the accumulated gradients once, in the last child's backward
-                last = i == len(children) - 1
-                with contextlib.nullcontext() if last or self.ddp is supernet else self.ddp.no_sync():
-                    loss = shard_loss(self.ddp(x), y, n)
-                    _finite(loss, "sandwich training")
-                    loss.backward()
-            self._clip()
-            self.s_opt.step()
-        supernet.set_mixed()
-
-    def _clip(self) -> None:
-        # g2g_mlp on mnist1d, seed 2, 59 sandwich epochs: summed over the 4 children the gradient norm is
-        # 7-95 per step, then one step of 436 and momentum drove the weights to inf within 20 steps
-        torch.nn.utils.clip_grad_norm_(self.supernet.weight_parameters(), self.opts.grad_clip)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"supernet": self.supernet.state_dict(), "w_opt": self.w_opt.state_dict(),
-                "a_opt": self.a_opt.state_dict(), "s_opt": self.s_opt.state_dict(),
-                "derived": None if self.derived is None else self.derived.to_json(), "seconds": dict(self.seconds)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.supernet.load_state_dict(state["supernet"])
-        self.w_opt.load_state_dict(state["w_opt"])
-        self.a_opt.load_state_dict(state["a_opt"])
-        self.s_opt.load_state_dict(state["s_opt"])
-        self.derived = None if state["derived"] is None else Arch.from_json(state["derived"])
-        self.seconds = {k: float(v) for k, v in state["seconds"].items()}
-
-    def derive(self) -> Arch:
-        """The argmax of alpha at the end of the gradient search."""
-        self.supernet.set_mixed()
-        return self.derived if self.derived is not None else self.supernet.derive()
-
-
 @STRATEGIES.register("entangled")
 class EntangledStrategy(Strategy):
     name = "entangled"
     runs_distributed = True
     description = ("weight-entangled supernet (TangleNAS): gradient search mixing candidate weights in one op, "
                    "then NSGA-II over inherited weights (about a second per arch), top archs retrained")
-    _o = EntangledOptions
-    options = (
-        Option("search_epochs", int, None, f"epochs of gradient search on the supernet (default {_o.search_epochs}; "
-               "g2g_mlp 10)"),
-        Option("sandwich_epochs", int, None, f"epochs of sandwich training (largest + smallest + random children; "
-               f"default {_o.sandwich_epochs}; g2g_mlp 30)"),
-        Option("sandwich_random", int, _o.sandwich_random, "random children per sandwich step"),
-        Option("retrain_epochs", int, None, f"standalone training epochs of the retrained architectures "
-               f"(default {_o.retrain_epochs}; g2g_mlp 20)"),
-        Option("retrain_top", int, _o.retrain_top, "best architectures of the inherited front to retrain"),
-        Option("tau_archs", int, _o.tau_archs, "architectures retrained in all, for Kendall's tau of the ranking"),
-        Option("calib_batches", int, _o.calib_batches, "training batches to recalibrate BatchNorm of an extracted child"),
-        Option("finetune_steps", int, _o.finetune_steps, "SGD steps on an extracted child before validating it (0: raw)"),
-        Option("mask_every", int, _o.mask_every, "steps between magnitude-mask refreshes"),
-        Option("arch_lr", float, _o.arch_lr, "Adam learning rate of the architecture weights"),
-        Option("grad_clip", float, _o.grad_clip, "norm the supernet's weight gradient is clipped to (per step)"),
-        Option("mixing", str, _o.mixing, "how candidate weights are mixed: softmax(alpha), or Dirichlet samples "
-               "(DrNAS)", choices=MIXINGS),
-        Option("budget_share", float, _o.budget_share, "with --timeout and no epoch counts: the share of the budget "
-               "phases 1-2 are sized to (the rest: inherited search, then retraining)"),
-        Option("threads", int, _o.threads, "torch threads for the search (config file only)"),
-    )
-    del _o
+    options = options_of(EntangledOptions)
 
     def check(self, space: SearchSpace, task: Task, options: dict[str, Any]) -> None:
         EntangledOptions.from_options(options, space.name)  # bad options are refused before the study exists
@@ -321,13 +139,12 @@ class EntangledStrategy(Strategy):
 
     def _run(self, ctx: SearchContext, opts: EntangledOptions) -> None:
         tracker = ctx.tracker
-        done = distributed.broadcast(distributed.is_main() and "kendall_tau_n" in tracker.study.user_attrs)
+        done = distributed.broadcast(distributed.is_main() and tracker.read_study().kendall_tau_n is not None)
         if done:  # a finished entangled search: nothing to redo
             self._say(ctx, f"study '{tracker.study.study_name}' already holds a finished entangled search; "
                            "pass another --study to search again")
             return
-        start = time.perf_counter()
-        deadline = Deadline(start, ctx.timeout)
+        deadline = Deadline(time.perf_counter(), ctx.timeout)
         opts = self._fit_budget(ctx, opts)
         trainer = EntangledTrainer(ctx, opts)
         train_supernet(ctx, trainer)
@@ -341,7 +158,7 @@ class EntangledStrategy(Strategy):
 
         t = time.perf_counter()
         # the inherited search gets half of what the supernet left, the retraining the rest
-        share = min(1.0, (time.perf_counter() - start) / ctx.timeout) if ctx.timeout else 0.0
+        share = deadline.spent()
         records, front = self._inherited_search(ctx, supernet, opts, derived, deadline.share(share + (1 - share) / 2))
         timings["inherited_search_s"] = time.perf_counter() - t
         timings["seconds_per_arch"] = timings["inherited_search_s"] / max(1, len(records))
@@ -421,8 +238,10 @@ class EntangledStrategy(Strategy):
             if ctx.max_latency_ms is not None and lat.ms > ctx.max_latency_ms:
                 records[key]["over_latency"] = True
                 return val, lat.ms
-            ft = tracker.log_arch(arch, choices, result, strategy=self.name, phase="inherited",
-                                  inherited_accuracy=val, inherited_accuracy_raw=raw, finetune_steps=opts.finetune_steps,
+            # the fine-tuned child's weights go with it: an export reproduces the figures logged here
+            ft = tracker.log_arch(arch, choices, result, weights=child.state_dict(), strategy=self.name,
+                                  stage="inherited", inherited_accuracy=val, inherited_accuracy_raw=raw,
+                                  finetune_steps=opts.finetune_steps,
                                   derived=arch == derived, eval_seconds=round(secs, 3))
             records[key]["trial"] = ft.number
             ctx.progress.trial_finished(ft)
@@ -478,9 +297,7 @@ class EntangledStrategy(Strategy):
             # estimates, the least dominated first (each retrained network can join the standalone front)
             top += [k for k in sorted(front, key=lambda k: -ok[k]["accuracy"]) if k not in top]
             top += [k for k in _least_dominated_first(ok) if k not in top]
-        evaluator = copy.copy(ctx.evaluator)
-        evaluator.budget = replace(ctx.evaluator.budget, epochs=opts.retrain_epochs)
-        choices = ctx.space.choices(ctx.task)
+        evaluator = ctx.evaluator.with_budget(epochs=opts.retrain_epochs)
         pairs = []
         if opts.retrain_epochs == 0:
             return pairs
@@ -489,22 +306,12 @@ class EntangledStrategy(Strategy):
                 self._say(ctx, "entangled: another retraining would end after --timeout; no more retraining")
                 break
             rec = ok[key]
-            arch = rec["arch"]
-            ctx.progress.trial_started(len(ctx.tracker.study.trials), f"retrain {key}")
-            with deadline.timed():
-                model = evaluator.build(arch)
-                try:
-                    trained = evaluator.train(model, on_step=ctx.progress.trial_progress)
-                except (TrainingDiverged, torch.OutOfMemoryError, MemoryError) as e:
-                    self._say(ctx, f"entangled: retraining {key} failed ({type(e).__name__}: {e}); skipped")
-                    continue
-                lat = evaluator.latency(arch, model)
-                result = evaluator.result(arch, model, trained, lat)
-            ft = ctx.tracker.log_arch(arch, choices, result, strategy=self.name, phase="retrained",
-                                      standalone_accuracy=trained.val_accuracy, inherited_accuracy=rec["accuracy"],
-                                      inherited_trial=rec["trial"], pareto=key in front)
-            ctx.progress.trial_finished(ft)
-            if key in sample:
+            _, trained = retrain_and_log(
+                ctx, evaluator, rec["arch"], strategy=self.name, what=f"retrain {key}", deadline=deadline,
+                latency_after=True, stage="retrained",
+                extra=lambda _, trained: {"standalone_accuracy": trained.val_accuracy},
+                inherited_accuracy=rec["accuracy"], inherited_trial=rec["trial"], pareto=key in front)
+            if trained is not None and key in sample:
                 pairs.append((rec["accuracy"], trained.val_accuracy))
         return pairs
 

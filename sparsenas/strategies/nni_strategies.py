@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import replace
 from typing import Any
 
 import optuna
@@ -24,7 +23,7 @@ from ..search_spaces.base import SearchSpace
 from ..task import Task
 from . import STRATEGIES
 from .base import SearchContext, Strategy
-from .budget import budget_seconds, check_share, is_set
+from .budget import Deadline, budget_seconds, check_share, is_set
 from .samplers import TrialFailed, evaluate_trial
 from .options import Option
 
@@ -46,8 +45,8 @@ def evaluate_in_trial(ctx: SearchContext, arch: Arch, strategy: str,
     tracker.record_worker(trial)
     state, values = TrialState.COMPLETE, None
     try:
-        values = evaluate_trial(ctx, trial, strategy,
-                                None if budget_epochs is None else _with_epochs(ctx.evaluator, budget_epochs))
+        values = evaluate_trial(ctx, trial, strategy, None if budget_epochs is None
+                                else ctx.evaluator.with_budget(epochs=budget_epochs, seconds=None))
     except optuna.TrialPruned:
         state = TrialState.PRUNED
     except TrialFailed:
@@ -56,15 +55,6 @@ def evaluate_in_trial(ctx: SearchContext, arch: Arch, strategy: str,
     ft = next(t for t in reversed(study.get_trials(deepcopy=False)) if t.number == trial.number)
     ctx.progress.trial_finished(ft)
     return ft if state == TrialState.COMPLETE else None
-
-
-def _with_epochs(evaluator: Any, epochs: int) -> Any:
-    """A shallow copy of ``evaluator`` training for ``epochs`` (the one-shot retrain budget)."""
-    import copy
-
-    ev = copy.copy(evaluator)
-    ev.budget = replace(evaluator.budget, epochs=epochs, seconds=None)
-    return ev
 
 
 class NNIMultiTrial(Strategy):
@@ -171,7 +161,7 @@ class NNIOneShot(Strategy):
         # sized by time, the epoch count only caps it (Lightning's max_time ends the training)
         epochs = int(ctx.options.get("search_epochs") or (MAX_EPOCHS if seconds else budget.epochs))
         retrain_top = int(ctx.options.get("retrain_top") or 1)
-        start = time.perf_counter()
+        deadline = Deadline(time.perf_counter(), ctx.timeout)
         ctx.progress.log(f"{self.name}: training NNI's supernet for "
                          + (f"{seconds:.0f} s ({share:g} of --timeout)" if seconds else f"{epochs} epoch(s)"))
         out = run_one_shot(self.kind, ctx.space, ctx.data, fixed, epochs=epochs, batch_size=budget.batch_size,
@@ -180,7 +170,7 @@ class NNIOneShot(Strategy):
         retrain = int(ctx.options.get("retrain_epochs") or budget.epochs)
         derived = []
         for rank, (label, arch, supernet_acc) in enumerate(out["archs"][:retrain_top]):
-            if rank and ctx.timeout is not None and time.perf_counter() - start > ctx.timeout:
+            if rank and deadline.passed():
                 break
             evaluate_in_trial(ctx, arch, self.name, budget_epochs=retrain)
             derived.append({"label": label, "arch_digest": arch.digest(), "supernet_val_accuracy": supernet_acc})

@@ -8,13 +8,14 @@ reads these without loading torch's kernels for anything else.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 from ..errors import SparseNASError
 
-__all__ = ["Option", "resolve_options"]
+__all__ = ["Option", "resolve_options", "setting", "options_of"]
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
                list: "a list", dict: "a table of choice = value"}
@@ -103,6 +104,28 @@ class Option:
         if any(len(p) != 2 for p in pairs):
             raise ValueError(text)
         return {k.strip(): _scalar(v.strip()) for k, v in pairs}
+
+
+def setting(default: Any, help: str, *, decided_at_run_time: bool = False, choices: tuple[Any, ...] | None = None,
+            item: type | None = None) -> Any:
+    """A field of a strategy's settings dataclass that is also one of its options, so the option is
+    declared once (:func:`options_of` makes the :class:`Option`). ``decided_at_run_time``: the option's
+    default is None (the strategy sizes it, e.g. to the budget) and ``help`` may say ``{default}``."""
+    return dataclasses.field(default=default, metadata={"option": {"help": help, "run_time": decided_at_run_time,
+                                                                     "choices": choices, "item": item}})
+
+
+def options_of(settings: type, *more: Option) -> tuple[Option, ...]:
+    """The options of a settings dataclass (its :func:`setting` fields, in order), then ``more``."""
+    out = []
+    for f in dataclasses.fields(settings):
+        spec = f.metadata.get("option")
+        if spec is None:
+            continue
+        kind = list if isinstance(f.default, (list, tuple)) else type(f.default)
+        out.append(Option(f.name, kind, None if spec["run_time"] else f.default,
+                          spec["help"].format(default=f.default), spec["choices"], spec["item"]))
+    return (*out, *more)
 
 
 def _scalar(text: str) -> Any:

@@ -24,6 +24,7 @@ import torch
 from ..errors import SparseNASError
 from ..evaluators import TrainingDiverged
 from ..registry import GROUPS, Registry
+from ..tracking import trial_record
 from . import STRATEGIES
 from .base import SearchContext, Strategy
 from ..pruners.mo_asha import MOASHAPruner, PrunedTrialsSafeSampler
@@ -337,11 +338,12 @@ class SamplerStrategy(Strategy):
 
         def on_done(study: optuna.Study, ft: optuna.trial.FrozenTrial) -> None:
             nonlocal failed
-            if not ft.user_attrs.get("surplus"):
+            surplus = bool(trial_record(ft).surplus)
+            if not surplus:
                 ctx.progress.trial_finished(ft, counts=not tracker.full_fidelity or ft.state == optuna.trial.TrialState.COMPLETE)
             # FAIL trials do not count towards the target; a worker gives up after as many failures
             # as the target, so a budget no network survives (lr too high...) still ends
-            failed += ft.state == optuna.trial.TrialState.FAIL and not ft.user_attrs.get("surplus")
+            failed += ft.state == optuna.trial.TrialState.FAIL and not surplus
             if failed >= target or not tracker.wait_for_slot(target, deadline):
                 study.stop()
 

@@ -14,20 +14,25 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
+from optuna.trial import FrozenTrial
 
 from .. import distributed
+from ..arch import Arch
 from ..atomic import write_atomic
 from ..errors import SparseNASError
+from ..evaluators import Evaluator, TrainingDiverged, TrainResult
 from ..supernets.base import SupernetTrainer, run_epoch, seed_everything
 from .base import SearchContext
+from .budget import Deadline
 
 CHECKPOINT_FILE = "supernet.pt"
 FORMAT = 1
@@ -161,3 +166,39 @@ def train_supernet(ctx: SearchContext, trainer: SupernetTrainer,
                                    "history": history, "trainer": trainer.state_dict(), "rng": rng_state()})
         distributed.barrier()  # the other ranks wait for the checkpoint: a kill now loses no rank's epoch
     return history
+
+
+# The one error policy of a standalone retraining: a network that diverges or does not fit in memory
+# is a FAIL trial with the reason, and the search goes on with the next architecture.
+RETRAIN_ERRORS = (TrainingDiverged, torch.OutOfMemoryError, MemoryError)
+
+
+def retrain_and_log(ctx: SearchContext, evaluator: Evaluator, arch: Arch, *, strategy: str, what: str,
+                    deadline: Deadline | None = None, latency_after: bool = False,
+                    extra: Callable[[torch.nn.Module, TrainResult], dict[str, Any]] | None = None,
+                    **attrs: Any) -> tuple[FrozenTrial, TrainResult | None]:
+    """Train ``arch`` from scratch with ``evaluator``, evaluate it and log it as a trial of the study
+    with its weights (so ``nas export`` needs no ``--train``): what the supernet strategies do with
+    the architectures they found. ``what`` is shown as the trial starts; ``deadline`` times the
+    training; the latency is taken before the training, or after it (``latency_after``);
+    ``extra(model, trained)`` adds attrs of the trained network. Returns the stored trial and the training's
+    result (None when it failed, see :data:`RETRAIN_ERRORS`)."""
+    tracker = ctx.tracker
+    choices = ctx.space.choices(ctx.task)
+    ctx.progress.trial_started(len(tracker.study.trials), what)
+    with deadline.timed() if deadline is not None else contextlib.nullcontext():
+        model = evaluator.build(arch)
+        lat = None if latency_after else evaluator.latency(arch, model)
+        try:
+            trained = evaluator.train(model, on_step=ctx.progress.trial_progress)
+        except RETRAIN_ERRORS as e:
+            reason = f"{type(e).__name__}: {e}"
+            say(ctx, f"{strategy}: retraining {arch.digest()} failed ({reason}); logged as a FAIL trial")
+            ft = tracker.log_failed(arch, choices, reason, strategy=strategy, **attrs)
+            ctx.progress.trial_finished(ft)
+            return ft, None
+        result = evaluator.result(arch, model, trained, lat or evaluator.latency(arch, model))
+    ft = tracker.log_arch(arch, choices, result, weights=model.state_dict(), strategy=strategy, **attrs,
+                          **(extra(model, trained) if extra else {}))
+    ctx.progress.trial_finished(ft)
+    return ft, trained

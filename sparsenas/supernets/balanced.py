@@ -33,10 +33,24 @@ from .. import distributed
 from ..arch import Arch
 from ..data import DataSplits
 from ..errors import SparseNASError
+from ..evaluators import cosine
+from ..search_spaces.base import SearchSpace
+from ..task import Task
 from .base import SupernetTrainer, cycle_batches, epoch_batches, epoch_seed, run_epochs, shard_loss
+from .registry import register_supernet
 
 __all__ = ["kl_to_uniform", "balance_correction", "balanced_probs", "BalancedMixture", "MixtureReport",
-           "BalancedTrainer", "train_mixture"]
+           "BalancedTrainer", "train_mixture", "pooling_path_supernet"]
+
+
+@register_supernet("pooling_resnet20", "path")
+def pooling_path_supernet(space: SearchSpace, task: Task) -> nn.Module:
+    """A single-path supernet over all architectures of pooling_resnet20 (shared weights, BatchNorm on
+    batch statistics); ``forward(x, arch)`` runs ``arch``'s path. The balanced mixture's models."""
+    from ..search_spaces._pooling_modules import PoolingSupernet
+
+    space.check_task(task)
+    return PoolingSupernet(task.input_shape[0], task.num_classes)
 
 
 def kl_to_uniform(marginal: Tensor) -> float:
@@ -172,7 +186,7 @@ class BalancedTrainer(SupernetTrainer):
         kl = mixture.rebalance(progress_t)
         val = cycle_batches(self.data.val, self.batch_size, self.seed, epoch, 1, device)
         for x, y, n in epoch_batches(self.data.train, self.batch_size, self.seed, epoch, 0, device):
-            cur_lr = self.lr_end + 0.5 * (self.lr - self.lr_end) * (1 + math.cos(math.pi * self.step / self.total))
+            cur_lr = self.lr_end + (self.lr - self.lr_end) * cosine(self.step / self.total)
             a = rng.randrange(len(mixture.paths))
             m = int(torch.multinomial(mixture.model_probs(progress_t)[a], 1, generator=gen))
             net, opt = mixture.models[m], self.opts[m]

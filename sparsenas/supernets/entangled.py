@@ -60,7 +60,6 @@ from torch import Tensor, nn
 
 from ..arch import Arch
 from ..errors import SparseNASError
-from ..registry import Registry
 from ..ops import SparseConv2d, g2g_layer_mask, g2g_plan, recalibrate_bn
 from ..ops.sparse import MAGNITUDE_KINDS
 from ..search_spaces._mbv2_modules import EXPAND_GROUPING, HEAD_GROUPING, PROJECT_GROUPING, g2g_seed
@@ -69,8 +68,9 @@ from ..search_spaces.sparse_mbv2 import (
     EXPANSIONS, HEAD_CHANNELS, KERNELS, SPARSITIES, STAGE_CHANNELS, STAGE_MAX_DEPTH, WIDTHS, make_divisible,
 )
 from ..task import Task
+from .registry import get_supernet, register_supernet
 
-__all__ = ["EntangledMBV2", "EntangledAlphas", "ENTANGLED", "entangled_supernet", "prefix", "centre_mask", "sparsity_buckets",
+__all__ = ["EntangledMBV2", "EntangledAlphas", "entangled_supernet", "prefix", "centre_mask", "sparsity_buckets",
            "g2g_child_mask", "g2g_codes", "mask_codes", "soft_conn_mask"]
 
 STEM = 16
@@ -78,9 +78,6 @@ KMAX = max(KERNELS)
 EMAX = max(EXPANSIONS)
 MIXINGS = ("softmax", "dirichlet")
 
-# space name -> weight-entangled supernet class; one module per space (``__all_modules__`` of the
-# supernets package), each class registered with ``@ENTANGLED.register(space name)``
-ENTANGLED: Registry[type[nn.Module]] = Registry("weight-entangled supernet", package="sparsenas.supernets")
 
 
 # ---------------------------------------------------------------- slicing helpers
@@ -410,7 +407,7 @@ class EntangledAlphas:
         return {k: [round(float(v), 4) for v in p] for k, p in self.probs().items()}
 
 
-@ENTANGLED.register("sparse_mbv2")
+@register_supernet("sparse_mbv2", "entangled")
 class EntangledMBV2(EntangledAlphas, nn.Module):
     """The weight-entangled sparse_mbv2 supernet (see the module docstring).
 
@@ -638,8 +635,6 @@ def _copy_bn(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, c: int) -> None:
 
 
 def entangled_supernet(space: SearchSpace, task: Task, **kwargs) -> nn.Module:
-    """The weight-entangled supernet of ``space`` (one of :data:`ENTANGLED`)."""
-    if space.name not in ENTANGLED:
-        raise SparseNASError(f"no weight-entangled supernet for space '{space.name}'; spaces with one: "
-                             f"{', '.join(ENTANGLED.names())}")
-    return ENTANGLED.get(space.name)(space, task, **kwargs)
+    """The weight-entangled supernet of ``space`` (kind ``entangled`` of :mod:`sparsenas.supernets.registry`)."""
+    return get_supernet(space.name, "entangled", f"no weight-entangled supernet for space '{space.name}'")(
+        space, task, **kwargs)

@@ -74,7 +74,8 @@ from ..search_spaces._g2g_mlp_modules import layer_plan
 from ..search_spaces.base import SearchSpace
 from ..search_spaces.g2g_mlp import MAX_DEPTH, WIDTHS, layer_groupings
 from ..task import Task
-from .entangled import ENTANGLED, MIXINGS, EntangledAlphas, soft_prefix
+from .entangled import MIXINGS, EntangledAlphas, soft_prefix
+from .registry import register_supernet
 
 __all__ = ["EntangledG2GMLP", "CONN_DECISIONS"]
 
@@ -83,7 +84,7 @@ WMAX = max(WIDTHS)
 MASK_CACHE = 128  # scaled masks, at most 512 x 512 floats = 1 MiB each: at most 128 MiB (a rebuild: 1-12 ms)
 
 
-@ENTANGLED.register("g2g_mlp")
+@register_supernet("g2g_mlp", "entangled")
 class EntangledG2GMLP(EntangledAlphas, nn.Module):
     """The weight-entangled g2g_mlp supernet (see the module docstring).
 

@@ -6,7 +6,8 @@ mixed ops read which row, and turns ``alpha`` back into a discrete :class:`~spar
 its space. All sparse layers use learned-score masks (HYDRA/DASS), so the same network can be run
 dense (warm-up) or masked at its target sparsity (the architecture step, pruning, fine-tuning).
 
-Supernets are registered per space in :data:`MIXED` (``sparse_darts``, ``sparse_mbv2``).
+Supernets are registered per space as kind ``mixed`` (``sparse_darts``, ``sparse_mbv2``) in
+:mod:`sparsenas.supernets.registry`.
 """
 from __future__ import annotations
 
@@ -25,16 +26,15 @@ from ..errors import SparseNASError
 from ..ops import SparseMixin, sparse_modules
 from ..ops.sparse import SCORE_KINDS, SCORE_OF
 from ..ops.spec import LayerSpec, trace_named_layers
-from ..registry import Registry
 from ..search_spaces.base import SearchSpace
 from ..task import Task
 from ..timing import time_callable
+from .registry import get_supernet, register_supernet
 
-__all__ = ["MIXED", "MixedOp", "MixedSupernet", "DartsMixedSupernet", "MBV2MixedSupernet", "OpLatency",
+__all__ = ["MixedOp", "MixedSupernet", "DartsMixedSupernet", "MBV2MixedSupernet", "OpLatency",
            "build_mixed_supernet", "measured_op_latency", "reset_scores"]
 
 OpLatency = Callable[[LayerSpec], float]  # one kernel's latency in ms
-MIXED: Registry = Registry("mixed-op supernet")  # space name -> builder(space, task, **options)
 SAMPLE_TRIES = 20  # draws per wanted architecture before derive_candidates gives up on finding new ones
 
 
@@ -324,7 +324,7 @@ class DartsMixedSupernet(MixedSupernet):
                 f"derived_cells={self.derived_cells}, downscale={self.downscale}")
 
 
-@MIXED.register("sparse_darts")
+@register_supernet("sparse_darts", "mixed")
 def _darts_supernet(space: SearchSpace, task: Task, *, target_sparsity: float = 0.9, channels: int = 8,
                     cells: int = 5, search_cells: int = 3, downscale: bool | None = None,
                     **_: object) -> DartsMixedSupernet:
@@ -445,7 +445,7 @@ def _op_name(sparsity: float, conn: str) -> str:
     return {"magnitude": "sparse", "magnitude_oc4": "sparse_oc4_"}.get(conn, conn) + f"{sparsity:g}"
 
 
-@MIXED.register("sparse_mbv2")
+@register_supernet("sparse_mbv2", "mixed")
 def _mbv2_supernet(space: SearchSpace, task: Task, *, target_sparsity: float = 0.9, depth: int = 1,
                    width: float = 0.5, expand: int = 3, conns: object = ("magnitude", "g2g"),
                    **_: object) -> MBV2MixedSupernet:
@@ -474,10 +474,9 @@ def _check_in(what: str, value: object, allowed: list, space: str) -> None:
 def build_mixed_supernet(space: SearchSpace, task: Task, **options: object) -> MixedSupernet:
     """The mixed-op supernet of ``space`` for ``task`` (options: target_sparsity, and per space
     channels/cells or depth/width/expand)."""
-    if space.name not in MIXED:
-        raise SparseNASError(f"space '{space.name}' has no mixed-op supernet, so DASS cannot search it; "
-                             f"spaces with one: {', '.join(MIXED.names())}")
-    return MIXED.get(space.name)(space, task, **options)
+    build = get_supernet(space.name, "mixed", f"space '{space.name}' has no mixed-op supernet, so DASS cannot "
+                                              "search it")
+    return build(space, task, **options)
 
 
 # ---------------------------------------------------------------- latency of one kernel, measured here
