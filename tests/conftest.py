@@ -22,6 +22,23 @@ def _profile_cache(tmp_path_factory):
         os.environ[CACHE_ENV] = before
 
 
+@pytest.fixture(autouse=True)
+def _library_logging():
+    """Each test starts with the ``sparsenas`` logger as a library leaves it: propagating to the root
+    logger (where pytest's caplog listens), with no CLI handler. A test that ran the CLI in this
+    process (``nas ...`` via ``cli.main``) called ``log.setup``, which stops propagation."""
+    import logging
+
+    from sparsenas import log
+
+    logger = logging.getLogger("sparsenas")
+    for h in [h for h in logger.handlers if isinstance(h, log._StderrHandler)]:
+        logger.removeHandler(h)
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
+    yield
+
+
 @pytest.fixture
 def storage_url(tmp_path):
     return f"sqlite:///{tmp_path / 'nas.db'}"

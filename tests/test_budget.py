@@ -1,7 +1,6 @@
 """One-shot strategies fit a --timeout: the supernet's epochs are sized from a probe of real steps,
 the plan is stored on the study (a resumed run keeps it), and retraining stops when the next one
 would end after the budget."""
-import logging
 import time
 from pathlib import Path
 
@@ -133,15 +132,9 @@ def test_dass_under_a_timeout_sizes_its_epochs_retrains_more_and_a_resume_keeps_
 
 def test_an_explicit_epoch_count_wins_over_the_budget(tmp_path, caplog):
     storage = f"sqlite:///{tmp_path / 'e.db'}"
-    # the CLI's log set-up (run by earlier tests in this process) stops propagation, so listen on the logger itself
-    logger = logging.getLogger("sparsenas")
-    logger.addHandler(caplog.handler)
-    try:
-        with caplog.at_level("INFO", logger="sparsenas"):
-            study = sparsenas.search(storage=storage, study="e", timeout=60,
-                                     options={**DASS_OPTIONS, "search_epochs": 1, "retrain_top": 1}, **DASS_KW)
-    finally:
-        logger.removeHandler(caplog.handler)
+    with caplog.at_level("INFO", logger="sparsenas"):
+        study = sparsenas.search(storage=storage, study="e", timeout=60,
+                                 options={**DASS_OPTIONS, "search_epochs": 1, "retrain_top": 1}, **DASS_KW)
     assert DASS_PLAN not in study.user_attrs and study.user_attrs["dass_search"]["config"]["search_epochs"] == 1
     assert len(study.trials) == 1
     # the per-trial log line names the stored trial (a one-shot strategy's trials were "trial -1")
