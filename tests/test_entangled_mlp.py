@@ -184,14 +184,40 @@ def test_entangled_search_on_g2g_mlp(storage_url):
 
 
 @pytest.mark.slow
-def test_a_gradient_spike_no_longer_sends_the_supernet_to_nan(tmp_path):
-    """The plan a 2-minute budget gave seed 2 on mnist1d: without the clip, one sandwich step's gradient norm of
-    436 (against 7-95 before it) and momentum drove the weights to inf in epoch 33 of 79 and the search failed."""
+def _spiked_search(tmp_path, monkeypatch, grad_clip):
+    """A short entangled search where two losses of one sandwich step are a million times too large: the spike a
+    2-minute budget once gave seed 2 on mnist1d (a gradient norm of 436 against 7-95 before it, and
+    momentum drove the weights to inf within 20 steps), made to happen on purpose."""
+    import sparsenas.supernets.entangled_trainer as et
     from sparsenas.api import search
 
-    study = search(space="g2g_mlp", strategy="entangled", dataset="mnist1d", seed=2, trials=3, epochs=1, batch_size=32,
-                   storage=f"sqlite:///{tmp_path / 'e.db'}", study="spike", progress=False,
-                   options={"search_epochs": 20, "sandwich_epochs": 59, "retrain_top": 0, "tau_archs": 0,
-                            "finetune_steps": 0})
+    plain, calls = et.shard_loss, {"n": 0}
+
+    def spiky(logits, y, rows):
+        loss = plain(logits, y, rows)
+        if torch.is_grad_enabled() and torch.isfinite(loss):
+            calls["n"] += 1
+        # sandwich steps run 2 extremes + sandwich_random children, each one loss
+        return loss * SCALE if calls["n"] in range(SPIKE, SPIKE + 2) else loss
+
+    monkeypatch.setattr(et, "shard_loss", spiky)
+    return search(space="g2g_mlp", strategy="entangled", dataset="mnist1d", seed=2, trials=1, epochs=1,
+                  batch_size=64, storage=f"sqlite:///{tmp_path / 'e.db'}", study="spike", progress=False,
+                  options={"search_epochs": 1, "sandwich_epochs": 2, "retrain_top": 0, "tau_archs": 0,
+                           "finetune_steps": 0, "grad_clip": grad_clip})
+
+
+SPIKE = 200  # a loss call of the sandwich phase (the gradient phase makes 2 per step)
+SCALE = 1e6  # the loss's factor in the spiked steps
+
+
+def test_a_gradient_spike_no_longer_sends_the_supernet_to_nan(tmp_path, monkeypatch):
+    study = _spiked_search(tmp_path, monkeypatch, grad_clip=50.0)
     assert study.user_attrs["entangled_derived_arch"]
     assert all(t.values and all(torch.isfinite(torch.tensor(t.values))) for t in study.trials)
+
+
+def test_without_the_clip_the_same_spike_diverges(tmp_path, monkeypatch):
+    """The spike above is a real one: unclipped, it sends the supernet's loss to inf or nan."""
+    with pytest.raises(SparseNASError, match="loss became"):
+        _spiked_search(tmp_path, monkeypatch, grad_clip=1e30)
