@@ -16,7 +16,7 @@ from sparsenas.tracking import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGV = ["search", "--space", "sparse_mbv2", "--dataset", "synthetic", "--strategy", "random", "--epochs", "2",
-        "--batch-size", "16", "--latency", "measured", "--no-progress", "--study", "k", "--trials", "3"]
+        "--batch-size", "16", "--latency", "measured", "--no-hw-anchor", "--no-progress", "--study", "k", "--trials", "3"]
 
 
 def _trials(url: str) -> list[optuna.trial.FrozenTrial]:

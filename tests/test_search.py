@@ -86,39 +86,6 @@ def test_tpe_search_beats_a_random_guess_on_digits(storage_url):
     assert best > 0.8  # chance is 0.1
 
 
-@pytest.mark.slow
-def test_a_killed_search_resumes_without_losing_completed_trials(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    url = f"sqlite:///{tmp_path / 'k.db'}"
-    argv = [sys.executable, "-m", "sparsenas.cli", "search", "--dataset", "synthetic", "--trials", "4", "--epochs",
-            "2", "--batch-size", "16", "--strategy", "random", "--storage", url, "--study", "k", "--no-progress"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
-    deadline = time.time() + 240
-    done: list = []
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        try:
-            done = optuna.load_study(study_name="k", storage=url).get_trials(
-                states=(optuna.trial.TrialState.COMPLETE,))
-        except KeyError:  # study not created yet
-            continue
-        if done:
-            break
-    assert done, "the first trial never completed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    before = {t.number: t.params for t in done}
-    study = sparsenas.search(strategy="random", trials=4, storage=url, study="k", **FAST)
-    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    assert len(complete) >= 4
-    assert all(study.trials[n].params == p for n, p in before.items())  # nothing completed was lost or redone
-
-
 def test_a_network_proposed_under_another_encoding_is_not_trained_again(storage_url, tmp_path):
     # ensembles=1 makes the layer dense: p_inter, graph and grouping (and unused widths) change nothing
     fixed = {"depth": 1, "h1_width": 64, "dst": "off", "ensembles": 1}

@@ -257,15 +257,13 @@ class Tracker:
         self._mine.add(trial._trial_id)
 
     def fail_stale(self) -> None:
-        """Fail RUNNING trials whose worker is gone: by heartbeat on RDB storages (Optuna re-queues them,
-        up to 2 retries); on storages without heartbeats (journal), those whose worker process ran on
-        this machine and no longer exists."""
+        """Fail RUNNING trials whose worker is gone. Those whose worker process ran on this machine and
+        no longer exists are failed at once, on every storage (a search restarted after a kill does not
+        wait out the heartbeat grace period); on RDB storages Optuna's heartbeat also fails the silent
+        trials of other machines' workers, and both kinds are re-queued (up to 2 retries)."""
         from optuna.storages._heartbeat import is_heartbeat_enabled
 
-        if is_heartbeat_enabled(self.storage):
-            with _quiet_experimental():
-                optuna.storages.fail_stale_trials(self.study)
-            return
+        heartbeat = is_heartbeat_enabled(self.storage)
         host = socket.gethostname()
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             who, _, pid = str(records.trial_record(t).worker or "").rpartition(":")
@@ -274,10 +272,19 @@ class Tracker:
             # this very process, but not this tracker: an earlier search here that stopped on an error
             # (a full disk) before it could fail its trial
             gone = t._trial_id not in self._mine if int(pid) == os.getpid() else not _alive(int(pid))
-            if gone:
-                with contextlib.suppress(Exception):  # another worker failed it first
-                    records.write_trial_by_id(self.storage, t._trial_id, {"fail_reason": "its worker process died"})
-                    self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            if not gone:
+                continue
+            try:
+                records.write_trial_by_id(self.storage, t._trial_id, {"fail_reason": "its worker process died"})
+                failed = self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            except Exception:  # another worker failed it first
+                continue
+            retry = self.storage.get_heartbeat_stale_trial_callback() if heartbeat else None
+            if failed and retry is not None:  # the same re-queue a heartbeat-stale trial gets
+                retry(self.study, self.storage.get_trial(t._trial_id))
+        if heartbeat:
+            with _quiet_experimental():
+                optuna.storages.fail_stale_trials(self.study)
 
     def counts(self) -> tuple[int, list[int]]:
         """(trials that count towards the target, numbers of the RUNNING trials)."""
