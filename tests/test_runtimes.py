@@ -155,6 +155,54 @@ def test_weight_bytes_take_the_smallest_encoding_each_runtime_loads():
     assert csr["bytes"] < as_dense["bytes"] and as_dense["bytes"] == as_dense["dense_bytes"]
 
 
+def _plain_count(model: nn.Module, shape: tuple[int, ...], choose) -> dict[str, int]:
+    """ONNX Runtime's weight bytes counted the long way: on the converted plain network the exporter writes."""
+    from sparsenas.runtimes.base import coo_bytes
+
+    dense = sparse = 0
+    for m in to_plain(model, shape, choose).modules():
+        tensors = []
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            tensors.append(m.weight.detach())
+            dense, sparse = dense + m.weight.shape[0] * 4, sparse + m.weight.shape[0] * 4
+        elif isinstance(m, GroupedPointwise):
+            tensors += [t for t in (m.perm_in, m.unperm_out) if t is not None]
+        for t in tensors:
+            b = t.numel() * t.element_size()
+            dense, sparse = dense + b, sparse + (min(b, coo_bytes(t)) if t.dim() > 1 else b)
+    return {"bytes": sparse, "dense_bytes": dense}
+
+
+def test_onnxruntime_weight_bytes_count_the_network_as_its_plain_conversion_does():
+    """The size is counted on the network's own masked tensors (no copy); it must equal the count on
+    the plain network the exporter converts: sparse, G2G (grouped or not, permuted or not), trained
+    sparse_mbv2 networks."""
+    from sparsenas.search_spaces import get_space
+
+    rt = get_runtime("onnxruntime")
+    grouped, dense = (lambda s: "grouped" if s.blocks else "dense"), (lambda s: "dense")
+    shape = (16, 5, 5)
+    toy = nn.Sequential(block_layer(grouping="index"), nn.ReLU(), block_layer(32, 32, grouping="interleaved"),
+                        SparseConv2d(32, 8, 3, sparsity=0.9), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(8, 3)).eval()
+    for choose in (grouped, dense):
+        assert rt.weight_bytes(toy, shape, choose) == _plain_count(toy, shape, choose)
+    assert rt.weight_bytes(toy, shape, grouped) != rt.weight_bytes(toy, shape, dense)
+    layer = block_layer(grouping="interleaved")  # the network is one sparse layer
+    assert rt.weight_bytes(layer, shape, grouped) == _plain_count(layer, shape, grouped)
+    space, task = get_space("sparse_mbv2"), Task("digits", (1, 8, 8), 10)
+    rng, conns = random.Random(3), set()
+    for i in range(6):
+        arch = space.sample(rng, task)
+        if i % 2:  # every layer a G2G one: block-diagonal layers to group
+            arch = arch.replace(**{k: "g2g" for k, v in arch.choices.items() if k.endswith("_conn")})
+        conns |= {v for k, v in arch.choices.items() if k.endswith("_conn")}
+        model = space.build(arch, task).eval()
+        for choose in (grouped, dense):
+            assert rt.weight_bytes(model, task.input_shape, choose) == _plain_count(model, task.input_shape, choose)
+    assert "g2g" in conns and "magnitude" in conns
+
+
 @pytest.mark.parametrize("runtime", ["torch", "mnn"])
 def test_inspect_prints_per_layer_time_in_a_runtime(tmp_path, capsys, runtime):
     from sparsenas.arch import Arch

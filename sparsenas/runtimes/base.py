@@ -140,7 +140,8 @@ def subtract(t: Timing, base: Timing) -> Timing:
                   wall_p10_ms=d(t.wall_p10_ms, base.wall_p10_ms), cpu_p10_ms=d(t.cpu_p10_ms, base.cpu_p10_ms))
 
 
-def coo_bytes(t: torch.Tensor, index_bytes: int = 8) -> int:
-    """ONNX sparse-initializer (COO, linearised int64 indices) size of a tensor."""
-    nnz = int(torch.count_nonzero(t))
+def coo_bytes(t: torch.Tensor, index_bytes: int = 8, nnz: int | None = None) -> int:
+    """ONNX sparse-initializer (COO, linearised int64 indices) size of a tensor (holding ``nnz``
+    non-zeros when given: counted already)."""
+    nnz = int(torch.count_nonzero(t)) if nnz is None else nnz
     return nnz * (t.element_size() + index_bytes)

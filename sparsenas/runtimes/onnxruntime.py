@@ -17,7 +17,10 @@ import torch
 from torch import nn
 
 from . import RUNTIMES
-from .base import Chooser, Runner, coo_bytes
+from ..errors import SparseNASError
+from ..ops.kernels import frozen_weight
+from ..ops.sparse import SparseMixin
+from .base import GROUPED, Chooser, Runner, coo_bytes
 from .onnx_file import OnnxFileRuntime
 
 
@@ -56,27 +59,82 @@ class OnnxRuntime(OnnxFileRuntime):
 
     def weight_bytes(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser) -> dict[str, int]:
         """The initializers of the exported graph, each stored densely or as an ONNX sparse initializer
-        (COO), whichever is smaller. Counted on the plain network the way the exporter writes it
-        (BatchNorm folded into the preceding conv: a bias per output channel) rather than by
-        exporting, which would cost ~0.2 s a trial; on random sparse_mbv2 networks this count is
-        0.5-2% above the exported file's initializers (the exporter drops a few biases it folds)."""
-        from ..ops.plain import GroupedPointwise, to_plain
+        (COO), whichever is smaller. Counted on the network's own tensors the way the exporter writes
+        them (:func:`sparsenas.ops.plain.to_plain`'s layers, BatchNorm folded into the preceding conv:
+        a bias per output channel) rather than by exporting (~0.2 s a trial) or converting a copy
+        (~23 ms); on random sparse_mbv2 networks this count is 0.5-2% above the exported file's
+        initializers (the exporter drops a few biases it folds)."""
+        from ..ops.plain import GroupedPointwise
 
-        plain = to_plain(model, input_shape, choose)
         dense = sparse = 0
-        for m in plain.modules():
-            tensors: list[torch.Tensor] = []
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                tensors.append(m.weight.detach())
-                bias = m.weight.shape[0] * 4  # its own bias, or the folded BatchNorm's
-                dense, sparse = dense + bias, sparse + bias
-            elif isinstance(m, GroupedPointwise):  # its channel permutations are int64 initializers
-                tensors += [t for t in (m.perm_in, m.unperm_out) if t is not None]
-            for t in tensors:
-                b = t.numel() * t.element_size()
-                dense += b
-                sparse += min(b, coo_bytes(t)) if t.dim() > 1 else b
+
+        def add(t: torch.Tensor, nnz: int | None = None, numel: int | None = None) -> None:
+            nonlocal dense, sparse
+            b = (t.numel() if numel is None else numel) * t.element_size()
+            dense, sparse = dense + b, sparse + min(b, coo_bytes(t, nnz=nnz))
+
+        def bias(rows: int) -> None:  # a layer's own bias, or the folded BatchNorm's: 4 bytes per output
+            nonlocal dense, sparse
+            dense, sparse = dense + rows * 4, sparse + rows * 4
+
+        def index(n: int) -> None:  # an int64 channel permutation, stored densely
+            nonlocal dense, sparse
+            dense, sparse = dense + n * 8, sparse + n * 8
+
+        grouped = _grouped_layers(model, input_shape, choose)
+        inside: list[str] = []  # sparse layers' submodules: the plain layer replacing them has none
+        for name, m in model.named_modules():
+            if any(name.startswith(p) for p in inside):
+                continue
+            if isinstance(m, SparseMixin):
+                inside.append(f"{name}." if name else "")
+                w = frozen_weight(m)
+                if name in grouped:  # GroupedPointwise: the diagonal blocks, two permutations when not identity
+                    groups = grouped[name]
+                    nnz = _block_diagonal_nonzeros(w, m.in_group, m.out_group)
+                    add(w, nnz, w.numel() // groups)
+                    bias(w.shape[0])
+                    index(w.shape[1] if bool((torch.diff(m.in_group) < 0).any()) else 0)
+                    index(w.shape[0] if bool((torch.diff(m.out_group) < 0).any()) else 0)
+                elif isinstance(m, (nn.Conv2d, nn.Linear)):
+                    add(w)
+                    bias(w.shape[0])
+                else:
+                    raise SparseNASError(f"cannot export sparse layer '{name}' of type {type(m).__name__}: only "
+                                         "sparse Conv2d and Linear layers have a plain PyTorch equivalent")
+            elif isinstance(m, (nn.Conv2d, nn.Linear)):
+                add(m.weight.detach())
+                bias(m.weight.shape[0])
+            elif isinstance(m, GroupedPointwise):  # an already plain network
+                for t in (m.perm_in, m.unperm_out):
+                    if t is not None:
+                        index(t.numel())
         return {"bytes": sparse, "dense_bytes": dense}
+
+
+def _grouped_layers(model: nn.Module, input_shape: tuple[int, ...], choose: Chooser) -> dict[str, int]:
+    """``{name: groups}`` of the block-diagonal G2G layers ``choose`` runs as a grouped conv (as
+    :func:`sparsenas.ops.plain.to_plain` decides it, on each layer's first call); traced only when
+    the network has such a layer."""
+    from ..ops.plain import block_groups
+    from ..ops.spec import trace_named_layers
+
+    if not any(isinstance(m, SparseMixin) and block_groups(m) for m in model.modules()):
+        return {}
+    specs: dict[str, Any] = {}
+    for name, spec in trace_named_layers(model, input_shape):
+        specs.setdefault(name, spec)
+    mods = dict(model.named_modules())
+    return {name: spec.blocks for name, spec in specs.items()
+            if spec.blocks and isinstance(mods[name], SparseMixin) and choose(spec) == GROUPED}
+
+
+def _block_diagonal_nonzeros(w: torch.Tensor, in_group: torch.Tensor, out_group: torch.Tensor) -> int:
+    """Non-zeros of a 1x1 weight that has none between groups (what GroupedPointwise refuses otherwise)."""
+    off_block = w.reshape(w.shape[0], w.shape[1]) * (out_group[:, None] != in_group[None, :])
+    if torch.count_nonzero(off_block):
+        raise SparseNASError("GroupedPointwise: the mask is not block-diagonal between its groups")
+    return int(torch.count_nonzero(w))
 
 
 def run_file(path: str | Path, x: torch.Tensor) -> np.ndarray:
