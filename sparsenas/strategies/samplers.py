@@ -210,8 +210,9 @@ def evaluate_trial(ctx: SearchContext, trial: optuna.Trial, strategy: str, evalu
         tracker.record_arch(trial, arch, strategy=strategy, canonical_digest=canonical)
         # the same network under another encoding (a block past its stage's depth, p_inter of a dense
         # layer...) is not trained twice: it takes the first one's results and weights. (Looked up
-        # before this trial's choices are written: reading the study re-reads its RUNNING trials.)
-        twin = tracker.twin(canonical)
+        # before this trial's choices are written: reading the study re-reads its RUNNING trials; the
+        # trials the target check just read are looked at instead, when it ran for this trial.)
+        twin = tracker.twin(canonical, trial.number)
         if twin is not None:
             values = tracker.record_duplicate(trial, twin)
     ctx.progress.trial_started(trial.number, arch.digest())

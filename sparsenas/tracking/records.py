@@ -338,7 +338,8 @@ def write_study(study: optuna.Study, attrs: Mapping[str, Any], *, checked: bool 
 # ---------------------------------------------------------------- writing a RUNNING trial in one transaction
 def _write_rdb(backend: optuna.storages.RDBStorage, trial_id: int, buffered: "BufferedStorage") -> None:
     """One session, one commit, one look-up of the trial: Optuna's own ``*_without_commit`` helpers
-    look the trial up again for every row, which cost more than the commits they save."""
+    look the trial up again for every row, which cost more than the commits they save. User attrs
+    are looked for (to update rather than insert) only when the trial may hold one of their keys."""
     from optuna.distributions import distribution_to_json
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
@@ -349,12 +350,12 @@ def _write_rdb(backend: optuna.storages.RDBStorage, trial_id: int, buffered: "Bu
         session.add_all([models.TrialParamModel(trial_id=trial_id, param_name=name, param_value=value,
                                                 distribution_json=distribution_to_json(dist))
                          for name, value, dist in buffered.params])
-        for model, attrs in ((models.TrialUserAttributeModel, buffered.user_attrs),
-                             (models.TrialSystemAttributeModel, buffered.system_attrs)):
+        for model, attrs, known in ((models.TrialUserAttributeModel, buffered.user_attrs, buffered.user_keys),
+                                    (models.TrialSystemAttributeModel, buffered.system_attrs, None)):
             if not attrs:
                 continue
-            existing = {a.key: a for a in session.query(model).filter(model.trial_id == trial_id,
-                                                                      model.key.in_(list(attrs)))}
+            existing = {} if known is not None and known.isdisjoint(attrs) else {
+                a.key: a for a in session.query(model).filter(model.trial_id == trial_id, model.key.in_(list(attrs)))}
             for key, value in attrs.items():
                 if key in existing:
                     existing[key].value_json = json.dumps(value)
@@ -367,8 +368,11 @@ class BufferedStorage:
     parameters and attributes are kept here and written by :func:`write_buffered` in one transaction.
     Everything else goes to the real storage."""
 
-    def __init__(self, storage: optuna.storages.BaseStorage) -> None:
+    def __init__(self, storage: optuna.storages.BaseStorage, user_keys: set[str] | None = None) -> None:
         self.storage = storage
+        # the user-attr keys the trial may hold already (None: unknown): what its Trial object has read
+        # and written, the only writer of a RUNNING trial's user attrs but a dead worker's reaper
+        self.user_keys = user_keys
         self.params: list[tuple[str, float, Any]] = []
         self.user_attrs: dict[str, Any] = {}
         self.system_attrs: dict[str, Any] = {}

@@ -57,6 +57,12 @@ class Tracker:
         self.pruner = pruner
         self._mine: set[int] = set()  # ids of the trials this tracker started (record_worker)
         self._artifact_dir_known = False
+        # canonical digest -> lowest-numbered COMPLETE trial with it, over the finished trials read so
+        # far (finished trials never change: each is indexed once); and the trials a target check read
+        # for a trial, which its duplicate look-up reuses instead of reading the study again
+        self._twins: dict[str, FrozenTrial] = {}
+        self._indexed: set[int] = set()
+        self._read_for: tuple[int, list[FrozenTrial]] | None = None
         self._store: optuna.artifacts.FileSystemArtifactStore | None = None
         # with a successive-halving pruner of sparsenas's own, the trial target counts architectures
         # trained to full fidelity (COMPLETE); otherwise PRUNED trials count too
@@ -122,7 +128,8 @@ class Tracker:
         if isinstance(trial.storage, records.BufferedStorage):  # already inside a batch: one write at its end
             yield
             return
-        buffered = records.BufferedStorage(trial.storage)
+        cached = getattr(trial, "_cached_frozen_trial", None)  # Optuna's Trial keeps the attrs it read and wrote
+        buffered = records.BufferedStorage(trial.storage, None if cached is None else set(cached.user_attrs))
         trial.storage = buffered  # type: ignore[assignment]  # Trial writes through this attribute
         try:
             yield
@@ -169,12 +176,23 @@ class Tracker:
             raise ValueError(f"state must be 'pruned' or 'failed', got {state!r}")
         records.write_trial(trial, {"pruned_reason" if state == "pruned" else "fail_reason": reason})
 
-    def twin(self, canonical_digest: str) -> FrozenTrial | None:
-        """A COMPLETE trial of this study that built the same network (same ``canonical_digest``)."""
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if records.trial_record(t).canonical_digest == canonical_digest:
-                return t
-        return None
+    def twin(self, canonical_digest: str, number: int | None = None) -> FrozenTrial | None:
+        """A COMPLETE trial of this study that built the same network (same ``canonical_digest``), the
+        lowest-numbered one. ``number``: the trial asking, whose target check (:meth:`surplus`) read the
+        study moments ago; the trials that read found are looked at instead of reading it again."""
+        if self._read_for is not None and self._read_for[0] == number:
+            trials = self._read_for[1]
+        else:
+            trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        self._read_for = None
+        for t in trials:
+            if t.state != TrialState.COMPLETE or t._trial_id in self._indexed:
+                continue
+            self._indexed.add(t._trial_id)
+            digest = records.trial_record(t).canonical_digest
+            if digest is not None and (digest not in self._twins or t.number < self._twins[digest].number):
+                self._twins[digest] = t
+        return self._twins.get(canonical_digest)
 
     def record_duplicate(self, trial: optuna.Trial, twin: FrozenTrial) -> list[float]:
         """Give ``trial`` the results (and saved weights) of ``twin``, the same network under another
@@ -288,17 +306,25 @@ class Tracker:
 
     def counts(self) -> tuple[int, list[int]]:
         """(trials that count towards the target, numbers of the RUNNING trials)."""
-        counted = (TrialState.COMPLETE,) if self.full_fidelity else (TrialState.COMPLETE, TrialState.PRUNED)
-        trials = self.study.get_trials(deepcopy=False, states=(*counted, TrialState.RUNNING))
+        trials = self._target_trials()
         running = [t.number for t in trials if t.state == TrialState.RUNNING]
         return len(trials) - len(running), running
+
+    def _target_trials(self) -> list[FrozenTrial]:
+        """The study's trials that count towards the target (every COMPLETE one among them) and the
+        RUNNING ones, read now."""
+        counted = (TrialState.COMPLETE,) if self.full_fidelity else (TrialState.COMPLETE, TrialState.PRUNED)
+        return self.study.get_trials(deepcopy=False, states=(*counted, TrialState.RUNNING))
 
     def _committed(self, before: int | None = None) -> int:
         """Trials that count towards the target, plus RUNNING ones that claimed a place
         (:meth:`claim_completion`), of those numbered below ``before`` when given."""
-        counted = (TrialState.COMPLETE,) if self.full_fidelity else (TrialState.COMPLETE, TrialState.PRUNED)
+        return self._count_committed(self._target_trials(), before)
+
+    @staticmethod
+    def _count_committed(trials: list[FrozenTrial], before: int | None = None) -> int:
         n = 0
-        for t in self.study.get_trials(deepcopy=False, states=(*counted, TrialState.RUNNING)):
+        for t in trials:
             if t.state != TrialState.RUNNING:
                 n += 1
             elif records.trial_record(t).full_fidelity_claim and (before is None or t.number < before):
@@ -311,10 +337,12 @@ class Tracker:
         workers that start the last trial at the same moment agree on which one is surplus. With a
         pruner counting full fidelity, RUNNING trials may still be pruned: only those that claimed a
         place count."""
+        trials = self._target_trials()
+        self._read_for = (trial.number, trials)  # for this trial's duplicate look-up (twin)
         if self.full_fidelity:
-            return self._committed() >= target
-        done, running = self.counts()
-        return done + sum(1 for n in running if n < trial.number) >= target
+            return self._count_committed(trials) >= target
+        before = sum(1 for t in trials if t.state == TrialState.RUNNING and t.number < trial.number)
+        return sum(1 for t in trials if t.state != TrialState.RUNNING) + before >= target
 
     def target_reached(self, target: int) -> bool:
         """Full-fidelity counting: the study holds ``target`` COMPLETE trials or claims, so a RUNNING
