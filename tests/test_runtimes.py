@@ -19,7 +19,7 @@ from sparsenas.hwprofiles.profiler import KernelTimer, run_profile
 from sparsenas.hwprofiles.validate import validate
 from sparsenas.ops import G2GConv2d, SparseConv2d, to_inference, trace_layers
 from sparsenas.ops.plain import GroupedPointwise, to_plain
-from sparsenas.ops.spec import LayerSpec
+from sparsenas.ops.spec import LayerSpec, trace_named_layers
 from sparsenas.runtimes import RUNTIMES, RuntimeNotInstalled, get_runtime
 from sparsenas.runtimes.onnxruntime import run_file
 from sparsenas.task import Task
@@ -198,8 +198,11 @@ def test_onnxruntime_weight_bytes_count_the_network_as_its_plain_conversion_does
             arch = arch.replace(**{k: "g2g" for k, v in arch.choices.items() if k.endswith("_conn")})
         conns |= {v for k, v in arch.choices.items() if k.endswith("_conn")}
         model = space.build(arch, task).eval()
+        traced = trace_named_layers(model, task.input_shape)  # what a latency evaluator hands over
         for choose in (grouped, dense):
-            assert rt.weight_bytes(model, task.input_shape, choose) == _plain_count(model, task.input_shape, choose)
+            expected = _plain_count(model, task.input_shape, choose)
+            assert rt.weight_bytes(model, task.input_shape, choose) == expected
+            assert rt.weight_bytes(model, task.input_shape, choose, traced) == expected
     assert "g2g" in conns and "magnitude" in conns
 
 

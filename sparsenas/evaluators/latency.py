@@ -37,8 +37,9 @@ class LatencyEvaluator(Protocol):
     def __call__(self, arch: Arch, model: nn.Module, task: Task) -> LatencyResult: ...
 
 
-def _runtime_attrs(rt: Runtime, model: nn.Module, task: Task, choose: Chooser) -> dict[str, Any]:
-    size = rt.weight_bytes(model.cpu().eval(), task.input_shape, choose)
+def _runtime_attrs(rt: Runtime, model: nn.Module, task: Task, choose: Chooser,
+                   layers: list[tuple[str, Any]] | None = None) -> dict[str, Any]:
+    size = rt.weight_bytes(model.cpu().eval(), task.input_shape, choose, layers)
     return {"runtime": rt.name, "runtime_version": rt.version(), "model_bytes": size["bytes"],
             "model_bytes_dense": size["dense_bytes"]}
 
@@ -167,7 +168,7 @@ class TableLatency:
                  "hw_speed": p.speed, "hw_profile_path": self.table.path, "kernel_sum_ms": p.plain_sum_ms,
                  **({"hw_cache": str(self.cache.path), "hw_cache_kernels": len(cached)} if cached else {}),
                  "kernels": {name: impl for (name, _), impl in zip(named, p.kernels)},
-                 **_runtime_attrs(self.runtime, model, task, self.table.choose)}
+                 **_runtime_attrs(self.runtime, model, task, self.table.choose, named)}
         return LatencyResult(p.ms, f"table:{p.profile}", attrs)
 
 

@@ -179,16 +179,19 @@ def trace_named_layers(
     twice.
     """
     found: list[tuple[str, LayerSpec]] = []
-    names = {m: n for n, m in model.named_modules()}
+    names: dict[nn.Module, str] = {}
+    modes: dict[nn.Module, bool] = {}
 
     def hook(module: nn.Module, args: tuple[Any, ...], _out: Any) -> None:
         spec = _spec_of(module, args[0])
         if spec is not None:
             found.append((names[module], spec))
 
-    modes = {m: m.training for m in model.modules()}
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear)) or callable(getattr(m, "layer_spec", None))]
+    handles = []
+    for n, m in model.named_modules():  # one walk: this runs twice a trial, on every trial
+        names[m], modes[m] = n, m.training
+        if isinstance(m, (nn.Conv2d, nn.Linear)) or callable(getattr(m, "layer_spec", None)):
+            handles.append(m.register_forward_hook(hook))
     param = next(model.parameters(), None)
     buf = next(model.buffers(), None)
     ref = param if param is not None else buf
@@ -202,7 +205,8 @@ def trace_named_layers(
         for h in handles:
             h.remove()
         for m, mode in modes.items():
-            m.training = mode
+            if m.training != mode:
+                m.training = mode
     return found
 
 

@@ -110,8 +110,11 @@ class Runtime(ABC):
         """Write the artifact (the file a user deploys) to ``path``."""
 
     @abstractmethod
-    def weight_bytes(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser) -> dict[str, int]:
-        """``{"bytes": smallest encoding this runtime loads, "dense_bytes": all weights dense}``."""
+    def weight_bytes(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser,
+                     layers: list[tuple[str, LayerSpec]] | None = None) -> dict[str, int]:
+        """``{"bytes": smallest encoding this runtime loads, "dense_bytes": all weights dense}``.
+        ``layers``: the network's :func:`~sparsenas.ops.spec.trace_named_layers`, when the caller has
+        traced it already (a runtime that needs the trace then skips its own)."""
 
     def default_choice(self) -> Chooser:
         """The kernel of each layer when no hardware profile chooses: the runtime's native op."""

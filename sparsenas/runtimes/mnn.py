@@ -384,7 +384,8 @@ class MnnRuntime(Runtime):
         Path(path).write_bytes(self.mnn(model, input_shape, choose))
         return Path(path)
 
-    def weight_bytes(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser) -> dict[str, int]:
+    def weight_bytes(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser,
+                     layers: list[tuple[str, LayerSpec]] | None = None) -> dict[str, int]:
         """fp32 weights as model.mnn holds them: a conv on a sparse kernel keeps its non-zeros and a
         4-byte index each, every other layer its dense weight; a bias per output channel (its own or
         the folded BatchNorm's). Counted on the network, not by converting it (~0.1 s)."""

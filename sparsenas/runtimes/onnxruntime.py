@@ -19,6 +19,7 @@ from torch import nn
 from . import RUNTIMES
 from ..errors import SparseNASError
 from ..ops.kernels import frozen_weight
+from ..ops.spec import LayerSpec
 from ..ops.sparse import SparseMixin
 from .base import GROUPED, Chooser, Runner, coo_bytes
 from .onnx_file import OnnxFileRuntime
@@ -57,7 +58,8 @@ class OnnxRuntime(OnnxFileRuntime):
         feed = {loaded.get_inputs()[0].name: x}
         return lambda: loaded.run(None, feed)
 
-    def weight_bytes(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser) -> dict[str, int]:
+    def weight_bytes(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser,
+                     layers: list[tuple[str, LayerSpec]] | None = None) -> dict[str, int]:
         """The initializers of the exported graph, each stored densely or as an ONNX sparse initializer
         (COO), whichever is smaller. Counted on the network's own tensors the way the exporter writes
         them (:func:`sparsenas.ops.plain.to_plain`'s layers, BatchNorm folded into the preceding conv:
@@ -81,7 +83,7 @@ class OnnxRuntime(OnnxFileRuntime):
             nonlocal dense, sparse
             dense, sparse = dense + n * 8, sparse + n * 8
 
-        grouped = _grouped_layers(model, input_shape, choose)
+        grouped = _grouped_layers(model, input_shape, choose, layers)
         inside: list[str] = []  # sparse layers' submodules: the plain layer replacing them has none
         for name, m in model.named_modules():
             if any(name.startswith(p) for p in inside):
@@ -112,17 +114,18 @@ class OnnxRuntime(OnnxFileRuntime):
         return {"bytes": sparse, "dense_bytes": dense}
 
 
-def _grouped_layers(model: nn.Module, input_shape: tuple[int, ...], choose: Chooser) -> dict[str, int]:
+def _grouped_layers(model: nn.Module, input_shape: tuple[int, ...], choose: Chooser,
+                    layers: list[tuple[str, LayerSpec]] | None = None) -> dict[str, int]:
     """``{name: groups}`` of the block-diagonal G2G layers ``choose`` runs as a grouped conv (as
-    :func:`sparsenas.ops.plain.to_plain` decides it, on each layer's first call); traced only when
-    the network has such a layer."""
+    :func:`sparsenas.ops.plain.to_plain` decides it, on each layer's first call); traced (unless
+    ``layers`` is the trace) only when the network has such a layer."""
     from ..ops.plain import block_groups
     from ..ops.spec import trace_named_layers
 
     if not any(isinstance(m, SparseMixin) and block_groups(m) for m in model.modules()):
         return {}
-    specs: dict[str, Any] = {}
-    for name, spec in trace_named_layers(model, input_shape):
+    specs: dict[str, LayerSpec] = {}
+    for name, spec in layers if layers is not None else trace_named_layers(model, input_shape):
         specs.setdefault(name, spec)
     mods = dict(model.named_modules())
     return {name: spec.blocks for name, spec in specs.items()

@@ -13,6 +13,7 @@ import numpy as np
 from torch import nn
 
 from . import RUNTIMES, get_runtime
+from ..ops.spec import LayerSpec
 from .base import Chooser, Runner
 from .onnx_file import OnnxFileRuntime
 
@@ -40,7 +41,8 @@ class OpenVinoRuntime(OnnxFileRuntime):
         request = loaded.create_infer_request()
         return lambda: request.infer([x])
 
-    def weight_bytes(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser) -> dict[str, int]:
+    def weight_bytes(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser,
+                     layers: list[tuple[str, LayerSpec]] | None = None) -> dict[str, int]:
         """OpenVINO keeps fp32 weights dense: the exported graph's initializers, all dense."""
-        b = get_runtime("onnxruntime", check=False).weight_bytes(model, input_shape, choose)
+        b = get_runtime("onnxruntime", check=False).weight_bytes(model, input_shape, choose, layers)
         return {"bytes": b["dense_bytes"], "dense_bytes": b["dense_bytes"]}

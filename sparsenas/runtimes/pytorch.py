@@ -93,7 +93,8 @@ class TorchRuntime(Runtime):
         torch.save(state, path)
         return Path(path)
 
-    def weight_bytes(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser) -> dict[str, int]:
+    def weight_bytes(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser,
+                     layers: list[tuple[str, LayerSpec]] | None = None) -> dict[str, int]:
         """Dense tensors, except sparse layers held as CSR where their kernel is CSR (values + column
         indices + row pointers) and grouped layers, which hold only their diagonal blocks."""
         def held(chooser: Chooser) -> int:
