@@ -377,6 +377,12 @@ class BufferedStorage:
         self.user_attrs: dict[str, Any] = {}
         self.system_attrs: dict[str, Any] = {}
 
+    @classmethod
+    def of(cls, trial: optuna.Trial) -> "BufferedStorage":
+        """One for ``trial``, knowing the user-attr keys its Trial object read and wrote so far."""
+        cached = getattr(trial, "_cached_frozen_trial", None)  # Optuna's Trial keeps them there
+        return cls(trial.storage, None if cached is None else set(cached.user_attrs))
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.storage, name)
 

@@ -128,8 +128,7 @@ class Tracker:
         if isinstance(trial.storage, records.BufferedStorage):  # already inside a batch: one write at its end
             yield
             return
-        cached = getattr(trial, "_cached_frozen_trial", None)  # Optuna's Trial keeps the attrs it read and wrote
-        buffered = records.BufferedStorage(trial.storage, None if cached is None else set(cached.user_attrs))
+        buffered = records.BufferedStorage.of(trial)
         trial.storage = buffered  # type: ignore[assignment]  # Trial writes through this attribute
         try:
             yield
