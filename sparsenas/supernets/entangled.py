@@ -281,7 +281,7 @@ class EntangledBlock(nn.Module):
         self.register_buffer("pre_kernel", torch.stack([centre_mask(k) for k in KERNELS]), persistent=False)
         same = [[float(ci == co) for co in self.out_sizes] for ci in self.in_sizes]
         self.register_buffer("same_width", torch.tensor(same), persistent=False)
-        # G2G masks of the largest weights at every level (gradient mode), one code byte per weight
+        # G2G masks of the largest weights at every level (gradient mode), as one code byte per weight
         self.register_buffer("g2g_exp", g2g_codes(self.cin_max, h, EXPAND_GROUPING, self.seed("exp")),
                              persistent=False)
         self.register_buffer("g2g_proj", g2g_codes(h, self.cout_max, PROJECT_GROUPING, self.seed("proj")),
