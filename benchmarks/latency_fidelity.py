@@ -60,8 +60,8 @@ def main() -> None:
     cal = table.calibration(space.name, task.input_shape)
 
     console = Console()
-    t = Table(title=f"latency fidelity: {table.name} ({table.runtime_name}), {space.name} {task.input_shape}, {r['n']} random networks, "
-                    f"measured = {r['metric']}")
+    t = Table(title=f"latency fidelity: {table.name} ({table.runtime_name}), {space.name} {task.input_shape}, "
+                    f"{r['n']} random networks, measured = {r['metric']}")
     for col in ("predictor", "MAPE", "within ±10%", "Spearman", "pred/meas (median)", "max |err|"):
         t.add_column(col, justify="right")
     for label, f in report_rows(r):

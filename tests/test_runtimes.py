@@ -206,7 +206,8 @@ def test_every_default_is_the_one_default_runtime():
 
     default = get_runtime(None)
     assert default.name == DEFAULT_RUNTIME
-    assert LatencyTable.load().runtime_name == DEFAULT_RUNTIME and default_profile_path() == default_profile_path(DEFAULT_RUNTIME)
+    assert LatencyTable.load().runtime_name == DEFAULT_RUNTIME
+    assert default_profile_path() == default_profile_path(DEFAULT_RUNTIME)
     assert KernelTimer().runtime is default and MeasuredLatency().runtime is default
     spec = LayerSpec("conv2d", 32, 32, 1, 1, 1, (4, 4), 0.75, blocks=4)
     assert layer_impls(spec) == default.impls(spec)

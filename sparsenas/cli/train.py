@@ -9,7 +9,8 @@ from .common import add_graph_input, positive_float, print_json
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="retrain an exported architecture from scratch and export it",
                        description="Train the architecture in ARCH.json (written by `nas export`) from scratch, "
-                                   "measure its latency here in --runtime and write an export folder (see `nas export`).")
+                                   "measure its latency here in --runtime and write an export folder "
+                                   "(see `nas export`).")
     p.add_argument("arch", metavar="ARCH.json", help="architecture file (or a folder holding arch.json)")
     p.add_argument("--dataset", default=None, help="dataset (default: the one in ARCH.json)")
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (cifar*, mnist, fashion_mnist)")
