@@ -116,17 +116,23 @@ def _csr_weights(model: nn.Module) -> dict[str, Any]:
 
 def load_csr(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """``weights_csr.pt`` -> {layer name: dense masked weight}, read with ``weights_only=True``."""
-    data = torch.load(path, weights_only=True)
-    out = {}
-    for name, d in data["layers"].items():
-        shape = tuple(d["shape"])
-        cols = 1
-        for n in shape[1:]:
-            cols *= n
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            csr = torch.sparse_csr_tensor(d["crow_indices"], d["col_indices"], d["values"], (shape[0], cols))
-            out[name] = csr.to_dense().reshape(shape)
+    try:
+        data = torch.load(path, weights_only=True)
+        out = {}
+        for name, d in data["layers"].items():
+            shape = tuple(d["shape"])
+            cols = 1
+            for n in shape[1:]:
+                cols *= n
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                csr = torch.sparse_csr_tensor(d["crow_indices"], d["col_indices"], d["values"], (shape[0], cols))
+                out[name] = csr.to_dense().reshape(shape)
+    except OSError as e:
+        raise SparseNASError(f"cannot read {path}: {e.strerror or e}") from None
+    except Exception as e:  # a foreign or damaged file: torch.load's and the layout's many error types
+        raise SparseNASError(f"{path} is not a sparsenas weights_csr.pt (the CSR weights `nas export` writes): "
+                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     return out
 
 

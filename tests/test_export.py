@@ -92,6 +92,8 @@ def test_sparse_layers_keep_masks_and_csr_holds_the_same_weights(exported):
         assert abs(float((m.weight == 0).float().mean()) - m.target_sparsity) < 0.01
     csr = load_csr(out / "weights_csr.pt")
     state = torch.load(out / "model.pt", weights_only=True)
+    with pytest.raises(sparsenas.errors.SparseNASError, match="not a sparsenas weights_csr.pt"):  # a state dict is not one
+        load_csr(out / "model.pt")
     assert len(csr) == len(layers)
     for name, w in csr.items():
         assert torch.equal(w, state[f"{name}.weight"])
