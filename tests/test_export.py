@@ -16,6 +16,7 @@ from sparsenas.evaluators import accuracy
 from sparsenas.export import ExportError, layer_sparsity, load_csr, read_arch, write_export
 from sparsenas.ops import SparseMixin, sparse_modules
 from sparsenas.search_spaces import get_space
+from sparsenas.runtimes import DEFAULT_RUNTIME
 from sparsenas.tracking import arch_of, load_study, load_weights
 
 from _small_study import STUDY, run_cli, small_study
@@ -243,9 +244,16 @@ def test_nas_train_retrains_from_arch_json_and_load_returns_it(exported, trained
     _, trial = trained_model
     target = tmp_path / "retrained"
     rc, stdout, err = run_cli(["train", str(out / "arch.json"), "--epochs", "1", "--out", str(target),
-                               "--format", "json,pt,torchscript", "--no-progress", "--no-measure", "--json"])
+                               "--format", "json,pt,torchscript", "--no-progress", "--json"])
     assert rc == 0, err
     res = json.loads(stdout.strip().splitlines()[-1])
+    # measured in the default runtime, and every figure of it says so
+    assert res["runtime"] == DEFAULT_RUNTIME and res["measured_latency_ms"] > 0
+    assert f"ms measured in {DEFAULT_RUNTIME}" in stdout
+    card = (target / "card.md").read_text()
+    assert f"batch 1, {DEFAULT_RUNTIME}; measured:{DEFAULT_RUNTIME})" in card
+    assert (f"| measured at search time (ms, batch 1, {DEFAULT_RUNTIME}, wall / thread CPU) | "
+            f"{res['measured_latency_ms']:.4f}") in card
     model = sparsenas.load(target)
     data = load_dataset("synthetic", seed=0)
     assert accuracy(model, data.val, torch.device("cpu")) == res["accuracy"]
