@@ -14,7 +14,7 @@ runtime's sparse kernels or the network's choices are the reason:
   10th percentile of per-call thread CPU time). Timing depends on the zero pattern, not on trained
   values, so these networks carry seeded random weights; the trial itself carries its own.
 
-    python benchmarks/sparsity_headroom.py --storage sqlite:///nas.db --study S --trial 1 --runtime mnn \
+    python benchmarks/sparsity_headroom.py --storage sqlite:///nas.db --study S --trial 1 [--runtime R] \
         [--at 0.9:magnitude --at 0.9:magnitude_oc4] [--repeats 1000] [--json]
 
 With ``--json`` the last line of stdout is one JSON object with every figure.
@@ -35,7 +35,7 @@ from sparsenas.ops.spec import trace_named_layers
 from sparsenas.runtimes import get_runtime
 from sparsenas.search_spaces import get_space
 from sparsenas.task import Task
-from sparsenas.tracking import arch_of, load_study, load_weights
+from sparsenas.tracking import arch_of, load_study, load_weights, study_record
 
 
 def kernel_sums(table: LatencyTable, layers) -> dict:
@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--storage", default="sqlite:///nas.db")
     ap.add_argument("--study", default=None)
     ap.add_argument("--trial", type=int, required=True, help="the trial deploy_speedup.py reported")
-    ap.add_argument("--runtime", default="mnn")
+    ap.add_argument("--runtime", default=None, help="default: the runtime the study was timed in")
     ap.add_argument("--artifact-dir", default=None, help="where the study's weights are, if not beside its storage")
     ap.add_argument("--at", action="append", default=None, metavar="SPARSITY:CONN",
                     help="re-prune every built 1x1 conv at this level and conn (repeatable; default 0.9:magnitude, "
@@ -79,7 +79,8 @@ def main() -> None:
     study = load_study(args.storage, args.study)
     sa = study.user_attrs
     space, task = get_space(sa["space"]), Task.from_dict(sa["task"])
-    table, rt = LatencyTable.load(None, args.runtime), get_runtime(args.runtime)
+    runtime = args.runtime or study_record(study).timed_in
+    table, rt = LatencyTable.load(None, runtime), get_runtime(runtime)
     shape = task.input_shape
 
     per_trial = {}
@@ -121,7 +122,7 @@ def main() -> None:
         v["profile"] = kernel_sums(table, trace_layers(m, shape))
 
     err = sys.stderr
-    print(f"{args.runtime}: sparse 1x1 layers of trial {trial.number} (profile, us)", file=err)
+    print(f"{runtime}: sparse 1x1 layers of trial {trial.number} (profile, us)", file=err)
     for r in layers:
         print(f"  {r['layer']:18s} {r['cin']:4d}->{r['cout']:<4d} {r['hw'][0]}x{r['hw'][1]:<3d} {r['sparsity']:<6} "
               f"{str(r['mask']):14s} {r['kernel']:8s} {r['us']:6.2f} vs dense {r['dense_us']:6.2f}", file=err)
@@ -134,7 +135,7 @@ def main() -> None:
         print(f"  {name:34s} {v['chosen_ms']:.4f} ms, all dense {v['all_dense_ms']:.4f} ms -> "
               f"{v['from_sparse_kernels']:.2f}x (profile {v['profile']['from_sparsity']:.2f}x)", file=err)
     if args.json:
-        print(json.dumps({"study": study.study_name, "trial": trial.number, "runtime": args.runtime,
+        print(json.dumps({"study": study.study_name, "trial": trial.number, "runtime": runtime,
                           "runtime_version": rt.version(), "sparse_layers": layers, "per_trial": per_trial,
                           "variants": measured, "repeats": args.repeats,
                           "load_avg": [round(v, 2) for v in os.getloadavg()]}))
