@@ -96,7 +96,7 @@ def hypervolume_2d(points: list[tuple[float, float]], ref: tuple[float, float]) 
 def _common(cfg: dict) -> dict:
     return dict(space=cfg["space"], dataset=cfg["dataset"], input_size=cfg["input_size"], limit=cfg["limit"],
                 storage=cfg["storage"], seed=cfg["seed"], epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                progress=False)
+                runtime=cfg["runtime"], progress=False)
 
 
 def _retrain(cfg: dict, archs: list, mutate=None, measure: bool = False) -> list[dict]:
@@ -120,8 +120,8 @@ def _retrain(cfg: dict, archs: list, mutate=None, measure: bool = False) -> list
         params, nnz = count_params(model.eval())
         row = {"arch_digest": arch.digest(), "test_accuracy": res.test_accuracy, "val_accuracy": res.val_accuracy,
                "params": params, "nnz": nnz}
-        if measure:  # baselines are not in any study: time them here
-            row["latency_ms"] = measure_latency(model, data.task)["measured_latency_ms"]
+        if measure:  # baselines are not in any study: time them here, in the runtime the searches judge
+            row["latency_ms"] = measure_latency(model, data.task, runtime=cfg["runtime"])["measured_latency_ms"]
         out.append(row)
     return out
 
@@ -478,8 +478,10 @@ def main(argv: list[str] | None = None) -> int:
     skipped = {s: why for s, why in _applicable(names, args, options).items() if why}
     names = [s for s in names if s not in skipped]
     storage = f"sqlite:///{tempfile.mkdtemp(prefix='compare_strategies_')}/bench.db"
+    from sparsenas.runtimes import DEFAULT_RUNTIME
+
     base = dict(space=args.space, dataset=args.dataset, input_size=args.input_size, limit=args.limit,
-                storage=storage, epochs=args.epochs, batch_size=args.batch_size, top=args.top,
+                storage=storage, epochs=args.epochs, batch_size=args.batch_size, top=args.top, runtime=DEFAULT_RUNTIME,
                 budget_s=args.budget_minutes * 60, options=options, pruner_args=pruner_args)
     runs: dict[str, list[dict]] = {s: [] for s in names}
     load_before = os.getloadavg()
@@ -506,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
                         for m in ("test_accuracy", "nnz", "latency_ms")}
                     for k in ("dense_parent", "random_masks", "random_search_best")} if baselines else {}
     out = {"space": args.space, "dataset": args.dataset, "input_size": args.input_size, "limit": args.limit,
+           "runtime": base["runtime"],
            "pruner_args": pruner_args,
            "budget_minutes": args.budget_minutes, "seeds": args.seeds, "epochs": args.epochs, "top": args.top,
            "machine": {"cpus": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg(),
@@ -546,7 +549,7 @@ def _print(out: dict) -> None:
     console.print(t)
     if out["baselines"]:
         b = Table(title="baselines on random search's best architecture (retrained, same epochs)")
-        for c in ("network", "test acc", "non-zeros", "latency ms (measured)"):
+        for c in ("network", "test acc", "non-zeros", f"latency ms (measured, {out['runtime']})"):
             b.add_column(c, justify="right")
         for k, v in out["baselines"].items():
             b.add_row(k, _fmt(v["test_accuracy"], "acc"), _fmt(v["nnz"], "n"), _fmt(v["latency_ms"], "overhead"))

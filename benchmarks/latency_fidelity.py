@@ -14,8 +14,8 @@ and compares the predictors side by side:
 Figures: MAPE, share within +-10%, Spearman rho, median predicted/measured; the bar is >= 95%
 within +-10% and rho >= 0.95. Also prints the load average before/after, since the machine is shared.
 
-    python benchmarks/latency_fidelity.py [--hw PROFILE.json] [--space sparse_mbv2] [--input-size 16]
-                                          [--n 50] [--plot fidelity.png] [--json]
+    python benchmarks/latency_fidelity.py [--hw PROFILE.json | --runtime torch] [--space sparse_mbv2]
+                                          [--input-size 16] [--n 50] [--plot fidelity.png] [--json]
 
 With ``--json`` the last line of stdout is one JSON object with every figure.
 """
@@ -37,7 +37,8 @@ from sparsenas.search_spaces import get_space
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--hw", default=None, help="profile (default: the one shipped with sparsenas)")
+    ap.add_argument("--hw", default=None, help="profile (default: the one shipped with sparsenas for --runtime)")
+    ap.add_argument("--runtime", default=None, help="the profile's runtime (default: the default runtime, or --hw's)")
     ap.add_argument("--space", default="sparse_mbv2")
     ap.add_argument("--dataset", default=None)
     ap.add_argument("--input-size", type=int, default=None)
@@ -48,7 +49,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print all figures as one JSON object on the last line")
     args = ap.parse_args()
 
-    table = LatencyTable.load(args.hw)
+    table = LatencyTable.load(args.hw, args.runtime)
     space = get_space(args.space)
     task = load_dataset(args.dataset or space.default_dataset, input_size=args.input_size, limit=1).task
     load_before = os.getloadavg()
@@ -59,8 +60,8 @@ def main() -> None:
     cal = table.calibration(space.name, task.input_shape)
 
     console = Console()
-    t = Table(title=f"latency fidelity: {table.name}, {space.name} {task.input_shape}, {r['n']} random networks, "
-                    f"measured = {r['metric']}")
+    t = Table(title=f"latency fidelity: {table.name} ({table.runtime_name}), {space.name} {task.input_shape}, "
+                    f"{r['n']} random networks, measured = {r['metric']}")
     for col in ("predictor", "MAPE", "within ±10%", "Spearman", "pred/meas (median)", "max |err|"):
         t.add_column(col, justify="right")
     for label, f in report_rows(r):

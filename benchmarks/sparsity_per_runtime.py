@@ -27,7 +27,7 @@ from torch import nn
 
 from sparsenas.errors import SparseNASError
 from sparsenas.hwprofiles.measure import Network, measure_networks
-from sparsenas.ops import G2GConv2d, SparseConv2d, measured_choice, trace_layers
+from sparsenas.ops import G2GConv2d, SparseConv2d, trace_layers
 from sparsenas.runtimes import RUNTIMES, get_runtime
 from sparsenas.search_spaces import get_space
 from sparsenas.task import Task
@@ -92,7 +92,7 @@ def main() -> None:
         # torch: the kernel each layer is fastest with here; the others: the last kernel the runtime lists for
         # the layer (ONNX runtimes: grouped where the layer is block-diagonal; MNN: its sparse kernel, 4-channel
         # blocks where the zeros come so)
-        choose = measured_choice if name == "torch" else (lambda s, rt=rt: rt.impls(s)[-1])
+        choose = rt.sparse_choice()
         nets = [Network(arch, trace_layers(m, task.input_shape), rt.prepare_copies(m, task.input_shape, choose))
                 for m in variants.values()]
         t = dict(zip(variants, measure_networks(nets, repeats=args.repeats, rounds=20)))

@@ -352,10 +352,11 @@ def export(storage: str = DEFAULT_STORAGE, study: str | None = None, out: str = 
 def train(arch_path: str, *, dataset: str | None = None, data_dir: str | None = None, input_size: int | None = None,
           epochs: int = 8, batch_size: int = 32, lr: float = 0.05, seed: int = 0, limit: int | None = None,
           out: str | None = None, formats: str = "json,pt,onnx,torchscript", sparse_format: str | None = None,
-          onnx_exporter: str = "dynamo", measure: bool = True, progress: bool = False,
+          onnx_exporter: str = "dynamo", measure: bool = True, runtime: str | None = None, progress: bool = False,
           graph_input: str = "raw") -> tuple[Any, dict[str, Any]]:
-    """Retrain the architecture in ``arch_path`` (arch.json or its folder) from scratch and export it;
-    returns (the export, the training figures)."""
+    """Retrain the architecture in ``arch_path`` (arch.json or its folder) from scratch and export it
+    (with ``measure``, its latency measured in ``runtime``; None: the default runtime); returns (the
+    export, the training figures)."""
     import os
 
     from .export import normalize_formats, read_arch, resolve_plugin, retrain, write_export
@@ -377,11 +378,11 @@ def train(arch_path: str, *, dataset: str | None = None, data_dir: str | None = 
         bar.trial_started(0, f"{epochs} epochs on {dataset}")
         model, task, figures = retrain(arch, dataset=dataset, data_dir=data_dir, input_size=input_size, epochs=epochs,
                                        batch_size=batch_size, lr=lr, seed=seed, limit=limit, measure=measure,
-                                       on_step=bar.trial_progress)
+                                       runtime=runtime, on_step=bar.trial_progress)
     info = {"weights": f"retrained from scratch for {figures['epochs']} epochs on {task.dataset} (seed {seed}) "
                        "by `nas train`",
             "retrained": figures, "source": doc.get("source") or {},
-            **{k: figures.get(k) for k in ("latency_ms", "latency_source", "measured_latency_ms",
+            **{k: figures.get(k) for k in ("latency_ms", "latency_source", "latency_runtime", "measured_latency_ms",
                                            "measured_latency_cpu_ms", "flops", "effective_flops", "kernels")}}
     res = write_export(model, arch, task, out, formats=formats, sparse_format=sparse_format, info=info,
                        onnx_exporter=onnx_exporter, contract=figures.get("contract"), graph_input=graph_input)
@@ -456,7 +457,7 @@ def profile(out: str, *, spaces: list[str] | None = None, dataset: str | None = 
     if device == "cuda":
         _device("cuda")
     jobs = _profile_jobs(spaces, dataset, data_dir, input_sizes)
-    timer = KernelTimer(repeats=repeats, runtime=runtime or DEFAULT_RUNTIME)
+    timer = KernelTimer(repeats=repeats, runtime=runtime)  # None: the default runtime
     data = run_profile(jobs, out, name=name, timer=timer,
                        calibration_networks=calibration_networks, calibration_repeats=network_repeats,
                        seed=seed, cuda=device == "cuda", progress=progress, log=log or (lambda s: None))
@@ -473,7 +474,7 @@ def profile_coverage(*, spaces: list[str] | None = None, dataset: str | None = N
     from .hwprofiles import LatencyTable
     from .hwprofiles.cache import ProfileCache
 
-    table = LatencyTable.load(hw, runtime=runtime or (None if hw else DEFAULT_RUNTIME))
+    table = LatencyTable.load(hw, runtime=runtime)  # neither: the default runtime's shipped profile
     cache = ProfileCache(table, fill=False)
     out = []
     for space, task in _profile_jobs(spaces, dataset, data_dir, input_sizes):

@@ -116,17 +116,23 @@ def _csr_weights(model: nn.Module) -> dict[str, Any]:
 
 def load_csr(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """``weights_csr.pt`` -> {layer name: dense masked weight}, read with ``weights_only=True``."""
-    data = torch.load(path, weights_only=True)
-    out = {}
-    for name, d in data["layers"].items():
-        shape = tuple(d["shape"])
-        cols = 1
-        for n in shape[1:]:
-            cols *= n
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            csr = torch.sparse_csr_tensor(d["crow_indices"], d["col_indices"], d["values"], (shape[0], cols))
-            out[name] = csr.to_dense().reshape(shape)
+    try:
+        data = torch.load(path, weights_only=True)
+        out = {}
+        for name, d in data["layers"].items():
+            shape = tuple(d["shape"])
+            cols = 1
+            for n in shape[1:]:
+                cols *= n
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                csr = torch.sparse_csr_tensor(d["crow_indices"], d["col_indices"], d["values"], (shape[0], cols))
+                out[name] = csr.to_dense().reshape(shape)
+    except OSError as e:
+        raise SparseNASError(f"cannot read {path}: {e.strerror or e}") from None
+    except Exception as e:  # a foreign or damaged file: torch.load's and the layout's many error types
+        raise SparseNASError(f"{path} is not a sparsenas weights_csr.pt (the CSR weights `nas export` writes): "
+                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     return out
 
 
@@ -396,7 +402,7 @@ def _card(arch: Arch, task: Task, info: dict[str, Any], layers: list[dict], para
         rows.append(("runtime (artifact)", f"{rt['name']} {rt['version']} ({rt['artifact']})"))
         rows.append(("weights, bytes (smallest encoding the runtime loads / dense)",
                      f"{rt['bytes']:,} / {rt['dense_bytes']:,}"))
-    rows += _latency_rows(info, rt.get("name") if rt else None)
+    rows += _latency_rows(info, rt.get("name") if rt else info.get("latency_runtime"))
     rows += [("hardware profile", _fmt(info.get("hw_profile"))),
              ("parameters (exported network)", f"{params:,}"), ("non-zeros", f"{nnz:,}"),
              ("overall sparsity", f"{1 - nnz / max(1, params):.3f}"),
@@ -626,9 +632,10 @@ def search_budget(config: dict[str, Any], epochs: int | None = None) -> dict[str
 
 def retrain(arch: Arch, *, dataset: str, data_dir: str | None = None, input_size: int | None = None,
             epochs: int = 6, seconds: float | None = None, batch_size: int = 32, lr: float = 0.05, seed: int = 0,
-            limit: int | None = None, device: str = "cpu", measure: bool = True,
+            limit: int | None = None, device: str = "cpu", measure: bool = True, runtime: str | None = None,
             on_step: Callable[[float], None] | None = None) -> tuple[nn.Module, Task, dict[str, Any]]:
-    """Train ``arch`` from scratch on ``dataset``; returns (model, task, figures for the card)."""
+    """Train ``arch`` from scratch on ``dataset``; returns (model, task, figures for the card). With
+    ``measure``, its latency is measured here in ``runtime`` (None: the default runtime)."""
     from .data import load_dataset
     from .evaluators import Evaluator, LatencyResult, MeasuredLatency, TrainBudget
     from .search_spaces import get_space
@@ -638,7 +645,10 @@ def retrain(arch: Arch, *, dataset: str, data_dir: str | None = None, input_size
     space.check_task(data.task)
     space.validate(arch, data.task)
     budget = TrainBudget(epochs=epochs, seconds=seconds, batch_size=batch_size, lr=lr)
-    latency = MeasuredLatency() if measure else (lambda a, m, t: LatencyResult(float("nan"), "not measured"))
+    # no speed anchor: it re-times 16 networks (seconds) for the prediction beside the measurement, which
+    # no figure here uses
+    latency = (MeasuredLatency(runtime=runtime, anchor=False) if measure
+               else (lambda a, m, t: LatencyResult(float("nan"), "not measured")))
     ev = Evaluator(space, data, budget, latency, seed=seed, device=device)
     model = ev.build(arch)
     trained = ev.train(model, on_step=on_step)
@@ -648,7 +658,8 @@ def retrain(arch: Arch, *, dataset: str, data_dir: str | None = None, input_size
                "history": trained.history, "dataset": data.task.dataset, "seed": seed,
                "flops": res.flops, "effective_flops": res.effective_flops, "contract": data.contract}
     if measure:
-        figures.update(latency_ms=lat.ms, latency_source="measured", measured_latency_ms=lat.attrs["measured_latency_ms"],
+        figures.update(latency_ms=lat.ms, latency_source=lat.source, latency_runtime=lat.attrs["runtime"],
+                       measured_latency_ms=lat.attrs["measured_latency_ms"],
                        measured_latency_cpu_ms=lat.attrs["measured_latency_cpu_ms"], kernels=lat.attrs.get("kernels"))
     return model, data.task, figures
 

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from sparsenas.errors import SparseNASError
 from sparsenas.ops import G2GConv2d, SparseConv2d, magnitude_mask
+from sparsenas.ops.masks import block_magnitude_mask
 from sparsenas.search_spaces import get_space
 from sparsenas.search_spaces._mbv2_modules import EXPAND_GROUPING, PROJECT_GROUPING, g2g_seed, pointwise
 from sparsenas.search_spaces.sparse_mbv2 import EXPANSIONS, KERNELS, SPARSITIES
@@ -43,12 +44,13 @@ def test_child_slice_in_supernet_equals_extracted_child(space):
     net = _randomised(space)
     x = torch.randn(3, *TASK.input_shape)
     rng = random.Random(1)
-    archs = [net.extreme(True), net.extreme(False)] + [space.sample(rng, TASK) for _ in range(4)]
-    # the supernet mixes magnitude and G2G masks; block-diagonal layers are searched standalone
-    archs = [a.replace(**{k: "magnitude" for k, v in a.choices.items() if k.endswith("_conn") and v == "block"})
-             for a in archs]
-    g2g = {k: "g2g" for k in archs[-1].choices if k.endswith("_conn")}
-    archs.append(archs[-1].replace(**g2g, **{k: 0.9 for k in archs[-1].choices if k.endswith("_sparsity")}))
+    archs = [net.extreme(True), net.extreme(False)] + [net.sample(rng) for _ in range(4)]
+    # the supernet never samples a block-diagonal layer (searched standalone), and does sample 4-channel blocks
+    assert all(v != "block" for a in archs for v in a.choices.values())
+    assert any(v == "magnitude_oc4" for a in archs for v in a.choices.values())
+    every_sparse = {k: 0.9 for k in archs[-1].choices if k.endswith("_sparsity")}
+    for conn in ("g2g", "magnitude_oc4"):
+        archs.append(archs[-1].replace(**{k: conn for k in archs[-1].choices if k.endswith("_conn")}, **every_sparse))
     for arch in archs:
         net.set_arch(arch).eval()
         inside = net(x)
@@ -77,14 +79,19 @@ def _g2g_mask(n_in, n_out, sparsity, grouping, seed):
 
 
 def _soft_masked(core, p_s, p_conn, grouping, seed):
-    """core * (p_magnitude * sum_s p_s magnitude_mask_s + p_g2g * sum_s p_s g2g_mask_s)."""
+    """core * (p_magnitude * sum_s p_s magnitude_mask_s + p_g2g * sum_s p_s g2g_mask_s
+    + p_oc4 * sum_s p_s block_magnitude_mask_s): every candidate's own mask."""
     magnitude = sum(p * magnitude_mask(core, s) for p, s in zip(p_s, SPARSITIES))
     g2g = sum(p * _g2g_mask(core.shape[1], core.shape[0], s, grouping, seed) for p, s in zip(p_s, SPARSITIES))
-    return core * (p_conn[0] * magnitude + p_conn[1] * g2g)
+    oc4 = sum(p * block_magnitude_mask(core, s) for p, s in zip(p_s, SPARSITIES))
+    return core * (p_conn[0] * magnitude + p_conn[1] * g2g + p_conn[2] * oc4)
 
 
 def test_mixed_weight_is_alpha_weighted_sum_of_padded_slices(space):
     net = _randomised(space, seed=3)
+    with torch.no_grad():  # every connectivity takes a real share
+        for key in ("s1b1", "s3b1", "s4b2"):
+            net.alphas[f"{key}_conn"].copy_(torch.tensor([0.3, -0.2, 0.1]))
     p = {k: v.detach().double() for k, v in net.probs().items()}
     mixes = net.stage_mixes(p)
     for key in ("s1b1", "s3b1", "s4b2"):  # stem input; width change; inside a stage
@@ -108,7 +115,7 @@ def test_mixed_weight_is_alpha_weighted_sum_of_padded_slices(space):
                     dw += pe * mix.p_kernel[l] * _pad(_pad_kernel(centre(W_dw[:ci * e], k)), W_dw.shape)
                 for w, co in enumerate(blk.out_sizes):
                     proj_core += pe * mix.p_out[w] * _pad(W_proj[:co, :ci * e], W_proj.shape)
-        assert 0.05 < mix.p_conn[1] < 0.95  # both connectivities take part
+        assert all(0.05 < p < 0.95 for p in mix.p_conn)  # every connectivity takes part
         torch.testing.assert_close(got["exp"], _soft_masked(exp_core, mix.p_sparsity, mix.p_conn, EXPAND_GROUPING,
                                                             g2g_seed(f"{key}.exp")) + exp_ident)
         torch.testing.assert_close(got["dw"], dw)
@@ -134,19 +141,23 @@ def test_gradient_mode_runs_one_conv_per_layer_and_trains_alphas(space):
                  "s3b2_conn", "head_conn"):
         g = net.alphas[name].grad
         assert g is not None and g.abs().sum() > 0, name
+    for name in ("s3b2_conn", "head_conn"):  # magnitude, g2g and magnitude_oc4 each get a gradient
+        assert len(net.alphas[name]) == 3 and (net.alphas[name].grad != 0).all(), name
     # derive() is the per-decision argmax
     with torch.no_grad():
         for k, a in net.alphas.items():
             a.zero_()
-            a[-1] = 1.0
+            a[-1] = 1.0  # the last choice: magnitude_oc4 for a conn
+        net.alphas["head_conn"][1] = 2.0  # g2g
+    assert net.choices["s2b1_conn"] == ["magnitude", "g2g", "magnitude_oc4"]
     arch = net.derive()
     space.validate(arch, TASK)
     assert arch["s2b1_kernel"] == 7 and arch["s3_depth"] == 3 and arch["head_sparsity"] == 0.95
-    assert arch["s2b1_conn"] == "g2g" and arch["head_conn"] == "g2g"
+    assert arch["s2b1_conn"] == arch["s3b2_conn"] == "magnitude_oc4" and arch["head_conn"] == "g2g"
     assert arch["downsample"] == net.downsample
 
 
-@pytest.mark.parametrize("conn", ["magnitude", "g2g"])
+@pytest.mark.parametrize("conn", ["magnitude", "g2g", "magnitude_oc4"])
 def test_extract_round_trip_and_bn_recalibration(space, conn):
     net = _randomised(space, seed=5)
     arch = space.sample(random.Random(7), TASK).replace(s1b1_sparsity=0.8, s1b1_expand=3, s1_depth=1,
@@ -166,9 +177,10 @@ def test_extract_round_trip_and_bn_recalibration(space, conn):
     # sparse 1x1 convs carry the magnitude mask of the inherited slice, or their own G2G mask
     expand = child.blocks[0].body[0]
     torch.testing.assert_close(expand.weight, net.blocks["s1b1"].w_exp[:16 * 3, :16].detach())
-    if conn == "magnitude":
+    if conn != "g2g":
         assert isinstance(expand, SparseConv2d)
-        torch.testing.assert_close(expand.mask, magnitude_mask(expand.weight, 0.8))
+        prune = magnitude_mask if conn == "magnitude" else block_magnitude_mask
+        torch.testing.assert_close(expand.mask, prune(expand.weight, 0.8))
     else:
         assert isinstance(expand, G2GConv2d)
         torch.testing.assert_close(expand.mask, space.build(arch, TASK).blocks[0].body[0].mask)  # a new build's
@@ -223,14 +235,40 @@ def test_fused_masked_mix_has_autograd_gradients():
     """The hand-written backward of the soft-masked 1x1 weight agrees with finite differences, and its
     forward with the plain expression, for weights, slice coefficients and both probability vectors."""
     from sparsenas.search_spaces.sparse_mbv2 import SPARSITIES
-    from sparsenas.supernets.entangled import G2G_CODES, masked_mix, soft_conn_mask
+    from sparsenas.supernets.entangled import MASK_CODES, masked_mix, soft_conn_mask
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(6, 5, 1, 1, dtype=torch.double, generator=g).requires_grad_()
     coef = torch.rand(6, 5, dtype=torch.double, generator=g).requires_grad_()
     ps = torch.softmax(torch.randn(len(SPARSITIES), dtype=torch.double, generator=g), 0).requires_grad_()
-    pc = torch.softmax(torch.randn(2, dtype=torch.double, generator=g), 0).requires_grad_()
-    codes = torch.randint(0, len(SPARSITIES) * G2G_CODES, (6, 5, 1, 1), generator=g).to(torch.uint8)
+    pc = torch.softmax(torch.randn(3, dtype=torch.double, generator=g), 0).requires_grad_()
+    codes = torch.randint(0, MASK_CODES, (6, 5, 1, 1), generator=g).to(torch.int16)
     plain = w * coef[:, :, None, None] * soft_conn_mask(ps, pc, codes)
     assert torch.allclose(masked_mix(w, coef, ps, pc, codes), plain)
     assert torch.autograd.gradcheck(lambda *a: masked_mix(*a, codes), (w, coef, ps, pc))
+
+
+def test_mask_codes_hold_magnitude_block_and_g2g_masks_in_int16(space):
+    """Gradient mode's per-weight codes decode to each candidate's own mask (magnitude, 4-channel
+    block, G2G) at every level, and cost 2 bytes per 1x1 weight (int16, not a gathered float or int64)."""
+    from sparsenas.supernets.entangled import G2G_LEVELS, LEVELS, MASK_CODES
+
+    net = _randomised(space, seed=6).set_mixed().train()
+    net(torch.randn(2, *TASK.input_shape))
+    cached = [t for b in net.blocks.values() for t in b._buckets.values()] + [net._head_buckets]
+    weights = sum(b.w_exp.numel() + b.w_proj.numel() for b in net.blocks.values()) + net.w_head.numel()
+    assert all(t.dtype == torch.int16 for t in cached)
+    assert sum(t.numel() * t.element_size() for t in cached) == 2 * weights
+    blk = net.blocks["s3b2"]
+    blk.refresh_masks()  # codes of the plain weight (coefficients 1), to compare with each mask function
+    codes = blk.codes("proj", blk.w_proj, torch.ones(blk.w_proj.shape[:2]))
+    assert codes.dtype == torch.int16 and int(codes.max()) < MASK_CODES
+    c = codes.long()
+    magnitude, oc4, g2g = c // (LEVELS * 2 ** G2G_LEVELS), c // 2 ** G2G_LEVELS % LEVELS, c % 2 ** G2G_LEVELS
+    w = blk.w_proj.detach()
+    for i, s in enumerate(SPARSITIES):
+        torch.testing.assert_close((magnitude >= i).float(), magnitude_mask(w, s))
+        torch.testing.assert_close((oc4 >= i).float(), block_magnitude_mask(w, s))
+        if s:
+            want = _g2g_mask(w.shape[1], w.shape[0], s, PROJECT_GROUPING, g2g_seed("s3b2.proj")).float()
+            torch.testing.assert_close((g2g >> (i - 1) & 1).float(), want)

@@ -16,6 +16,7 @@ from sparsenas.evaluators import accuracy
 from sparsenas.export import ExportError, layer_sparsity, load_csr, read_arch, write_export
 from sparsenas.ops import SparseMixin, sparse_modules
 from sparsenas.search_spaces import get_space
+from sparsenas.runtimes import DEFAULT_RUNTIME
 from sparsenas.tracking import arch_of, load_study, load_weights
 
 from _small_study import STUDY, run_cli, small_study
@@ -91,6 +92,8 @@ def test_sparse_layers_keep_masks_and_csr_holds_the_same_weights(exported):
         assert abs(float((m.weight == 0).float().mean()) - m.target_sparsity) < 0.01
     csr = load_csr(out / "weights_csr.pt")
     state = torch.load(out / "model.pt", weights_only=True)
+    with pytest.raises(sparsenas.errors.SparseNASError, match="not a sparsenas weights_csr.pt"):  # a state dict is not one
+        load_csr(out / "model.pt")
     assert len(csr) == len(layers)
     for name, w in csr.items():
         assert torch.equal(w, state[f"{name}.weight"])
@@ -241,9 +244,16 @@ def test_nas_train_retrains_from_arch_json_and_load_returns_it(exported, trained
     _, trial = trained_model
     target = tmp_path / "retrained"
     rc, stdout, err = run_cli(["train", str(out / "arch.json"), "--epochs", "1", "--out", str(target),
-                               "--format", "json,pt,torchscript", "--no-progress", "--no-measure", "--json"])
+                               "--format", "json,pt,torchscript", "--no-progress", "--json"])
     assert rc == 0, err
     res = json.loads(stdout.strip().splitlines()[-1])
+    # measured in the default runtime, and every figure of it says so
+    assert res["runtime"] == DEFAULT_RUNTIME and res["measured_latency_ms"] > 0
+    assert f"ms measured in {DEFAULT_RUNTIME}" in stdout
+    card = (target / "card.md").read_text()
+    assert f"batch 1, {DEFAULT_RUNTIME}; measured:{DEFAULT_RUNTIME})" in card
+    assert (f"| measured at search time (ms, batch 1, {DEFAULT_RUNTIME}, wall / thread CPU) | "
+            f"{res['measured_latency_ms']:.4f}") in card
     model = sparsenas.load(target)
     data = load_dataset("synthetic", seed=0)
     assert accuracy(model, data.val, torch.device("cpu")) == res["accuracy"]

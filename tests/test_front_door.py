@@ -49,7 +49,7 @@ def test_studies_lists_what_each_study_searched(tmp_path, monkeypatch):
 def test_studies_never_creates_a_storage(tmp_path):
     missing = tmp_path / "nope.db"
     rc, out, err = run_cli(["studies", "--storage", f"sqlite:///{missing}"])
-    assert rc == 2 and "no storage at" in err and not missing.exists()
+    assert rc == 2 and "does not exist" in err and not missing.exists()
     rc, out, err = run_cli(["studies", "--storage", f"journal:///{tmp_path / 'nope.log'}"])
     assert rc == 2 and not (tmp_path / "nope.log").exists()
 

@@ -24,6 +24,7 @@ from sparsenas.search_spaces import get_space
 from sparsenas.search_spaces._mbv2_modules import pointwise
 from sparsenas.search_spaces.base import SearchSpace
 from sparsenas.task import Task
+from sparsenas.runtimes import get_runtime
 
 SHAPE = (16, 4, 4)
 
@@ -34,7 +35,7 @@ def timing(ms: float) -> dict[str, float]:
 
 
 def hand_profile(times: dict[LayerSpec, dict[str, float]], levels=(0.0, 0.9), calibrations=None) -> dict:
-    data = new_profile("hand", 1, {"repeats": 100})
+    data = new_profile("hand", 1, {"repeats": 100}, get_runtime("torch", check=False).info())  # torch's kernels
     data["sparsity_levels"] = list(levels)
     data["entries"] = {s.key(): {"spec": s.to_dict(), "impls": {i: timing(ms) for i, ms in t.items()}}
                        for s, t in times.items()}
@@ -175,7 +176,7 @@ class Interrupting(KernelTimer):
     """Stops the run (as Ctrl-C does) after ``stop_after`` kernels; counts what it timed."""
 
     def __init__(self, stop_after: int | None = None) -> None:
-        super().__init__(warmup=1, repeats=5, rounds=1)
+        super().__init__(warmup=1, repeats=5, rounds=1, runtime="torch")  # the test checks torch's CSR kernels
         self.stop_after, self.timed = stop_after, []
 
     def __call__(self, spec, impls):
@@ -236,21 +237,21 @@ def test_sparse_mbv2_kernel_enumeration_covers_traced_networks():
 
 
 def test_shipped_profile_predicts_sparse_mbv2_on_digits():
-    table = LatencyTable.load()
-    assert table.is_default and default_profile_path().name in table.path
+    table = LatencyTable.load(runtime="torch")  # torch's: the exported network below is to_inference's
+    assert table.is_default and default_profile_path("torch").name in table.path
     assert table.data["machine"]["cpu_model"] and table.data["timing"]["threads"] == 1
     space, task = get_space("sparse_mbv2"), Task("digits", (1, 16, 16), 10)
     arch = space.sample(random.Random(11), task)
     torch.manual_seed(0)
     model = space.build(arch, task)
-    evaluator = LATENCY.get("table")(hw=None)
+    evaluator = LATENCY.get("table")(hw=None, runtime="torch")
     result = evaluator(arch, model, task)
     assert isinstance(result, LatencyResult) and result.source == f"table:{table.name}"
     assert result.ms == result.attrs["predicted_latency_ms"] > result.attrs["kernel_sum_ms"] > 0
     # anchored once per space and input: the speed factor is recorded and scales the calibrated figure
     speed = result.attrs["hw_speed"]
     assert 0.2 < speed < 5 and evaluator.table.speed == {"sparse_mbv2@1x16x16": speed}
-    unanchored = LATENCY.get("table")(hw=None, anchor=False)(arch, model, task)
+    unanchored = LATENCY.get("table")(hw=None, anchor=False, runtime="torch")(arch, model, task)
     assert unanchored.attrs["hw_speed"] == 1.0 and result.ms == pytest.approx(unanchored.ms * speed)
     assert evaluator(arch, model, task).attrs["hw_speed"] == speed  # not re-timed per network
     exported = kernel_choices(to_inference(model, task.input_shape, choose=table.choose))
@@ -280,7 +281,7 @@ def test_cuda_semi_structured_only_on_a_gpu():
 
 def test_validate_cli_prints_figures_and_writes_the_plot(tmp_path, capsys):
     plot = tmp_path / "v.png"
-    assert main(["profile", "--validate", str(default_profile_path()), "--space", "sparse_mbv2", "--n", "2",
+    assert main(["profile", "--validate", str(default_profile_path("torch")), "--space", "sparse_mbv2", "--n", "2",
                  "--network-repeats", "3", "--plot", str(plot), "--no-progress", "--json"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     report = json.loads(out[-1])["reports"][0]

@@ -77,7 +77,7 @@ def test_malformed_architecture_files(tmp_path):
 
 # ------------------------------------------------------------------ hardware profiles
 def _profile_docs():
-    shipped = json.loads(Path(LatencyTable.load().path).read_text())
+    shipped = json.loads(Path(LatencyTable.load(runtime="torch").path).read_text())
     cal_key, cal = next(iter(shipped["calibrations"].items()))
     small = {**shipped, "entries": dict(list(shipped["entries"].items())[:3]), "profiled": [],
              "calibrations": {cal_key: {k: v for k, v in cal.items() if k != "networks"}}}
@@ -128,7 +128,7 @@ def test_profiles_with_non_finite_or_negative_numbers_are_refused_naming_the_ent
     or negative, is a ProfileError naming the first bad entry (never a latency of -29.95 ms)."""
     from sparsenas.hwprofiles import ProfileError
 
-    shipped = json.loads(Path(LatencyTable.load().path).read_text())
+    shipped = json.loads(Path(LatencyTable.load(runtime="torch").path).read_text())
     cal_key, cal = next(iter(shipped["calibrations"].items()))
     small = {**shipped, "entries": dict(list(shipped["entries"].items())[:6]), "profiled": [],
              "calibrations": {cal_key: {k: v for k, v in cal.items() if k != "networks"}}}

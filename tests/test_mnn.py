@@ -3,6 +3,7 @@ or log sent at run time (MNN's Python converter script would do both)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -210,6 +211,13 @@ def test_g2g_blocks_exported_grouped_for_another_runtime_map_onto_mnn_s_convs(tm
     assert np.abs(ref[0] - ref[1]).max() > 0.1
     for xi, r in zip(x, ref):
         assert np.abs(run_mnn(blob, xi[None].numpy())[0] - r).max() < 1e-4 * max(1.0, np.abs(r).max())
+    # exported for MNN with that choice, arch.json names the kernels model.mnn runs (the G2G layer: dense)
+    write_export(net, Arch("toy", 1, {}), Task("synthetic", (3, 8, 8), 5), tmp_path / "for-mnn", formats="json,mnn",
+                 runtime="mnn", choose=choose)
+    labels = json.loads((tmp_path / "for-mnn" / "arch.json").read_text())["runtime"]["kernels"]
+    assert labels == {"0": "native", "2": "native", "4": "sparse1", "6": "sparse1", "10": "native"}
+    in_order = [labels[name] for name, _ in trace_named_layers(net, (3, 8, 8))]  # arch.json sorts its keys
+    assert in_order == model_kernels((tmp_path / "for-mnn" / "model.mnn").read_bytes())
     # the grouped graph itself cannot take per-layer kernels: refused, naming the layer, not mis-placed
     from sparsenas.runtimes.mnn import ConversionError, conv_kernels, convert
 

@@ -247,3 +247,28 @@ def test_size_as_a_search_objective(tmp_path):
         assert t.user_attrs["runtime"] == "torch"
     rc, out, err = run_cli(["search", "--objectives", "latency,accuracy", "--storage", url, "--no-progress"])
     assert rc == 2 and "starting with accuracy" in err
+
+
+def test_every_default_is_the_one_default_runtime():
+    """What takes a runtime and is not told one uses DEFAULT_RUNTIME (the runtime a search judges)."""
+    from sparsenas.evaluators import MeasuredLatency
+    from sparsenas.hwprofiles import default_profile_path, layer_impls
+    from sparsenas.runtimes import DEFAULT_RUNTIME
+
+    default = get_runtime(None)
+    assert default.name == DEFAULT_RUNTIME
+    assert LatencyTable.load().runtime_name == DEFAULT_RUNTIME
+    assert default_profile_path() == default_profile_path(DEFAULT_RUNTIME)
+    assert KernelTimer().runtime is default and MeasuredLatency().runtime is default
+    spec = LayerSpec("conv2d", 32, 32, 1, 1, 1, (4, 4), 0.75, blocks=4)
+    assert layer_impls(spec) == default.impls(spec)
+
+
+def test_the_sparse_choice_is_the_runtime_s_own():
+    """Without a profile, each runtime picks the kernel that makes most of the zeros its own way:
+    torch times its sparse kernels, the others take the last they list (grouped for a G2G layer)."""
+    from sparsenas.ops import measured_choice
+
+    spec = LayerSpec("conv2d", 32, 32, 1, 1, 1, (4, 4), 0.75, blocks=4)
+    assert get_runtime("torch", check=False).sparse_choice() is measured_choice
+    assert get_runtime("onnxruntime", check=False).sparse_choice()(spec) == "grouped"

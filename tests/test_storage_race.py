@@ -17,7 +17,7 @@ _JOIN = """
 import sys, time
 from sparsenas.tracking import StudySpec, Tracker
 url, start = sys.argv[1], float(sys.argv[2])
-spec = StudySpec("sparse_mbv2", 1, "synthetic", {"input_shape": [1, 8, 8]}, ("accuracy", "latency_ms"))
+spec = StudySpec("sparse_mbv2", 1, "synthetic", {"input_shape": [1, 8, 8]}, ("accuracy", "latency_ms"), "onnxruntime")
 while time.time() < start:
     pass
 tracker = Tracker(url, "race", spec, extra_attrs={"config": {"seed": 0}}, settings={"seed": 0})

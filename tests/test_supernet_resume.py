@@ -108,21 +108,6 @@ def test_entangled_interrupted_at_epoch_3_resumes_there_with_the_same_derived_ar
     assert [t.params for t in resumed.trials] == [t.params for t in ref.trials]
 
 
-def test_dass_interrupted_in_process_resumes_with_the_same_alphas(tmp_path, monkeypatch):
-    kw = {**DASS_KW, "options": {**DASS_KW["options"], "search_epochs": 3, "search_cells": 2}}
-    ref = sparsenas.search(storage=f"sqlite:///{tmp_path / 'ref.db'}", study="d", **kw)
-    db = tmp_path / "k.db"
-    with monkeypatch.context() as m:
-        interrupt_at(m, DassTrainer, 2)
-        with pytest.raises(KeyboardInterrupt):
-            sparsenas.search(storage=f"sqlite:///{db}", study="d", **kw)
-    assert checkpoint(db, "d")["epoch"] == 2
-    resumed = sparsenas.search(storage=f"sqlite:///{db}", study="d", **kw)
-    assert checkpoint(db, "d")["starts"] == [0, 2]
-    assert resumed.user_attrs["dass_alpha_history"] == ref.user_attrs["dass_alpha_history"]
-    assert resumed.trials[0].params == ref.trials[0].params
-
-
 def test_balanced_interrupted_resumes_with_the_same_ranking(tmp_path, monkeypatch):
     kw = dict(space="pooling_resnet20", strategy="balanced", dataset="synthetic", limit=64, epochs=1,
               progress=False, options={"supernets": 2, "search_epochs": 3, "retrain_top": 1,

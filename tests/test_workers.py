@@ -59,9 +59,9 @@ def test_two_workers_with_trials_6_end_with_exactly_6(tmp_path):
 def test_workers_flag_runs_k_processes_on_one_sqlite_study(tmp_path):
     url = f"sqlite:///{tmp_path / 'w.db'}"
     study = sparsenas.search(space="g2g_mlp", dataset="synthetic", strategy="random", epochs=1, limit=64,
-                             batch_size=32, latency="measured", trials=30, workers=3, storage=url, study="w",
+                             batch_size=32, latency="measured", trials=12, workers=3, storage=url, study="w",
                              progress=False)
-    complete = assert_exactly(url, 30)
+    complete = assert_exactly(url, 12)
     assert len({t.user_attrs["worker"] for t in complete}) >= 2  # the work was shared
     assert study.study_name == "w"
 
@@ -69,14 +69,14 @@ def test_workers_flag_runs_k_processes_on_one_sqlite_study(tmp_path):
 @pytest.mark.slow
 def test_three_machines_share_a_journal_file(tmp_path):
     url = f"journal:///{tmp_path / 'w.journal'}"
-    finish([nas("--trials", "30", "--storage", url, cwd=tmp_path) for _ in range(3)])
-    assert_exactly(url, 30)
+    finish([nas("--trials", "12", "--storage", url, cwd=tmp_path) for _ in range(3)])
+    assert_exactly(url, 12)
 
 
 @pytest.mark.slow
 def test_three_machines_share_a_postgres_database(tmp_path, postgres_url):
-    finish([nas("--trials", "30", "--storage", postgres_url, cwd=tmp_path) for _ in range(3)])
-    complete = assert_exactly(postgres_url, 30)
+    finish([nas("--trials", "12", "--storage", postgres_url, cwd=tmp_path) for _ in range(3)])
+    complete = assert_exactly(postgres_url, 12)
     assert len({t.user_attrs["worker"] for t in complete}) >= 2
 
 

@@ -9,7 +9,8 @@ from .common import add_graph_input, positive_float, print_json
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="retrain an exported architecture from scratch and export it",
                        description="Train the architecture in ARCH.json (written by `nas export`) from scratch, "
-                                   "measure its latency here and write an export folder (see `nas export`).")
+                                   "measure its latency here in --runtime and write an export folder "
+                                   "(see `nas export`).")
     p.add_argument("arch", metavar="ARCH.json", help="architecture file (or a folder holding arch.json)")
     p.add_argument("--dataset", default=None, help="dataset (default: the one in ARCH.json)")
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (cifar*, mnist, fashion_mnist)")
@@ -25,6 +26,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sparse-format", choices=["csr"], default=None)
     p.add_argument("--onnx-exporter", choices=["legacy", "dynamo"], default="legacy")
     add_graph_input(p)
+    p.add_argument("--runtime", default=None,
+                   help="inference runtime to measure the latency in (default: onnxruntime, the exported model.onnx, "
+                        "as `nas search` judges it); `nas runtimes` lists them")
     p.add_argument("--no-measure", action="store_true", help="do not measure latency on this machine")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
@@ -37,15 +41,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     res, figures = train(args.arch, dataset=args.dataset, data_dir=args.data_dir, input_size=args.input_size,
                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, limit=args.limit,
                          out=args.out, formats=args.format, sparse_format=args.sparse_format,
-                         onnx_exporter=args.onnx_exporter, measure=not args.no_measure, progress=not args.no_progress,
+                         onnx_exporter=args.onnx_exporter, measure=not args.no_measure, runtime=args.runtime,
+                         progress=not args.no_progress,
                          graph_input=args.graph_input)
     lat = figures.get("measured_latency_ms")
     print(f"trained {figures['digest']} for {figures['epochs']} epochs on {figures['dataset']}: val acc "
           f"{figures['accuracy']:.4f}, test acc {figures['test_accuracy']:.4f}"
-          + (f", {lat:.3f} ms measured" if lat is not None else "")
+          + (f", {lat:.3f} ms measured in {figures['latency_runtime']}" if lat is not None else "")
           + f"; exported to {figures['out']}/ ({', '.join(res.files)})")
     if args.json:
         print_json({**res.to_dict(), "accuracy": figures["accuracy"], "test_accuracy": figures["test_accuracy"],
-                    "epochs": figures["epochs"], "measured_latency_ms": lat,
+                    "epochs": figures["epochs"], "measured_latency_ms": lat, "runtime": figures.get("latency_runtime"),
                     "measured_latency_cpu_ms": figures.get("measured_latency_cpu_ms")})
     return 0

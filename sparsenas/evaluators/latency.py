@@ -44,20 +44,21 @@ def _runtime_attrs(rt: Runtime, model: nn.Module, task: Task, choose: Chooser,
             "model_bytes_dense": size["dense_bytes"]}
 
 
-def measure_latency(model: nn.Module, task: Task, *, runtime: Runtime | str = "torch", choose: Chooser | None = None,
-                    warmup: int = 20, repeats: int = 100) -> dict[str, Any]:
-    """The runtime's artifact at batch 1, 1 thread, with ``choose``'s kernel per layer (default:
-    torch's own timing of each sparse layer, the runtime's native op elsewhere); median of
+def measure_latency(model: nn.Module, task: Task, *, runtime: Runtime | str | None = None,
+                    choose: Chooser | None = None, warmup: int = 20, repeats: int = 100) -> dict[str, Any]:
+    """The artifact of ``runtime`` (None: the default runtime) at batch 1, 1 thread, with ``choose``'s
+    kernel per layer (default: the runtime's :meth:`~sparsenas.runtimes.Runtime.default_choice`); median of
     ``repeats`` calls with thread CPU time beside wall time (2 threads under load spread 48-146%
     per call), and the 10th percentiles that hardware profiles predict (``predicted_metric``)."""
-    rt = get_runtime(runtime) if isinstance(runtime, str) else runtime
+    rt = runtime if isinstance(runtime, Runtime) else get_runtime(runtime)
     choose = choose or rt.default_choice()
     run = rt.prepare(model.cpu().eval(), task.input_shape, choose)
     with torch.inference_mode():
         t = time_callable(run, warmup=warmup, repeats=repeats, threads=1)
     return {"measured_latency_ms": t.wall_ms, "measured_latency_cpu_ms": t.cpu_ms,
             "measured_latency_cpu_p10_ms": t.cpu_p10_ms, "measured_latency_wall_p10_ms": t.wall_p10_ms,
-            "measured_latency_iqr_ms": t.wall_iqr_ms, "kernels": rt.kernels_in(model, task.input_shape, choose)}
+            "measured_latency_iqr_ms": t.wall_iqr_ms, "kernels": rt.kernels_in(model, task.input_shape, choose),
+            "runtime": rt.name}
 
 
 @LATENCY.register("measured")
@@ -65,7 +66,7 @@ class MeasuredLatency:
     def __init__(self, hw: str | None = None, repeats: int = 100, anchor: bool = True,
                  runtime: str | None = None) -> None:
         self.repeats, self.anchor = repeats, anchor
-        self.runtime = get_runtime(runtime or "torch")
+        self.runtime = get_runtime(runtime)  # None: the default runtime
         self.hw = hw  # a profile is not needed to measure; when one loads, its prediction is recorded beside
         self._table: "TableLatency | str | None" = None
 

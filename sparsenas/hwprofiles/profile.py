@@ -47,6 +47,7 @@ TIMING_FIELDS = ("wall_ms", "cpu_ms", "wall_iqr_ms", "cpu_iqr_ms", "repeats")  #
 METRICS = {"cpu_p10_ms": "p10", "wall_p10_ms": "p10", "cpu_ms": "median", "wall_ms": "median"}
 DEFAULT_METRIC = "cpu_p10_ms"
 DEFAULT_PROFILE = "cpu-x86-2core.json"  # shipped inside this package (torch; named before runtimes existed)
+PRE_RUNTIME_PROFILES = "torch"  # the runtime of profiles written before runtimes existed (they have no "runtime")
 SHIPPED = {"torch": DEFAULT_PROFILE, "onnxruntime": "cpu-x86-2core-onnxruntime.json", "mnn": "cpu-x86-2core-mnn.json"}  # runtime -> shipped file
 # Calibration inputs (see table.py): kernel sum, layer counts (all, and per implementation: native,
 # then the names of sparsenas.ops.KERNELS), output activations in millions, depthwise (grouped) layers
@@ -62,8 +63,12 @@ class ProfileError(SparseNASError):
     """A profile file is missing, corrupt, foreign or lacks what was asked of it."""
 
 
-def default_profile_path(runtime: str = "torch") -> Path:
-    """The profile shipped with the package for ``runtime``, used when no ``--hw`` file is given."""
+def default_profile_path(runtime: str | None = None) -> Path:
+    """The profile shipped with the package for ``runtime`` (None: the default runtime), used when no
+    ``--hw`` file is given."""
+    from ..runtimes import DEFAULT_RUNTIME
+
+    runtime = runtime or DEFAULT_RUNTIME
     name = SHIPPED.get(runtime)
     if name is None:
         raise ProfileError(f"sparsenas ships no hardware profile for runtime '{runtime}' (it ships: "
@@ -75,7 +80,7 @@ def default_profile_path(runtime: str = "torch") -> Path:
 def profile_runtime(data: dict[str, Any]) -> str:
     """The runtime a profile's timings belong to (``torch`` for profiles older than runtimes)."""
     rt = data.get("runtime")
-    return rt.get("name", "torch") if isinstance(rt, dict) else "torch"
+    return rt.get("name", PRE_RUNTIME_PROFILES) if isinstance(rt, dict) else PRE_RUNTIME_PROFILES
 
 
 def calibration_key(space: str, input_shape: tuple[int, ...]) -> str:
@@ -109,10 +114,10 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def new_profile(name: str, threads: int, timing: dict[str, Any], runtime: dict[str, str] | None = None,
+def new_profile(name: str, threads: int, timing: dict[str, Any], runtime: dict[str, str],
                 metric: str = DEFAULT_METRIC) -> dict[str, Any]:
+    """An empty profile of ``runtime`` (its :meth:`~sparsenas.runtimes.Runtime.info`)."""
     stamp = now()
-    runtime = runtime or {"name": "torch", "version": machine_info(threads)["torch"]}
     return {"schema": SCHEMA, "name": name, "created": stamp, "updated": stamp, "runtime": runtime,
             "machine": {**machine_info(threads), "runtime": runtime},
             "timing": {"metric": metric, "statistic": METRICS[metric], "threads": threads, "batch": 1,

@@ -58,9 +58,9 @@ class KernelTimer:
     """Times one layer's candidate implementations side by side in a runtime (its ``time_kernels``)."""
 
     def __init__(self, warmup: int = 5, repeats: int = 100, rounds: int = 5, threads: int = 1,
-                 runtime: str | Runtime = "torch") -> None:
+                 runtime: str | Runtime | None = None) -> None:
         self.warmup, self.repeats, self.rounds, self.threads = warmup, repeats, rounds, threads
-        self.runtime = get_runtime(runtime) if isinstance(runtime, str) else runtime
+        self.runtime = runtime if isinstance(runtime, Runtime) else get_runtime(runtime)  # None: the default
 
     def settings(self) -> dict[str, Any]:
         return {"warmup": self.warmup, "repeats": self.repeats, "rounds": self.rounds}

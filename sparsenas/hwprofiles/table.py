@@ -33,8 +33,9 @@ __all__ = ["NATIVE", "FEATURES", "LatencyTable", "MissingKernels", "Prediction",
 SNAP_TOLERANCE = 0.03  # a traced sparsity this close to a profiled level is that level
 
 
-def layer_impls(spec: LayerSpec, runtime: str = "torch") -> tuple[str, ...]:
-    """Implementations ``runtime`` has for a layer (see :meth:`sparsenas.runtimes.Runtime.impls`)."""
+def layer_impls(spec: LayerSpec, runtime: str | None = None) -> tuple[str, ...]:
+    """Implementations ``runtime`` (None: the default runtime) has for a layer (see
+    :meth:`sparsenas.runtimes.Runtime.impls`)."""
     return get_runtime(runtime, check=False).impls(spec)
 
 
@@ -128,9 +129,9 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | Path | None = None, runtime: str | None = None) -> "LatencyTable":
-        """The profile at ``path``; None: the profile shipped with sparsenas for ``runtime`` (default
-        torch). With both, the profile must belong to ``runtime``."""
-        p = default_profile_path(runtime or "torch") if path is None else Path(path)
+        """The profile at ``path``; None: the profile shipped with sparsenas for ``runtime`` (None:
+        the default runtime). With both, the profile must belong to ``runtime``."""
+        p = default_profile_path(runtime) if path is None else Path(path)
         table = cls(read_profile(p), p)
         if runtime is not None and table.runtime_name != runtime:
             raise ProfileError(f"hardware profile '{p}' times runtime '{table.runtime_name}', but runtime '{runtime}' "

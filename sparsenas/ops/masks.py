@@ -7,6 +7,7 @@ of the weight values alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -14,7 +15,8 @@ from torch import Tensor
 from ..errors import SparseNASError
 
 __all__ = [
-    "InvalidSparsity", "OC_BLOCK", "check_sparsity", "check_nm", "magnitude_mask", "block_magnitude_mask", "nm_mask",
+    "InvalidSparsity", "OC_BLOCK", "check_sparsity", "check_nm", "magnitude_mask", "block_magnitude_mask",
+    "block_magnitude_levels", "nm_mask",
     "score_mask",
     "TopKStraightThrough", "CubicSparsitySchedule",
 ]
@@ -62,24 +64,39 @@ def block_magnitude_mask(weight: Tensor, sparsity: float, block: int = OC_BLOCK)
     block: a 64-weight layer at 0.7 gets 0.6875, within a profile's snapping of its level). Channels past the last whole
     group form one smaller group. Ties prune the lower index first (stable sort)."""
     w = weight.detach()
+    return block_magnitude_levels(w, [sparsity], block).to(w.dtype if w.is_floating_point() else torch.float32)
+
+
+def block_magnitude_levels(weight: Tensor, sparsities: Sequence[float], block: int = OC_BLOCK) -> Tensor:
+    """Long tensor shaped like ``weight``: how many of the :func:`block_magnitude_mask` masks at
+    ``sparsities`` keep each weight, from one ranking of the blocks. A higher sparsity zeroes a
+    superset of the blocks (the same ranking, more of it), so for ascending ``sparsities`` this
+    count minus one is the index of the highest level whose mask still keeps the weight."""
+    w = weight.detach()
     cout = w.shape[0]
     rows = w.reshape(cout, -1)
     groups = [(g, min(g + block, cout)) for g in range(0, cout, block)]
+    group_sizes = torch.tensor([b - a for a, b in groups], device=w.device)
     scores = torch.cat([rows[a:b].abs().mean(0) for a, b in groups])             # one per (group, column)
-    sizes = torch.cat([torch.full((rows.shape[1],), b - a) for a, b in groups])
-    k = _num_zeros(w.numel(), sparsity)
-    keep = torch.ones(scores.numel(), dtype=torch.bool, device=w.device)
-    if k:
-        order = torch.argsort(scores, stable=True)
-        zeroed = torch.cumsum(sizes[order], 0)
-        n = int(torch.searchsorted(zeroed, torch.tensor(k), right=True))  # blocks zeroing at most k weights
-        below = int(zeroed[n - 1]) if n else 0
-        if n < len(zeroed) and int(zeroed[n]) - k < k - below:  # one block more lands nearer k
-            n += 1
-        keep[order[:n]] = False
-    cols = keep.reshape(len(groups), rows.shape[1])
-    mask = torch.cat([cols[i].expand(b - a, -1) for i, (a, b) in enumerate(groups)])
-    return mask.to(w.dtype if w.is_floating_point() else torch.float32).view_as(w)
+    order = torch.argsort(scores, stable=True)
+    zeroed = torch.cumsum(group_sizes.repeat_interleave(rows.shape[1])[order], 0)  # weights zeroed by the first n blocks
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=w.device)
+    kept = torch.zeros(scores.numel(), dtype=torch.long, device=w.device)
+    for s in sparsities:
+        kept += rank >= _blocks_zeroed(zeroed, _num_zeros(w.numel(), s))
+    return kept.reshape(len(groups), rows.shape[1]).repeat_interleave(group_sizes, 0).view_as(w)
+
+
+def _blocks_zeroed(zeroed: Tensor, k: int) -> int:
+    """How many of the ranked blocks to zero (``zeroed[n - 1]``: weights the first n zero) to land nearest ``k`` zeros."""
+    if not k:
+        return 0
+    n = int(torch.searchsorted(zeroed, torch.tensor(k, device=zeroed.device), right=True))  # at most k zeros
+    below = int(zeroed[n - 1]) if n else 0
+    if n < len(zeroed) and int(zeroed[n]) - k < k - below:  # one block more lands nearer k
+        n += 1
+    return n
 
 
 def nm_mask(weight: Tensor, n: int, m: int) -> Tensor:

@@ -120,6 +120,11 @@ class Runtime(ABC):
         """The kernel of each layer when no hardware profile chooses: the runtime's native op."""
         return lambda spec: "dense"
 
+    def sparse_choice(self) -> Chooser:
+        """Without a profile, the kernel that makes most of a layer's zeros: the last one :meth:`impls`
+        lists (a block-diagonal layer as a grouped conv, MNN's sparse kernel)."""
+        return lambda spec: self.impls(spec)[-1]
+
     def kernels_in(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser) -> dict[str, str]:
         """``{layer name: impl}`` as the artifact runs them, in the profile's terms (for records and
         the check that the exported network is the predicted one)."""

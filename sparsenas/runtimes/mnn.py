@@ -96,12 +96,18 @@ def conv_kernels(model: nn.Module, input_shape: tuple[int, ...], choose: Chooser
                  runtime: "MnnRuntime | None" = None) -> list[tuple[LayerSpec, str]]:
     """Every conv/linear layer of ``model`` in execution order with the kernel MNN runs it on:
     ``choose``'s pick where the layer has a choice, else the native (dense) op."""
-    rt = runtime or MnnRuntime()
+    return [(spec, pick) for _, spec, pick in _named_kernels(model, input_shape, choose, runtime or MnnRuntime())]
+
+
+def _named_kernels(model: nn.Module, input_shape: tuple[int, ...], choose: Chooser,
+                   rt: "MnnRuntime") -> list[tuple[str, LayerSpec, str]]:
+    """``(layer name, spec, kernel)`` of :func:`conv_kernels`: a pick MNN has no kernel for (another
+    runtime's ``grouped``: model.mnn holds that layer as the plain masked conv) is the dense op."""
     out = []
-    for _, spec in trace_named_layers(model, input_shape):
+    for name, spec in trace_named_layers(model, input_shape):
         impls = rt.impls(spec)
         pick = choose(spec) if len(impls) > 1 else NATIVE
-        out.append((spec, NATIVE if pick in ("dense", NATIVE) or pick not in impls else pick))
+        out.append((name, spec, NATIVE if pick in ("dense", NATIVE) or pick not in impls else pick))
     return out
 
 
@@ -372,6 +378,11 @@ class MnnRuntime(Runtime):
         graph = onnx if onnx is not None else self.onnx(model, input_shape, choose)
         return convert(graph, conv_kernels(model, input_shape, choose, self))
 
+    def kernels_in(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser) -> dict[str, str]:
+        """The kernels model.mnn runs, the ones :func:`convert` places (:func:`model_kernels` reads
+        the same back from the file): a layer ``choose`` would run grouped elsewhere is dense here."""
+        return {name: pick for name, _, pick in _named_kernels(model, input_shape, choose, self)}
+
     def prepare(self, model: nn.Module, input_shape: tuple[int, ...], choose: Chooser) -> Runner:
         return self.prepare_copies(model, input_shape, choose)[0]
 
@@ -393,8 +404,7 @@ class MnnRuntime(Runtime):
         mods = {n: m for n, m in plain.named_modules()}
         dense = held = 0
         seen: set[str] = set()
-        for (name, spec), (_, pick) in zip(trace_named_layers(model, input_shape),
-                                           conv_kernels(model, input_shape, choose, self)):
+        for name, spec, pick in _named_kernels(model, input_shape, choose, self):
             if name in seen:
                 continue
             seen.add(name)

@@ -58,6 +58,10 @@ class TorchRuntime(Runtime):
         """Torch's own timing of each sparse layer (it has several real kernels to pick from)."""
         return measured_choice
 
+    def sparse_choice(self) -> Chooser:
+        """Torch has several sparse kernels, and which one beats dense depends on the layer: its own timing."""
+        return measured_choice
+
     def impls(self, spec: LayerSpec) -> tuple[str, ...]:
         base = tuple(KERNELS) if spec.sparse_capable and spec.sparsity > 0 else (NATIVE,)
         return (*base, GROUPED) if spec.blocks else base

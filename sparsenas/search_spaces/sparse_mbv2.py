@@ -46,8 +46,8 @@ EXPANSIONS = [1, 3, 6]
 KERNELS = [3, 5, 7]
 SPARSITIES = [0.0, 0.5, 0.7, 0.8, 0.9, 0.95]
 WIDTHS = [0.5, 0.75, 1.0]
-SUPERNET_CONNS = ("magnitude", "g2g")  # what the weight-entangled supernet mixes (block: standalone searches)
-MIXED_CONNS = ("magnitude", "g2g", "magnitude_oc4")  # what the mixed-op (DASS) supernet can mix
+# what the supernets (DASS's mixed ops, the weight-entangled one) can mix; "block" is searched standalone
+SUPERNET_CONNS = ("magnitude", "g2g", "magnitude_oc4")
 
 
 def make_divisible(c: float, divisor: int = 4) -> int:

@@ -6,8 +6,10 @@ One weight per layer at the largest choice; every candidate is a slice of it:
   output channels (input channels follow the previous stage's width);
 - depth d: the first d blocks of a stage;
 - sparsity s: the magnitude mask at sparsity s of the (mixed) 1x1 weight;
-- connectivity (``conn``) of the sparse 1x1 convs: that magnitude mask, or the fixed G2G mask the
-  standalone child's G2GConv2d builds for the slice's shape and s (same function, same seed).
+- connectivity (``conn``) of the sparse 1x1 convs: that magnitude mask, the magnitude mask over
+  blocks of 4 output channels (``magnitude_oc4``, as the standalone child's SparseConv2d prunes), or
+  the fixed G2G mask the standalone child's G2GConv2d builds for the slice's shape and s (same
+  function, same seed). ``block`` (block-diagonal) is searched by the multi-trial strategies.
 
 Two ways to run it:
 
@@ -22,12 +24,14 @@ sparsity choice multiplies the mixed 1x1 weight by ``sum_s p_s * magnitude_mask_
 nested, so this is ``cumsum(p)`` gathered at each weight's magnitude rank; ranks are refreshed by
 ``refresh_masks()``, as the standalone trainer refreshes masks every 50 steps). The connectivity
 decision is coupled with sparsity: the soft mask is ``p_magnitude * sum_s p_s * magnitude_mask_s +
-p_g2g * sum_s p_s * g2g_mask_s``, the G2G masks built once, at construction, on the layer's
+p_oc4 * sum_s p_s * block_magnitude_mask_s + p_g2g * sum_s p_s * g2g_mask_s`` (the 4-channel-block
+masks are nested too: one ranking of the blocks), the G2G masks built once, at construction, on the layer's
 largest weight (a G2G mask depends on the layer's shape -- ensembles, ER draws -- so it is not
 nested across slices: gradient mode sees the largest layer's G2G pattern, an approximation;
-sampling mode and ``extract`` use each child's exact mask). Each weight's magnitude bucket and
-G2G code (which levels' G2G masks keep it) share one byte, so the whole soft mask is one small
-(levels x codes) table gathered once per layer, as cheap as the sparsity decision alone.
+sampling mode and ``extract`` use each child's exact mask). Each weight's magnitude bucket, block
+bucket and G2G code (which levels' G2G masks keep it) share one int16 code (6 x 6 x 32 = 1152 values:
+a byte held the first and last only), so the whole soft mask is one small (levels x levels x codes)
+table gathered once per layer, as cheap as the sparsity decision alone.
 BatchNorm affine parameters are mixed the same way (a channel kept by fewer candidates is scaled down), as
 TangleNAS does, because batch statistics would otherwise normalise the weight scaling away.
 Expansion 1 (no expand conv) is the identity folded into the expand weight, so the skip costs no
@@ -61,17 +65,19 @@ from torch import Tensor, nn
 from ..arch import Arch
 from ..errors import SparseNASError
 from ..ops import SparseConv2d, g2g_layer_mask, g2g_plan, recalibrate_bn
+from ..ops.masks import block_magnitude_levels
 from ..ops.sparse import MAGNITUDE_KINDS
 from ..search_spaces._mbv2_modules import EXPAND_GROUPING, HEAD_GROUPING, PROJECT_GROUPING, g2g_seed
 from ..search_spaces.base import SearchSpace
 from ..search_spaces.sparse_mbv2 import (
-    EXPANSIONS, HEAD_CHANNELS, KERNELS, SPARSITIES, STAGE_CHANNELS, STAGE_MAX_DEPTH, WIDTHS, make_divisible,
+    EXPANSIONS, HEAD_CHANNELS, KERNELS, SPARSITIES, STAGE_CHANNELS, STAGE_MAX_DEPTH, SUPERNET_CONNS, WIDTHS,
+    make_divisible,
 )
 from ..task import Task
 from .registry import get_supernet, register_supernet
 
 __all__ = ["EntangledMBV2", "EntangledAlphas", "entangled_supernet", "prefix", "centre_mask", "sparsity_buckets",
-           "g2g_child_mask", "g2g_codes", "mask_codes", "soft_conn_mask"]
+           "block_sparsity_buckets", "g2g_child_mask", "g2g_codes", "mask_codes", "soft_conn_mask"]
 
 STEM = 16
 KMAX = max(KERNELS)
@@ -121,6 +127,12 @@ def sparsity_buckets(weight: Tensor, sparsities: list[float] = SPARSITIES) -> Te
     return (torch.searchsorted(zeros, rank, right=True) - 1).view_as(weight)
 
 
+def block_sparsity_buckets(weight: Tensor, sparsities: list[float] = SPARSITIES) -> Tensor:
+    """As :func:`sparsity_buckets` for the masks of ``conn="magnitude_oc4"`` (:func:`block_magnitude_mask`
+    over blocks of 4 output channels, nested across the ascending levels, the first of which is 0)."""
+    return block_magnitude_levels(weight, sparsities) - 1
+
+
 def g2g_child_mask(n_in: int, n_out: int, sparsity: float, grouping: str, seed: int) -> Tensor:
     """(n_out, n_in, 1, 1) 0/1 mask of the G2GConv2d that ``pointwise(..., conn="g2g")`` builds for
     these arguments (the standalone child's mask)."""
@@ -128,9 +140,11 @@ def g2g_child_mask(n_in: int, n_out: int, sparsity: float, grouping: str, seed: 
     return g2g_layer_mask(n_in, n_out, ensembles, p_inter, "er", grouping, seed)[0][:, :, None, None]
 
 
-G2G_LEVELS = len(SPARSITIES) - 1   # sparse levels, each with its own G2G mask
+LEVELS = len(SPARSITIES)
+G2G_LEVELS = LEVELS - 1             # sparse levels, each with its own G2G mask
 G2G_CODES = 2 ** G2G_LEVELS         # a weight's G2G code: bit s-1 set when level s's mask keeps it
-assert len(SPARSITIES) * G2G_CODES <= 256, "mask codes must fit a byte"
+MASK_CODES = LEVELS * LEVELS * G2G_CODES  # magnitude bucket x block bucket x G2G code
+assert MASK_CODES <= torch.iinfo(torch.int16).max + 1, "mask codes must fit an int16"
 _BITS = ((torch.arange(G2G_CODES)[:, None] >> torch.arange(G2G_LEVELS)) & 1).float()  # (codes, levels)
 
 
@@ -142,22 +156,30 @@ def g2g_codes(n_in: int, n_out: int, grouping: str, seed: int) -> Tensor:
     return code.to(torch.uint8)
 
 
-def mask_codes(buckets: Tensor, codes: Tensor) -> Tensor:
-    """uint8: a weight's magnitude bucket (:func:`sparsity_buckets`) and G2G code in one byte."""
-    return (buckets.long() * G2G_CODES + codes.long()).to(torch.uint8)
+def mask_codes(buckets: Tensor, block_buckets: Tensor, codes: Tensor) -> Tensor:
+    """int16: a weight's magnitude bucket (:func:`sparsity_buckets`), block bucket
+    (:func:`block_sparsity_buckets`) and G2G code (:func:`g2g_codes`) in one code."""
+    return ((buckets.long() * LEVELS + block_buckets.long()) * G2G_CODES + codes.long()).to(torch.int16)
+
+
+_CONN = {c: i for i, c in enumerate(SUPERNET_CONNS)}  # index of each connectivity in ``p_conn``
 
 
 def _mask_table(p_sparsity: Tensor, p_conn: Tensor) -> Tensor:
-    """(levels * G2G codes,): the soft mask value of a weight, by its :func:`mask_codes` byte."""
-    magnitude = torch.cumsum(p_sparsity, 0)                                 # (levels,) by bucket
+    """(MASK_CODES,): the soft mask value of a weight, by its :func:`mask_codes` code; ``p_conn``
+    over SUPERNET_CONNS."""
+    kept = torch.cumsum(p_sparsity, 0)                                      # (levels,) by nested bucket
     g2g = p_sparsity[0] + _BITS.to(p_sparsity) @ p_sparsity[1:]             # (codes,) by G2G code
-    return (p_conn[0] * magnitude[:, None] + p_conn[1] * g2g[None, :]).flatten()
+    table = (p_conn[_CONN["magnitude"]] * kept[:, None, None] + p_conn[_CONN["magnitude_oc4"]] * kept[None, :, None]
+             + p_conn[_CONN["g2g"]] * g2g[None, None, :])
+    return table.flatten()
 
 
 def soft_conn_mask(p_sparsity: Tensor, p_conn: Tensor, codes: Tensor) -> Tensor:
-    """``p_magnitude * sum_s p_s * magnitude_mask_s + p_g2g * sum_s p_s * g2g_mask_s`` (level 0: all
-    ones), for weights coded by :func:`mask_codes`: a (levels x G2G codes) table gathered once, so
-    the connectivity decision costs no more elementwise work than the sparsity decision alone."""
+    """``sum_c p_c * sum_s p_s * mask_(c, s)`` over the connectivities c (magnitude, g2g,
+    magnitude_oc4; level 0: all ones), for weights coded by :func:`mask_codes`: a small table
+    gathered once, so the connectivity decision costs no more elementwise work than the sparsity
+    decision alone."""
     return _mask_table(p_sparsity, p_conn)[codes.long()]
 
 
@@ -169,7 +191,7 @@ class _MaskedMix(torch.autograd.Function):
     backward (the coefficient-scaled weight and the gathered mask) and checkpointing them costs a
     second pass of the whole mixing (step time 1.14-1.24x the largest child instead of ~1.05x).
     Here backward keeps only ``w`` (a parameter, alive anyway), ``coef`` and the probabilities,
-    and re-gathers the mask from the 1-byte codes; the probabilities' gradient is the per-code sum
+    and re-gathers the mask from the int16 codes; the probabilities' gradient is the per-code sum
     of ``grad * w * coef`` (a bincount) pushed through the small table."""
 
     @staticmethod
@@ -227,7 +249,7 @@ class Mix:
     p_kernel: Tensor      # over KERNELS
     p_sparsity: Tensor    # over SPARSITIES
     stride: int
-    p_conn: Tensor        # over sparse_mbv2.CONNS: (magnitude, g2g)
+    p_conn: Tensor        # over sparse_mbv2.SUPERNET_CONNS: (magnitude, g2g, magnitude_oc4)
 
 
 class EntangledBlock(nn.Module):
@@ -325,12 +347,13 @@ class EntangledBlock(nn.Module):
     # ---- gradient mode
     def codes(self, key: str, w: Tensor, coef: Tensor) -> Tensor:
         """Mask codes (:func:`mask_codes`) of the 1x1 weight ``key`` ("exp" | "proj"): magnitude
-        buckets of the coefficient-scaled weight ``w * coef``, kept (1 byte per weight) until
-        :meth:`refresh_masks`."""
+        and block buckets of the coefficient-scaled weight ``w * coef``, kept (2 bytes per weight)
+        until :meth:`refresh_masks`."""
         if key not in self._buckets:
             with torch.no_grad():
                 mixed = w * coef[:, :, None, None]
-            self._buckets[key] = mask_codes(sparsity_buckets(mixed), getattr(self, f"g2g_{key}"))
+            self._buckets[key] = mask_codes(sparsity_buckets(mixed), block_sparsity_buckets(mixed),
+                                            getattr(self, f"g2g_{key}"))
         return self._buckets[key]
 
     def mixed_weights(self, mix: Mix) -> dict[str, Tensor]:
@@ -424,11 +447,11 @@ class EntangledMBV2(EntangledAlphas, nn.Module):
         if mixing not in MIXINGS:
             raise SparseNASError(f"unknown mixing '{mixing}'; allowed: {', '.join(MIXINGS)}")
         self.space, self.task, self.mixing = space, task, mixing
-        from ..search_spaces.sparse_mbv2 import SUPERNET_CONNS
-
-        # the supernet mixes the magnitude and G2G masks; block-diagonal layers are searched standalone
+        # the supernet mixes the magnitude, G2G and 4-channel-block masks; block-diagonal layers are
+        # searched standalone. Its ``_conn`` choices are SUPERNET_CONNS in that order (``_mask_table``)
         self.choices = {k: [c for c in v if c in SUPERNET_CONNS] if k.endswith("_conn") else v
                         for k, v in space.choices(task).items()}
+        assert all(v == list(SUPERNET_CONNS) for k, v in self.choices.items() if k.endswith("_conn"))
         placements = self.choices["downsample"]
         if downsample is None:
             downsample = placements[0]
@@ -498,7 +521,8 @@ class EntangledMBV2(EntangledAlphas, nn.Module):
         return Arch(self.space.name, self.space.version, picks)
 
     def sample(self, rng: random.Random) -> Arch:
-        return self.space.sample(rng, self.task)
+        """A random child among the supernet's choices (never a ``block`` conn, which it cannot run)."""
+        return Arch(self.space.name, self.space.version, {k: rng.choice(v) for k, v in self.choices.items()})
 
     # ---- forward
     def forward(self, x: Tensor) -> Tensor:
@@ -549,13 +573,13 @@ class EntangledMBV2(EntangledAlphas, nn.Module):
 
     def head_weight_mixed(self, p: Mapping[str, Tensor]) -> Tensor:
         """The head's one mixed weight: input channels weighted by s5's width, soft-sparsified
-        (magnitude and G2G masks mixed by ``head_conn``, as the blocks' 1x1 weights)."""
+        (magnitude, G2G and block masks mixed by ``head_conn``, as the blocks' 1x1 weights)."""
         used = soft_prefix(p["s5_width"], self.widths[5], self.w_head.shape[1])
         coef = used[None, :].expand(self.w_head.shape[0], -1)
         if self._head_buckets is None:
             with torch.no_grad():
-                self._head_buckets = mask_codes(sparsity_buckets(self.w_head * used[None, :, None, None]),
-                                                self.g2g_head)
+                mixed = self.w_head * used[None, :, None, None]
+                self._head_buckets = mask_codes(sparsity_buckets(mixed), block_sparsity_buckets(mixed), self.g2g_head)
         return masked_mix(self.w_head, coef, p["head_sparsity"], p["head_conn"], self._head_buckets)
 
     def _features_mixed(self, x: Tensor) -> Tensor:

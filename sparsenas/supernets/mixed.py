@@ -450,7 +450,7 @@ def _mbv2_supernet(space: SearchSpace, task: Task, *, target_sparsity: float = 0
                    width: float = 0.5, expand: int = 3, conns: object = ("magnitude", "g2g"),
                    **_: object) -> MBV2MixedSupernet:
     from ..search_spaces.sparse_mbv2 import EXPANSIONS, SPARSITIES, STAGE_MAX_DEPTH, WIDTHS
-    from ..search_spaces.sparse_mbv2 import MIXED_CONNS as CONNS
+    from ..search_spaces.sparse_mbv2 import SUPERNET_CONNS as CONNS
 
     _check_in("target sparsity", target_sparsity, [s for s in SPARSITIES if s > 0], space.name)
     _check_in("depth", depth, list(range(1, max(STAGE_MAX_DEPTH) + 1)), space.name)

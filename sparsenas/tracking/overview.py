@@ -6,19 +6,15 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from ..errors import StorageError
 from .records import pareto_front, study_record
-from .storage import _storage_exists, mask_url, open_storage
+from .storage import open_storage
 
 
 def study_overview(storage: str) -> list[dict[str, Any]]:
     """Each study of ``storage``: name, what it searched (space, dataset, strategy, runtime when
     recorded), trials by state and the best value of each objective. A sqlite or journal file that
     does not exist is an error, not a new empty storage."""
-    if not _storage_exists(storage):
-        raise StorageError(f"no storage at {mask_url(storage)!r}: the file does not exist (nothing was created); "
-                           "pass the --storage a search wrote to")
-    st = open_storage(storage, heartbeat=False)
+    st = open_storage(storage, heartbeat=False, must_exist=True)
     out = []
     for summary in optuna.get_all_study_summaries(st, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=st)

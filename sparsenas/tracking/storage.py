@@ -280,18 +280,6 @@ def load_study(storage: str, study_name: str | None) -> optuna.Study:
 
 
 
-# ---------------------------------------------------------------- listing the studies of a storage
-def _storage_exists(url: str) -> bool:
-    """False for a sqlite or journal file that is not there (opening would create it)."""
-    if not isinstance(url, str) or "://" not in url:
-        return True  # open_storage says what is wrong with it
-    scheme, rest = url.split("://", 1)
-    if scheme == "journal":
-        return os.path.isfile(rest or "nas.journal")
-    if scheme.startswith("sqlite") and "///" in url:
-        path = url.split("///", 1)[1]
-        return path in ("", ":memory:") or os.path.isfile(path)
-    return True
 
 
 # ---------------------------------------------------------------- a search stopped by the storage

@@ -34,7 +34,7 @@ class StudySpec:
     dataset: str
     task: dict
     objectives: tuple[str, ...]
-    runtime: str = records.PRE_RUNTIME_STUDIES  # whose latencies the study's values are
+    runtime: str  # whose latencies the study's values are (a new study always names it)
 
     def attrs(self) -> dict[str, Any]:
         return {"space": self.space, "space_version": self.space_version, "dataset": self.dataset,
