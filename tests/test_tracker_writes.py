@@ -13,7 +13,7 @@ from sparsenas.tracking import records
 from sparsenas.tracking.storage import open_storage
 from sparsenas.tracking.writer import StudySpec, Tracker
 
-SPEC = StudySpec("sparse_mbv2", 1, "synthetic", {"input_shape": [1, 8, 8]}, ("accuracy", "latency_ms"))
+SPEC = StudySpec("sparse_mbv2", 1, "synthetic", {"input_shape": [1, 8, 8]}, ("accuracy", "latency_ms"), "onnxruntime")
 
 
 def _tracker(url: str) -> Tracker:
