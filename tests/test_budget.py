@@ -144,9 +144,11 @@ def test_an_explicit_epoch_count_wins_over_the_budget(tmp_path, caplog):
 def test_entangled_under_a_timeout_sizes_both_phases_and_retrains_the_derived_architecture_first(tmp_path):
     storage = f"sqlite:///{tmp_path / 'g.db'}"
     study = sparsenas.search(space="g2g_mlp", strategy="entangled", dataset="mnist1d", trials=8, limit=96,
-                             batch_size=32, storage=storage, study="g", progress=False, timeout=20,
+                             batch_size=32, storage=storage, study="g", progress=False, timeout=32,
+                             # an 8 s supernet share, and 24 s for the rest: time enough to retrain every
+                             # inherited estimate even on a loaded machine (the search ends when they are done)
                              options={"sandwich_random": 1, "retrain_epochs": 1, "retrain_top": 1, "tau_archs": 2,
-                                      "finetune_steps": 2})
+                                      "finetune_steps": 2, "budget_share": 0.25})
     plan = study.user_attrs[ENTANGLED_PLAN]
     assert plan["search_epochs"] >= 1 and plan["sandwich_epochs"] >= 1 and plan["budget_s"] == pytest.approx(8.0)
     # the defaults' ratio of gradient to sandwich epochs (g2g_mlp: 10 to 30) is kept roughly

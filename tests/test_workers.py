@@ -88,6 +88,13 @@ def test_a_resumed_search_reaches_the_target_without_overshooting(tmp_path):
     assert_exactly(url, 3)
 
 
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:  # gone between the listing and the read
+        return ""
+
+
 @pytest.mark.slow
 def test_a_worker_that_dies_makes_the_command_fail_and_the_others_finish(tmp_path):
     import signal
@@ -97,10 +104,10 @@ def test_a_worker_that_dies_makes_the_command_fail_and_the_others_finish(tmp_pat
     proc = nas("--trials", "12", "--workers", "2", "--storage", url, cwd=tmp_path)
     children: list[int] = []
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not children:
+    while time.time() < deadline and proc.poll() is None and len(children) < 2:  # both started
         time.sleep(0.2)
         kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        children = [int(k) for k in kids if "sparsenas.workers" in Path(f"/proc/{k}/cmdline").read_text()]
+        children = [int(k) for k in kids if "sparsenas.workers" in _cmdline(k)]
     assert len(children) == 2, "the workers did not start"
     time.sleep(3)
     os.kill(children[0], signal.SIGKILL)
