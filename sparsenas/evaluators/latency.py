@@ -50,7 +50,7 @@ def measure_latency(model: nn.Module, task: Task, *, runtime: Runtime | str | No
     kernel per layer (default: the runtime's :meth:`~sparsenas.runtimes.Runtime.default_choice`); median of
     ``repeats`` calls with thread CPU time beside wall time (2 threads under load spread 48-146%
     per call), and the 10th percentiles that hardware profiles predict (``predicted_metric``)."""
-    rt = runtime if isinstance(runtime, Runtime) else get_runtime(runtime)
+    rt = get_runtime(runtime)
     choose = choose or rt.default_choice()
     run = rt.prepare(model.cpu().eval(), task.input_shape, choose)
     with torch.inference_mode():

@@ -55,7 +55,7 @@ def sample_archs(space: Any, task: Task, n: int, seed: int, exclude: set[str] = 
 
 def build_network(space: Any, arch: Arch, task: Task, choose: Callable[[LayerSpec], str],
                   runtime: Runtime | str, seed: int = 0) -> Network:
-    rt = get_runtime(runtime) if isinstance(runtime, str) else runtime
+    rt = get_runtime(runtime)
     torch.manual_seed(seed)  # the same weights, hence the same masks, every time
     model = space.build(arch, task).eval()
     layers = trace_layers(model, task.input_shape)

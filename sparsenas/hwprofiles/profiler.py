@@ -60,7 +60,7 @@ class KernelTimer:
     def __init__(self, warmup: int = 5, repeats: int = 100, rounds: int = 5, threads: int = 1,
                  runtime: str | Runtime | None = None) -> None:
         self.warmup, self.repeats, self.rounds, self.threads = warmup, repeats, rounds, threads
-        self.runtime = runtime if isinstance(runtime, Runtime) else get_runtime(runtime)  # None: the default
+        self.runtime = get_runtime(runtime)  # None: the default runtime
 
     def settings(self) -> dict[str, Any]:
         return {"warmup": self.warmup, "repeats": self.repeats, "rounds": self.rounds}

@@ -21,6 +21,15 @@ from .spec import LayerSpec, block_groups, trace_named_layers
 __all__ = ["GroupedPointwise", "block_groups", "grouped_pointwise", "to_plain", "ungrouped"]
 
 
+NOT_BLOCK_DIAGONAL = "GroupedPointwise: the mask is not block-diagonal between its groups"
+
+
+def no_plain_equivalent(name: str, m: nn.Module) -> SparseNASError:
+    """The error for a sparse layer that is neither a Conv2d nor a Linear (nothing plain stands for it)."""
+    return SparseNASError(f"cannot export sparse layer '{name}' of type {type(m).__name__}: only sparse "
+                          "Conv2d and Linear layers have a plain PyTorch equivalent")
+
+
 class GroupedPointwise(nn.Module):
     """A block-diagonal 1x1 conv run as ``groups`` independent convs: gather the input channels
     group by group, one grouped ``nn.Conv2d``, scatter the outputs back to their channel order.
@@ -41,7 +50,7 @@ class GroupedPointwise(nn.Module):
         for g in range(groups):
             off_block[g * go:(g + 1) * go, g * gi:(g + 1) * gi] = 0
         if torch.count_nonzero(off_block):
-            raise SparseNASError("GroupedPointwise: the mask is not block-diagonal between its groups")
+            raise SparseNASError(NOT_BLOCK_DIAGONAL)
         self.conv = nn.Conv2d(cin, cout, 1, stride=stride, groups=groups, bias=bias is not None)
         with torch.no_grad():
             self.conv.weight.copy_(torch.cat(blocks, 0).reshape(cout, gi, 1, 1))
@@ -113,8 +122,7 @@ def to_plain(model: nn.Module, input_shape: tuple[int, ...] | None = None,
         elif isinstance(m, nn.Linear):
             plain = nn.Linear(m.in_features, m.out_features, m.bias is not None)
         else:
-            raise SparseNASError(f"cannot export sparse layer '{name}' of type {type(m).__name__}: only sparse "
-                                 "Conv2d and Linear layers have a plain PyTorch equivalent")
+            raise no_plain_equivalent(name, m)
         if not isinstance(plain, GroupedPointwise):
             with torch.no_grad():
                 plain.weight.copy_(frozen_weight(m))

@@ -21,9 +21,12 @@ __all__ = ["RUNTIMES", "DEFAULT_RUNTIME", "Chooser", "GROUPED", "NATIVE", "Runti
 _INSTANCES: dict[str, Runtime] = {}
 
 
-def get_runtime(name: str | None = None, *, check: bool = True) -> Runtime:
-    """The runtime registered as ``name`` (default :data:`DEFAULT_RUNTIME`); with ``check``, a clear
-    :class:`RuntimeNotInstalled` naming the extra when its package is missing."""
+def get_runtime(name: str | Runtime | None = None, *, check: bool = True) -> Runtime:
+    """The runtime registered as ``name`` (default :data:`DEFAULT_RUNTIME`; a :class:`Runtime` is
+    itself); with ``check``, a clear :class:`RuntimeNotInstalled` naming the extra when its package
+    is missing."""
+    if isinstance(name, Runtime):
+        return name
     name = name or DEFAULT_RUNTIME
     if name not in _INSTANCES:
         _INSTANCES[name] = RUNTIMES.get(name)()

@@ -19,7 +19,8 @@ from torch import nn
 from . import RUNTIMES
 from ..errors import SparseNASError
 from ..ops.kernels import frozen_weight
-from ..ops.spec import LayerSpec
+from ..ops.plain import NOT_BLOCK_DIAGONAL, GroupedPointwise, no_plain_equivalent
+from ..ops.spec import LayerSpec, block_groups, trace_named_layers
 from ..ops.sparse import SparseMixin
 from .base import GROUPED, Chooser, Runner, coo_bytes
 from .onnx_file import OnnxFileRuntime
@@ -66,7 +67,6 @@ class OnnxRuntime(OnnxFileRuntime):
         a bias per output channel) rather than by exporting (~0.2 s a trial) or converting a copy
         (~23 ms); on random sparse_mbv2 networks this count is 0.5-2% above the exported file's
         initializers (the exporter drops a few biases it folds)."""
-        from ..ops.plain import GroupedPointwise
 
         dense = sparse = 0
 
@@ -102,8 +102,7 @@ class OnnxRuntime(OnnxFileRuntime):
                     add(w)
                     bias(w.shape[0])
                 else:
-                    raise SparseNASError(f"cannot export sparse layer '{name}' of type {type(m).__name__}: only "
-                                         "sparse Conv2d and Linear layers have a plain PyTorch equivalent")
+                    raise no_plain_equivalent(name, m)
             elif isinstance(m, (nn.Conv2d, nn.Linear)):
                 add(m.weight.detach())
                 bias(m.weight.shape[0])
@@ -119,9 +118,6 @@ def _grouped_layers(model: nn.Module, input_shape: tuple[int, ...], choose: Choo
     """``{name: groups}`` of the block-diagonal G2G layers ``choose`` runs as a grouped conv (as
     :func:`sparsenas.ops.plain.to_plain` decides it, on each layer's first call); traced (unless
     ``layers`` is the trace) only when the network has such a layer."""
-    from ..ops.plain import block_groups
-    from ..ops.spec import trace_named_layers
-
     if not any(isinstance(m, SparseMixin) and block_groups(m) for m in model.modules()):
         return {}
     specs: dict[str, LayerSpec] = {}
@@ -136,7 +132,7 @@ def _block_diagonal_nonzeros(w: torch.Tensor, in_group: torch.Tensor, out_group:
     """Non-zeros of a 1x1 weight that has none between groups (what GroupedPointwise refuses otherwise)."""
     off_block = w.reshape(w.shape[0], w.shape[1]) * (out_group[:, None] != in_group[None, :])
     if torch.count_nonzero(off_block):
-        raise SparseNASError("GroupedPointwise: the mask is not block-diagonal between its groups")
+        raise SparseNASError(NOT_BLOCK_DIAGONAL)
     return int(torch.count_nonzero(w))
 
 
