@@ -66,3 +66,34 @@ def test_the_duplicate_lookup_finds_the_lowest_numbered_twin_of_any_worker(tmp_p
     assert mine.twin("b").number == early.number  # read afresh: the same answer
     assert mine.twin("a", trial.number).number == 0  # a read already used once is not used again
     assert len(mine._indexed) == 3  # each finished trial indexed once
+
+
+def test_full_fidelity_claims_never_overfill_the_target_whatever_the_order(tmp_path):
+    """Two workers' trials finish training with one place left. Whichever claims first, and in
+    whatever order the claims and the reads interleave, at most one keeps it. (This failed in CI when
+    the lower trial number was preferred: the higher one claimed and kept its place first, then the
+    lower one claimed it too, and the study ended with 4 of a target of 3.)"""
+    from sparsenas.pruners.mo_asha import MOASHAPruner
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    a, b = (Tracker(open_storage(url, heartbeat=False), "c", SPEC, pruner=MOASHAPruner()) for _ in range(2))
+    assert a.full_fidelity
+    done = a.study.ask()
+    a.study.tell(done, [0.5, 1.0])  # one COMPLETE trial: a target of 2 leaves one place
+    low, high = a.study.ask(), b.study.ask()
+    assert low.number < high.number
+    # the higher number claims and keeps the place before the lower one claims
+    assert b.claim_completion(high, 2) is True
+    assert a.claim_completion(low, 2) is False
+    assert records.trial_record(a.storage.get_trial(low._trial_id)).full_fidelity_claim is False
+    b.study.tell(high, [0.6, 1.0])
+    a.study.tell(low, state=TrialState.PRUNED)
+    # x's claim is read while y's is written: x gives way, and y, reading after x withdrew, keeps it
+    x, y = a.study.ask(), b.study.ask()
+    records.write_trial(y, {"full_fidelity_claim": True})
+    assert a.claim_completion(x, 3) is False
+    assert b.claim_completion(y, 3) is True
+    # now the place is taken, by a RUNNING trial that claimed it: a third claimant gives way
+    assert a.claim_completion(a.study.ask(), 3) is False
+    b.study.tell(y, [0.7, 1.0])
+    assert sum(t.state == TrialState.COMPLETE for t in a.study.trials) == 3

@@ -315,18 +315,18 @@ class Tracker:
         counted = (TrialState.COMPLETE,) if self.full_fidelity else (TrialState.COMPLETE, TrialState.PRUNED)
         return self.study.get_trials(deepcopy=False, states=(*counted, TrialState.RUNNING))
 
-    def _committed(self, before: int | None = None) -> int:
+    def _committed(self, besides: int | None = None) -> int:
         """Trials that count towards the target, plus RUNNING ones that claimed a place
-        (:meth:`claim_completion`), of those numbered below ``before`` when given."""
-        return self._count_committed(self._target_trials(), before)
+        (:meth:`claim_completion`), trial number ``besides`` left out."""
+        return self._count_committed(self._target_trials(), besides)
 
     @staticmethod
-    def _count_committed(trials: list[FrozenTrial], before: int | None = None) -> int:
+    def _count_committed(trials: list[FrozenTrial], besides: int | None = None) -> int:
         n = 0
         for t in trials:
-            if t.state != TrialState.RUNNING:
-                n += 1
-            elif records.trial_record(t).full_fidelity_claim and (before is None or t.number < before):
+            if t.number == besides:
+                continue
+            if t.state != TrialState.RUNNING or records.trial_record(t).full_fidelity_claim:
                 n += 1
         return n
 
@@ -350,13 +350,16 @@ class Tracker:
 
     def claim_completion(self, trial: optuna.Trial, target: int) -> bool:
         """Full-fidelity counting: ``trial`` finished training; claim a place among the ``target``
-        architectures. The claim is written before the others are read, so of two trials claiming the
-        last place at once both see both claims and the lower number keeps it. False: no place left
-        (the trial is surplus)."""
+        architectures. Each claim is written before the others are read, and a trial keeps its place
+        only when every other claim and COMPLETE trial leaves one: of any claims kept, the one read
+        last saw all the others, so the study never ends with more than ``target``. (Preferring the
+        lower trial number is not safe: a higher one may have checked and kept its place before the
+        lower one wrote its claim.) Two claims written at the same moment may both give way; the
+        search then trains one more. False: no place left (the trial is surplus)."""
         if not self.full_fidelity:
             return True
         records.write_trial(trial, {"full_fidelity_claim": True})
-        if self._committed(before=trial.number) >= target:
+        if self._committed(besides=trial.number) >= target:
             records.write_trial(trial, {"full_fidelity_claim": False})
             return False
         return True
