@@ -381,7 +381,7 @@ def train(arch_path: str, *, dataset: str | None = None, data_dir: str | None = 
                                        runtime=runtime, on_step=bar.trial_progress)
     info = {"weights": f"retrained from scratch for {figures['epochs']} epochs on {task.dataset} (seed {seed}) "
                        "by `nas train`",
-            "retrained": figures, "source": doc.get("source") or {},
+            "retrained": figures, "source": doc.get("source") or {}, "latency_timed": "at retraining",
             **{k: figures.get(k) for k in ("latency_ms", "latency_source", "latency_runtime", "measured_latency_ms",
                                            "measured_latency_cpu_ms", "flops", "effective_flops", "kernels")}}
     res = write_export(model, arch, task, out, formats=formats, sparse_format=sparse_format, info=info,

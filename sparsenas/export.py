@@ -444,12 +444,13 @@ def _latency_rows(info: dict[str, Any], runtime: str | None) -> list[tuple[str, 
     speed = info.get("hw_speed")
     anchored = f" x speed anchor {speed:.3f}" if isinstance(speed, (int, float)) and speed != 1.0 else ""
     source = str(info.get("latency_source") or "")
-    rows = [(f"latency at search time (ms, {where}; {source or 'source not recorded'}"
+    when = info.get("latency_timed", "at search time")  # `nas train` times the network it retrained
+    rows = [(f"latency {when} (ms, {where}; {source or 'source not recorded'}"
              f"{anchored if source.startswith('table') else ''})", _fmt(info.get("latency_ms"), ".4f"))]
     if info.get("predicted_latency_ms") is not None and not source.startswith("table"):
-        rows.append((f"profile prediction at search time (ms{anchored})", _fmt(info["predicted_latency_ms"], ".4f")))
+        rows.append((f"profile prediction {when} (ms{anchored})", _fmt(info["predicted_latency_ms"], ".4f")))
     if info.get("measured_latency_ms") is not None:
-        rows.append((f"measured at search time (ms, {where}, wall / thread CPU)",
+        rows.append((f"measured {when} (ms, {where}, wall / thread CPU)",
                      f"{_fmt(info.get('measured_latency_ms'), '.4f')} / {_fmt(info.get('measured_latency_cpu_ms'), '.4f')}"))
     now = info.get("predicted_now")
     if isinstance(now, dict):

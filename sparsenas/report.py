@@ -59,12 +59,13 @@ def _plt():
 def study_runtime(config: dict[str, Any], trials: Any = ()) -> str:
     """The runtime a study's latencies belong to: its trials', its config's, or torch (studies from
     before runtimes were timed in PyTorch eager)."""
-    from .tracking import PRE_RUNTIME_STUDIES, trial_record
+    from .runtimes import PRE_RUNTIME
+    from .tracking import trial_record
 
     for t in trials:
         if runtime := trial_record(t).runtime:
             return str(runtime)
-    return str(config.get("runtime") or PRE_RUNTIME_STUDIES)
+    return str(config.get("runtime") or PRE_RUNTIME)
 
 
 def _latency(t: Any, axis: str = "objective") -> float | None:

@@ -47,7 +47,6 @@ TIMING_FIELDS = ("wall_ms", "cpu_ms", "wall_iqr_ms", "cpu_iqr_ms", "repeats")  #
 METRICS = {"cpu_p10_ms": "p10", "wall_p10_ms": "p10", "cpu_ms": "median", "wall_ms": "median"}
 DEFAULT_METRIC = "cpu_p10_ms"
 DEFAULT_PROFILE = "cpu-x86-2core.json"  # shipped inside this package (torch; named before runtimes existed)
-PRE_RUNTIME_PROFILES = "torch"  # the runtime of profiles written before runtimes existed (they have no "runtime")
 SHIPPED = {"torch": DEFAULT_PROFILE, "onnxruntime": "cpu-x86-2core-onnxruntime.json", "mnn": "cpu-x86-2core-mnn.json"}  # runtime -> shipped file
 # Calibration inputs (see table.py): kernel sum, layer counts (all, and per implementation: native,
 # then the names of sparsenas.ops.KERNELS), output activations in millions, depthwise (grouped) layers
@@ -79,8 +78,10 @@ def default_profile_path(runtime: str | None = None) -> Path:
 
 def profile_runtime(data: dict[str, Any]) -> str:
     """The runtime a profile's timings belong to (``torch`` for profiles older than runtimes)."""
+    from ..runtimes import PRE_RUNTIME
+
     rt = data.get("runtime")
-    return rt.get("name", PRE_RUNTIME_PROFILES) if isinstance(rt, dict) else PRE_RUNTIME_PROFILES
+    return rt.get("name", PRE_RUNTIME) if isinstance(rt, dict) else PRE_RUNTIME
 
 
 def calibration_key(space: str, input_shape: tuple[int, ...]) -> str:

@@ -15,8 +15,10 @@ __all_modules__ = ("pytorch", "onnxruntime", "openvino", "mnn")
 RUNTIMES: Registry = Registry("runtime", __name__, group=GROUPS["runtime"],
                               adopt=subclass_adopter("runtime", Runtime), alias=lambda cls: cls.name)
 DEFAULT_RUNTIME = "onnxruntime"  # the default export format, run where users deploy it
+# the runtime of studies and profiles written before runtimes were recorded (PyTorch eager); they name none
+PRE_RUNTIME = "torch"
 
-__all__ = ["RUNTIMES", "DEFAULT_RUNTIME", "Chooser", "GROUPED", "NATIVE", "Runtime", "RuntimeNotInstalled", "get_runtime"]
+__all__ = ["RUNTIMES", "DEFAULT_RUNTIME", "PRE_RUNTIME", "Chooser", "GROUPED", "NATIVE", "Runtime", "RuntimeNotInstalled", "get_runtime"]
 
 _INSTANCES: dict[str, Runtime] = {}
 

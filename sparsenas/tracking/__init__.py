@@ -12,7 +12,7 @@ intermediate values = validation accuracy per epoch. Four jobs, one module each:
 from __future__ import annotations
 
 from ..config import DEFAULT_STORAGE
-from .records import (PRE_RUNTIME_STUDIES, StudyRecord, TrialRecord, arch_of, pareto_front, schema, schema_table,
+from .records import (StudyRecord, TrialRecord, arch_of, pareto_front, schema, schema_table,
                       study_record, trial_record)
 from .storage import (HEARTBEAT_GRACE, HEARTBEAT_INTERVAL, load_study, mask_url, open_storage, search_fault,
                       serve_storage_proxy)
@@ -26,7 +26,7 @@ SINGLE = ("accuracy",)
 OBJECTIVE_NAMES = {"accuracy": "accuracy", "latency": "latency_ms", "size": "model_bytes"}  # flag name -> field
 
 __all__ = ["DEFAULT_STORAGE", "DIRECTIONS", "HEARTBEAT_GRACE", "HEARTBEAT_INTERVAL", "MULTI", "OBJECTIVE_NAMES",
-           "PRE_RUNTIME_STUDIES", "SINGLE", "StudyRecord", "StudySpec", "Tracker", "TrialRecord", "arch_of",
+           "SINGLE", "StudyRecord", "StudySpec", "Tracker", "TrialRecord", "arch_of",
            "artifact_dir_for", "artifact_store_for", "checkpoint_dir_for", "default_artifact_dir", "load_study",
            "load_weights", "mask_url", "open_storage", "pareto_front", "schema", "schema_table", "search_fault",
            "serve_storage_proxy",

@@ -26,9 +26,6 @@ from optuna.trial import FrozenTrial, TrialState
 from ..arch import Arch
 from ..errors import SparseNASError
 
-# The runtime whose latencies a study from before runtimes were recorded holds (PyTorch eager).
-PRE_RUNTIME_STUDIES = "torch"
-
 
 def attr(key: str | None, meaning: str, *, old: tuple[str, ...] = (), by: str = "every strategy",
          default: Any = None) -> Any:
@@ -200,7 +197,9 @@ class StudyRecord:
     def timed_in(self) -> str:
         """The runtime of the study's latencies: the recorded one, else that of studies from before
         runtimes were recorded."""
-        return self.runtime or PRE_RUNTIME_STUDIES
+        from ..runtimes import PRE_RUNTIME
+
+        return self.runtime or PRE_RUNTIME
 
 
 def schema(kind: type) -> list[dict[str, Any]]:
