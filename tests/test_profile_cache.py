@@ -159,3 +159,36 @@ def test_a_layer_snaps_to_the_nearest_level_it_was_profiled_at():
     table = LatencyTable(hand_profile({at(0.7): {"dense": 1.0}}, levels=(0.0, 0.675, 0.7)))
     assert table.snap(at(0.68)).sparsity == 0.7 and table.snap(at(0.675)).sparsity == 0.7
     assert table.missing([at(0.6875)]) == [] and table.snap(at(0.6)).sparsity == 0.6  # beyond tolerance: as traced
+
+
+def test_dass_latency_term_times_the_kernels_the_profile_lacks_in_its_runtime(monkeypatch, tmp_path, caplog):
+    """The DASS supernet's own shapes (sparse_darts' stride-2 reduction ops) are not in the shipped
+    profile: they are timed once in the profile's runtime through the cache, in one go, like a
+    trial's kernels, never in torch eager beside ONNX Runtime figures."""
+    from sparsenas.evaluators.latency import TableLatency
+    from sparsenas.strategies import dass
+    from sparsenas.supernets.mixed import build_mixed_supernet
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+
+    def no_torch_timing(spec):
+        raise AssertionError(f"{spec.key()} timed in torch eager")
+
+    monkeypatch.setattr(dass, "measured_op_latency", no_torch_timing)
+    space, task = get_space("sparse_darts"), Task("digits", (1, 16, 16), 10)
+    latency = TableLatency(runtime="onnxruntime", anchor=False)
+    net = build_mixed_supernet(space, task)
+    specs: list = []
+    net.candidate_latency(lambda s: specs.append(s) or 0.0)
+    missing = latency.table.missing(specs)
+    assert missing, "the supernet runs kernels the shipped profile lacks"
+    op_latency = dass.ProfiledOpLatency(latency.table, latency.cache, space, task)
+    with caplog.at_level(logging.INFO, logger="sparsenas"):
+        table = net.candidate_latency(op_latency)
+    added = [r.getMessage() for r in caplog.records if "hardware-profile cache: timed" in r.getMessage()]
+    assert len(added) == 1 and all(k in added[0] for k in missing), added
+    assert set(missing) <= set(json.loads(latency.cache.path.read_text())["entries"])
+    assert all(float(ms.max()) > 0 for _, _, ms in table)  # ("none" and "skip" run no kernel)
+    # the term's figure for a kernel is the profile's fastest implementation of it
+    spec = next(s for s in specs if latency.table.snap(s).key() == missing[0])
+    assert op_latency(spec) == min(latency.table.timings(spec).values())

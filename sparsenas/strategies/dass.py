@@ -125,19 +125,34 @@ class DassConfig:
 def op_latency_for(ctx: SearchContext) -> OpLatency:
     """The one place that decides where the latency term's per-kernel ms come from.
 
-    When the search predicts latency from a hardware profile, the profile's fastest kernel median
-    (so the term and the trials' latency agree); a kernel the profile lacks (the supernet's own
-    shapes can differ from any child's) and searches that measure are timed on this machine,
-    cached per layer spec. Both are thread CPU ms."""
-    table = getattr(ctx.evaluator.latency_of, "table", None)
+    When the search predicts latency from a hardware profile, the profile's fastest kernel (so the
+    term and the trials' latency agree, in the same runtime); kernels the profile lacks (the
+    supernet's own shapes can differ from any child's) are timed once in the profile's runtime and
+    kept in the per-user profile cache, as a trial's are. Searches that measure, or that may not
+    fill the cache, time kernels on this machine in torch, cached per layer spec. Thread CPU ms."""
+    latency_of = ctx.evaluator.latency_of
+    table = getattr(latency_of, "table", None)
     if table is None:
         return measured_op_latency
+    return ProfiledOpLatency(table, latency_of.cache, ctx.space, ctx.task)
 
-    def op_latency(spec: LayerSpec) -> float:
-        timings = table.timings(spec)
-        return min(timings.values()) if timings else measured_op_latency(spec)
 
-    return op_latency
+class ProfiledOpLatency:
+    """A kernel's ms from a hardware profile (its fastest implementation), the kernels it lacks
+    added through the profile cache. ``cover`` times a supernet's missing kernels in one go
+    (:meth:`MixedSupernet.candidate_latency` calls it first), so the log says so once."""
+
+    def __init__(self, table: Any, cache: Any, space: SearchSpace, task: Task) -> None:
+        self.table, self.cache, self.space, self.task = table, cache, space, task
+
+    def cover(self, specs: list[LayerSpec]) -> None:
+        self.cache.add_layers(self.space, self.task, specs)
+
+    def __call__(self, spec: LayerSpec) -> float:
+        timings = self.table.timings(spec)
+        if timings is None:  # the cache may not be filled (read-only): torch eager, as a measuring search
+            return measured_op_latency(spec)
+        return min(timings.values())
 
 
 # the supernet's shape, per space (DassConfig.supernet), beside DassConfig's own options

@@ -34,7 +34,9 @@ from .registry import get_supernet, register_supernet
 __all__ = ["MixedOp", "MixedSupernet", "DartsMixedSupernet", "MBV2MixedSupernet", "OpLatency",
            "build_mixed_supernet", "measured_op_latency", "reset_scores"]
 
-OpLatency = Callable[[LayerSpec], float]  # one kernel's latency in ms
+# one kernel's latency in ms; it may have a ``cover(specs)`` method, called with every kernel first
+# (to time in one go what it does not know yet)
+OpLatency = Callable[[LayerSpec], float]
 SAMPLE_TRIES = 20  # draws per wanted architecture before derive_candidates gives up on finding new ones
 
 
@@ -174,20 +176,21 @@ class MixedSupernet(nn.Module, ABC):
                 h.remove()
             for m, mode in modes.items():
                 m.training = mode
-        table = []
+        kernels = []  # (alpha name, row, each candidate's kernels)
         for name, row, op in self.mixed_ops():
-            ms = []
+            per_cand = []
             for cand in op.candidates:
                 modules = dict(cand.named_modules())
-                total = 0.0
+                specs = []
                 for sub, spec in trace_named_layers(cand, shapes[id(op)]):
                     mod = modules.get(sub)
-                    if isinstance(mod, SparseMixin):
-                        spec = replace(spec, sparsity=mod.target_sparsity)
-                    total += float(op_latency(spec))
-                ms.append(total)
-            table.append((name, row, torch.tensor(ms)))
-        return table
+                    specs.append(replace(spec, sparsity=mod.target_sparsity) if isinstance(mod, SparseMixin) else spec)
+                per_cand.append(specs)
+            kernels.append((name, row, per_cand))
+        if cover := getattr(op_latency, "cover", None):
+            cover([s for _, _, per_cand in kernels for specs in per_cand for s in specs])
+        return [(name, row, torch.tensor([sum(float(op_latency(s)) for s in specs) for specs in per_cand]))
+                for name, row, per_cand in kernels]
 
     def expected_latency(self, table: list[tuple[str, int, Tensor]]) -> Tensor:
         """Differentiable ``sum over mixed ops of sum_i softmax(alpha)_i * latency_i`` (ms)."""
