@@ -4,6 +4,7 @@ processes; tiny searches (g2g_mlp on 64 synthetic samples, 1 epoch: ~0.3 s a tri
 from __future__ import annotations
 
 import json
+import sys
 import os
 from pathlib import Path
 
@@ -295,3 +296,28 @@ def test_a_supernet_checkpoint_missing_keys_is_exit_2_naming_it(tmp_path):
                           str(tmp_path / "ck"), "--no-progress"])
     assert rc == 2 and "Traceback" not in err
     assert f"supernet checkpoint {ckpt} cannot be resumed: it lacks settings, epoch" in err
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+    """SIGKILL mid-write leaves the old file whole and a temporary file beside it; the next write of
+    that file removes it. A live writer's temporary file, and another host's, are left alone."""
+    import socket
+    import subprocess
+
+    from sparsenas.atomic import write_atomic
+
+    target = tmp_path / "supernet.pt"
+    write_atomic(target, lambda f: f.write(b"old"))
+    host = socket.gethostname().replace(".", "_")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / f".supernet.pt.{host}-{int(dead.stdout)}.abc123.tmp"  # what a killed writer leaves
+    left.write_bytes(b"half")
+    live = tmp_path / f".supernet.pt.{host}-{os.getpid()}.def456.tmp"
+    live.write_bytes(b"writing")
+    elsewhere = tmp_path / f".supernet.pt.otherhost-{int(dead.stdout)}.ghi789.tmp"
+    elsewhere.write_bytes(b"on a shared folder")
+    other_file = tmp_path / f".study.db.{host}-{int(dead.stdout)}.jkl000.tmp"
+    other_file.write_bytes(b"not this file's")
+    write_atomic(target, lambda f: f.write(b"new"))
+    assert target.read_bytes() == b"new"
+    assert not left.exists() and live.exists() and elsewhere.exists() and other_file.exists()

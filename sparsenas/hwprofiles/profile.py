@@ -31,7 +31,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -240,15 +239,8 @@ def read_profile(path: str | Path) -> dict[str, Any]:
 
 def write_json_atomic(path: str | Path, data: dict[str, Any]) -> None:
     """Write through a temporary file in the same folder and rename: a reader never sees half a file."""
+    from ..atomic import write_atomic
+
     p = Path(path).expanduser()
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; a profile is meant to be shared
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(p, lambda f: f.write((json.dumps(data, indent=1, sort_keys=False) + "\n").encode()))
