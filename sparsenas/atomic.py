@@ -14,16 +14,16 @@ from typing import BinaryIO, Callable
 _SUFFIX = ".tmp"
 
 
-def _owner() -> str:
-    """The host and process a temporary file belongs to, as its name carries them."""
-    return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+def _host() -> str:
+    """This host as a temporary file's name carries it (no dots: the name's fields are dot-separated)."""
+    return socket.gethostname().replace(".", "_")
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object], mode: int = 0o644) -> None:
     """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``."""
     final = os.path.abspath(path)
     prefix = f".{os.path.basename(final)}."
-    fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{_owner()}.", suffix=_SUFFIX, dir=os.path.dirname(final))
+    fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{_host()}-{os.getpid()}.", suffix=_SUFFIX, dir=os.path.dirname(final))
     try:
         os.fchmod(fd, mode)  # mkstemp makes it private; these files are as readable as the study beside them
         with os.fdopen(fd, "wb") as f:
@@ -42,14 +42,11 @@ def _remove_dead_writers(folder: Path, prefix: str) -> None:
     """Remove ``prefix<host>-<pid>.*.tmp`` files whose writer ran on this host and is gone. Another
     host's files are left alone (a shared folder: its pid means nothing here), as are a live
     process's (it may be writing)."""
-    host = socket.gethostname().replace(".", "_")
+    host = _host()
     for p in folder.glob(f"{prefix}{host}-*{_SUFFIX}"):
         pid = p.name[len(prefix) + len(host) + 1:].split(".", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
-            try:
-                p.unlink()
-            except FileNotFoundError:  # another writer removed it first
-                pass
+            p.unlink(missing_ok=True)  # another writer may have removed it first
 
 
 def _alive(pid: int) -> bool:

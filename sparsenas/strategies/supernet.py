@@ -6,8 +6,9 @@
   epoch left, which the checkpoint holds;
 - after an epoch rank 0 writes the checkpoint atomically (a temporary file, then
   ``os.replace``), as often as writes stay ~5% of the training (every epoch of a second or more;
-  :class:`_CheckpointWriter`), and on the way out of an interrupt or error: the trainer's state (weights, architecture parameters, optimizers, step
-  counters), the generators' states, the epoch, the history and the settings it was made with;
+  :class:`_CheckpointWriter`), and on the way out of an interrupt or error: the trainer's state
+  (weights, architecture parameters, optimizers, step counters), the generators' states, the
+  epoch, the history and the settings it was made with;
 - the same command re-run loads it (``torch.load(weights_only=True)``) and goes on at the next
   epoch; a checkpoint made with other settings is a clear error, never silently mixed in;
 - under ``torchrun`` every rank trains on its share of each batch (:mod:`sparsenas.distributed`),
@@ -181,8 +182,8 @@ class _CheckpointWriter:
     every epoch of a supernet whose epochs take a second or more), and after the last epoch. An
     epoch not written is kept in memory (a copy: the trainer's tensors change in place) and written
     by :meth:`flush` when the loop stops on an exception. A SIGKILL loses at most the epochs since
-    the last write. Before, every epoch was written: with epochs of 10-50 ms (g2g_mlp on mnist1d)
-    the writes took a third of the supernet's time (docs/measurements.md)."""
+    the last write. Before, every epoch was written: with epochs of ~18 ms (g2g_mlp on mnist1d)
+    the writes doubled the supernet's time (docs/measurements.md)."""
 
     WRITE_SHARE = 0.05
 
